@@ -1,0 +1,45 @@
+//! `sync_core`: what `pg_sync` and `sqlite_sync` share so that Postgres and
+//! SQLite reconcile identically.
+//!
+//! - [`wire`]: the versioned JSON documents exchanged by the two sides;
+//! - [`schema`]: the synced schema a client is built from;
+//! - [`hlc`]: hybrid logical clocks packed into 64 bits;
+//! - [`merge`]: the per-column merge rules (the only place they live).
+
+pub mod hlc;
+pub mod merge;
+pub mod schema;
+pub mod text;
+pub mod wire;
+
+pub use hlc::{Clock, Hlc};
+
+/// Errors a DBA or app developer can act on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SyncError {
+    /// The input is not valid JSON or does not have the expected shape.
+    #[error("malformed JSON in {0}")]
+    MalformedJson(String),
+    /// The document was written by an incompatible version.
+    #[error("unsupported wire format {found}; this build reads format {expected}")]
+    UnsupportedFormat {
+        /// Format found in the document.
+        found: u32,
+        /// Format this build reads.
+        expected: u32,
+    },
+    /// The document is well-formed but breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+    /// A table that is not synced.
+    #[error("table {0:?} is not synced")]
+    UnknownTable(String),
+    /// A column that the synced table does not have.
+    #[error("table {table:?} has no synced column {column:?}")]
+    UnknownColumn {
+        /// Table name.
+        table: String,
+        /// Column name.
+        column: String,
+    },
+}

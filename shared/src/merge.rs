@@ -1,0 +1,465 @@
+//! Merge rules: how an incoming column write meets the current value.
+//!
+//! This is the only place the rules live. `pg_sync` calls [`merge_column`]
+//! for every column of every pushed change, and [`decide_delete`] /
+//! [`decide_write_on_deleted`] for deletes; `sqlite_sync` uses the same
+//! functions when it rebases pending local writes.
+//!
+//! Vocabulary: the *current* state is what the merging replica holds (on the
+//! server: the row in the table). The *incoming* write carries its value, its
+//! stamp, and the *base*: the version (and, for some strategies, the value)
+//! of the column the writer had seen when it made the edit. A write is
+//! *concurrent* with the current state when the current version is newer
+//! than the base: somebody else changed the column meanwhile.
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::hlc::Hlc;
+use crate::schema::DeletePolicy;
+
+/// Per-column conflict strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Last writer wins by HLC; ties broken by node tag, then by value.
+    #[default]
+    Lww,
+    /// A client write to a column the server changed since the client's
+    /// base is rejected.
+    ServerWins,
+    /// The server value stays and a conflict is recorded for a person.
+    Manual,
+    /// Three-way merge of concurrent text edits; overlapping edits fall
+    /// back to `lww` and are recorded.
+    TextMerge,
+    /// Add-wins set union for JSON arrays; removes only elements the writer
+    /// had seen.
+    SetUnion,
+    /// Numeric deltas: concurrent increments add up.
+    Counter,
+}
+
+impl Strategy {
+    /// All strategies, for iteration in tests and benchmarks.
+    pub const ALL: [Strategy; 6] = [
+        Strategy::Lww,
+        Strategy::ServerWins,
+        Strategy::Manual,
+        Strategy::TextMerge,
+        Strategy::SetUnion,
+        Strategy::Counter,
+    ];
+
+    /// The name used in options and on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Lww => "lww",
+            Strategy::ServerWins => "server_wins",
+            Strategy::Manual => "manual",
+            Strategy::TextMerge => "text_merge",
+            Strategy::SetUnion => "set_union",
+            Strategy::Counter => "counter",
+        }
+    }
+
+    /// Parses a strategy name.
+    pub fn parse(s: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// A column as the merging replica holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct Current<'a> {
+    /// Current value (JSON null for SQL NULL).
+    pub value: &'a Value,
+    /// Current version.
+    pub ver: Hlc,
+}
+
+/// An incoming write of one column.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// The written value.
+    pub value: &'a Value,
+    /// Stamp of the edit.
+    pub ver: Hlc,
+    /// Version of the column the writer had seen.
+    pub base_ver: Hlc,
+    /// Value of the column the writer had seen, when sent.
+    pub base_value: Option<&'a Value>,
+}
+
+/// What happened to one column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Nothing to write (same value, or an older write that lost cleanly).
+    Unchanged,
+    /// The incoming value was written.
+    Applied,
+    /// A merge of both sides was written.
+    Merged,
+    /// The incoming value was refused (`server_wins`).
+    Rejected,
+    /// The current value stays and a conflict awaits a person (`manual`).
+    Pending,
+}
+
+/// The decision for one column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnMerge {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The value and version to store, if the column changes.
+    pub write: Option<(Value, Hlc)>,
+    /// Set when the writes were concurrent and not cleanly merged: the
+    /// caller records a conflict with this reason.
+    pub conflict: Option<String>,
+}
+
+impl ColumnMerge {
+    fn unchanged() -> ColumnMerge {
+        ColumnMerge {
+            outcome: Outcome::Unchanged,
+            write: None,
+            conflict: None,
+        }
+    }
+    fn applied(value: Value, ver: Hlc, conflict: Option<String>) -> ColumnMerge {
+        ColumnMerge {
+            outcome: Outcome::Applied,
+            write: Some((value, ver)),
+            conflict,
+        }
+    }
+}
+
+/// Total order on (stamp, value) used by `lww`: the higher stamp wins; equal
+/// stamps (same time, counter and node tag) fall back to comparing the
+/// values' JSON text, so every replica picks the same winner.
+pub fn lww_cmp(a_ver: Hlc, a: &Value, b_ver: Hlc, b: &Value) -> Ordering {
+    a_ver
+        .cmp(&b_ver)
+        .then_with(|| a.to_string().cmp(&b.to_string()))
+}
+
+/// The version stored for a write that must supersede `current`: the
+/// incoming stamp when it is newer, else the next stamp after `current`
+/// (a causally later edit from a client whose clock runs behind).
+pub fn superseding_ver(current: Hlc, incoming: Hlc) -> Hlc {
+    if incoming > current {
+        incoming
+    } else {
+        current.next_with_tag(incoming.tag())
+    }
+}
+
+/// Merges one incoming column write into the current state.
+pub fn merge_column(
+    strategy: Strategy,
+    current: Current<'_>,
+    incoming: Incoming<'_>,
+) -> ColumnMerge {
+    let concurrent = current.ver > incoming.base_ver;
+    if incoming.value == current.value {
+        // Same value: nothing to write, nothing lost. Keep the newer stamp.
+        return if incoming.ver > current.ver {
+            ColumnMerge {
+                outcome: Outcome::Unchanged,
+                write: Some((current.value.clone(), incoming.ver)),
+                conflict: None,
+            }
+        } else {
+            ColumnMerge::unchanged()
+        };
+    }
+    if !concurrent {
+        // The writer saw the current value: its edit is causally later.
+        return match (strategy, incoming.base_value) {
+            (Strategy::Counter, Some(_)) | (Strategy::SetUnion, Some(_)) => {
+                merge_against_base(strategy, current, incoming, false)
+            }
+            _ => ColumnMerge::applied(
+                incoming.value.clone(),
+                superseding_ver(current.ver, incoming.ver),
+                None,
+            ),
+        };
+    }
+    match strategy {
+        Strategy::Lww => lww(current, incoming, "concurrent edits; last writer wins"),
+        Strategy::ServerWins => ColumnMerge {
+            outcome: Outcome::Rejected,
+            write: None,
+            conflict: Some(
+                "the server changed this column after the client's base version (server_wins)"
+                    .into(),
+            ),
+        },
+        Strategy::Manual => ColumnMerge {
+            outcome: Outcome::Pending,
+            write: None,
+            conflict: Some("concurrent edits; resolve manually".into()),
+        },
+        Strategy::TextMerge | Strategy::SetUnion | Strategy::Counter => {
+            merge_against_base(strategy, current, incoming, true)
+        }
+    }
+}
+
+fn lww(current: Current<'_>, incoming: Incoming<'_>, reason: &str) -> ColumnMerge {
+    let incoming_wins =
+        lww_cmp(incoming.ver, incoming.value, current.ver, current.value) == Ordering::Greater;
+    if incoming_wins {
+        ColumnMerge::applied(
+            incoming.value.clone(),
+            incoming.ver,
+            Some(format!("{reason}: the incoming value won")),
+        )
+    } else {
+        ColumnMerge {
+            outcome: Outcome::Unchanged,
+            write: None,
+            conflict: Some(format!("{reason}: the current value won")),
+        }
+    }
+}
+
+fn merge_against_base(
+    strategy: Strategy,
+    current: Current<'_>,
+    incoming: Incoming<'_>,
+    concurrent: bool,
+) -> ColumnMerge {
+    let Some(base) = incoming.base_value else {
+        return lww(current, incoming, "no base value sent; fell back to lww");
+    };
+    let merged = match strategy {
+        Strategy::TextMerge => text_merge(base, current.value, incoming.value),
+        Strategy::SetUnion => set_union(base, current.value, incoming.value),
+        Strategy::Counter => counter(base, current.value, incoming.value),
+        _ => None,
+    };
+    let ver = superseding_ver(current.ver, incoming.ver);
+    match merged {
+        Some(value) if value == *current.value => ColumnMerge::unchanged(),
+        Some(value) => ColumnMerge {
+            outcome: if concurrent {
+                Outcome::Merged
+            } else {
+                Outcome::Applied
+            },
+            write: Some((value, ver)),
+            conflict: None,
+        },
+        None => lww(
+            current,
+            incoming,
+            &format!("{} could not merge; fell back to lww", strategy.name()),
+        ),
+    }
+}
+
+/// Three-way merge of text: applies both sides' edits of `base` when they
+/// touch different parts; `None` when they overlap or a value is not text.
+pub fn text_merge(base: &Value, theirs: &Value, mine: &Value) -> Option<Value> {
+    let (Value::String(b), Value::String(t), Value::String(m)) = (base, theirs, mine) else {
+        return None;
+    };
+    crate::text::merge3(b, t, m).map(Value::String)
+}
+
+/// Set union of JSON arrays: `theirs` plus what `mine` added to `base`,
+/// minus what `mine` removed from `base`. `None` unless all are arrays
+/// (null counts as empty).
+pub fn set_union(base: &Value, theirs: &Value, mine: &Value) -> Option<Value> {
+    let as_arr = |v: &Value| -> Option<Vec<Value>> {
+        match v {
+            Value::Array(a) => Some(a.clone()),
+            Value::Null => Some(Vec::new()),
+            _ => None,
+        }
+    };
+    let (base, theirs, mine) = (as_arr(base)?, as_arr(theirs)?, as_arr(mine)?);
+    let mut out: Vec<Value> = Vec::with_capacity(theirs.len() + mine.len());
+    for v in theirs {
+        let removed = base.contains(&v) && !mine.contains(&v);
+        if !removed && !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    for v in mine {
+        if !base.contains(&v) && !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    Some(Value::Array(out))
+}
+
+/// Counter merge: `theirs + (mine - base)`. Integers stay integers.
+pub fn counter(base: &Value, theirs: &Value, mine: &Value) -> Option<Value> {
+    let num = |v: &Value| -> Option<Value> {
+        match v {
+            Value::Null => Some(Value::from(0)),
+            Value::Number(_) => Some(v.clone()),
+            _ => None,
+        }
+    };
+    let (b, t, m) = (num(base)?, num(theirs)?, num(mine)?);
+    if let (Some(b), Some(t), Some(m)) = (b.as_i64(), t.as_i64(), m.as_i64()) {
+        return t.checked_add(m.checked_sub(b)?).map(Value::from);
+    }
+    let (b, t, m) = (b.as_f64()?, t.as_f64()?, m.as_f64()?);
+    serde_json::Number::from_f64(t + (m - b)).map(Value::Number)
+}
+
+/// The decision for a delete of a row that still exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteDecision {
+    /// Delete; nobody changed the row since the deleter's base.
+    Delete,
+    /// Delete, and record the concurrent updates of these columns as lost
+    /// to the delete (`delete_wins`).
+    DeleteOverUpdates(Vec<String>),
+    /// Keep the row: it was updated concurrently (`resurrect`). The delete
+    /// is recorded as a conflict.
+    KeepRow(Vec<String>),
+}
+
+/// Decides a delete given the columns changed since the deleter's base.
+pub fn decide_delete(policy: DeletePolicy, changed_since_base: Vec<String>) -> DeleteDecision {
+    if changed_since_base.is_empty() {
+        return DeleteDecision::Delete;
+    }
+    match policy {
+        DeletePolicy::DeleteWins => DeleteDecision::DeleteOverUpdates(changed_since_base),
+        DeletePolicy::Resurrect => DeleteDecision::KeepRow(changed_since_base),
+    }
+}
+
+/// The decision for an update of a row that was deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOnDeleted {
+    /// Refuse the update and record it as a conflict (`delete_wins`).
+    Reject,
+    /// Re-create the row with the written values (`resurrect`).
+    Recreate,
+}
+
+/// Decides an update that meets a deleted row. An insert of a key whose
+/// tombstone is older than the insert is a new row, not a conflict.
+pub fn decide_write_on_deleted(
+    policy: DeletePolicy,
+    is_insert: bool,
+    write: Hlc,
+    tombstone: Hlc,
+) -> WriteOnDeleted {
+    if is_insert && write > tombstone {
+        return WriteOnDeleted::Recreate;
+    }
+    match policy {
+        DeletePolicy::DeleteWins => WriteOnDeleted::Reject,
+        DeletePolicy::Resurrect => WriteOnDeleted::Recreate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn h(ms: u64, tag: u16) -> Hlc {
+        Hlc::new(ms, 0, tag)
+    }
+
+    #[test]
+    fn lww_newer_incoming_wins_and_records_conflict() {
+        let cur = json!("server");
+        let inc = json!("client");
+        let m = merge_column(
+            Strategy::Lww,
+            Current {
+                value: &cur,
+                ver: h(20, 1),
+            },
+            Incoming {
+                value: &inc,
+                ver: h(30, 2),
+                base_ver: h(10, 1),
+                base_value: None,
+            },
+        );
+        assert_eq!(m.outcome, Outcome::Applied);
+        assert_eq!(m.write, Some((inc.clone(), h(30, 2))));
+        assert!(m.conflict.is_some());
+    }
+
+    #[test]
+    fn non_concurrent_write_applies_cleanly_even_with_slow_clock() {
+        let cur = json!(1);
+        let inc = json!(2);
+        let m = merge_column(
+            Strategy::ServerWins,
+            Current {
+                value: &cur,
+                ver: h(50, 1),
+            },
+            Incoming {
+                value: &inc,
+                ver: h(10, 2),
+                base_ver: h(50, 1),
+                base_value: None,
+            },
+        );
+        assert_eq!(m.outcome, Outcome::Applied);
+        let (_, ver) = m.write.unwrap();
+        assert!(ver > h(50, 1));
+        assert!(m.conflict.is_none());
+    }
+
+    #[test]
+    fn server_wins_rejects_concurrent() {
+        let (cur, inc) = (json!(1), json!(2));
+        let m = merge_column(
+            Strategy::ServerWins,
+            Current {
+                value: &cur,
+                ver: h(50, 1),
+            },
+            Incoming {
+                value: &inc,
+                ver: h(60, 2),
+                base_ver: h(40, 1),
+                base_value: None,
+            },
+        );
+        assert_eq!(m.outcome, Outcome::Rejected);
+        assert!(m.write.is_none());
+    }
+
+    #[test]
+    fn counter_adds_deltas() {
+        assert_eq!(counter(&json!(10), &json!(15), &json!(13)), Some(json!(18)));
+    }
+
+    #[test]
+    fn set_union_is_add_wins() {
+        let r = set_union(
+            &json!(["a", "b"]),
+            &json!(["a", "b", "c"]),
+            &json!(["b", "d"]),
+        );
+        assert_eq!(r, Some(json!(["b", "c", "d"])));
+    }
+
+    #[test]
+    fn strategy_names_round_trip() {
+        for s in Strategy::ALL {
+            assert_eq!(Strategy::parse(s.name()), Some(s));
+        }
+    }
+}

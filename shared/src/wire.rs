@@ -1,0 +1,275 @@
+//! The JSON wire format between `sqlite_sync` and `pg_sync`.
+//!
+//! Three documents travel: a [`PushBatch`] (client to server, the argument of
+//! `sync_push`), a [`PushResult`] (its answer, the argument of `sync_ack`) and
+//! a [`PullPage`] (what `sync_pull` returns and `sync_apply` takes). Each
+//! carries `format`; a reader rejects a format it does not know.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::hlc::Hlc;
+use crate::schema::Schema;
+use crate::SyncError;
+
+/// The wire format version this crate reads and writes.
+pub const FORMAT: u32 = 1;
+
+/// Largest push batch accepted, in changes.
+pub const MAX_BATCH_CHANGES: usize = 100_000;
+
+/// A JSON object of column name to value.
+pub type Row = Map<String, Value>;
+
+/// Kind of a client change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// A new row created on the client.
+    Insert,
+    /// Some columns of an existing row changed.
+    Update,
+    /// The row was deleted.
+    Delete,
+}
+
+/// One client change: the coalesced pending writes to one row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    /// Per-client sequence number; a change is applied at most once per
+    /// `(client_id, seq)`.
+    pub seq: i64,
+    /// Table name.
+    pub table: String,
+    /// Insert, update or delete.
+    pub op: Op,
+    /// Primary key: column name to value.
+    pub pk: Row,
+    /// New values of the changed columns (empty for a delete).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub cols: Row,
+    /// Stamp of the last local edit of each changed column.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ver: BTreeMap<String, Hlc>,
+    /// Server version of each changed column the edit was based on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub base: BTreeMap<String, Hlc>,
+    /// Server value of a column the edit was based on, sent for strategies
+    /// that merge against the base (text_merge, set_union, counter).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub base_values: Row,
+    /// Stamp of the change as a whole (the delete stamp for a delete).
+    pub hlc: Hlc,
+}
+
+/// A client's batch of changes, the argument of `sync_push`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushBatch {
+    /// Wire format version.
+    pub format: u32,
+    /// The client's id (a UUID).
+    pub client_id: String,
+    /// Changes in sequence order.
+    pub changes: Vec<Change>,
+}
+
+/// Outcome of one pushed change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Applied as sent.
+    Applied,
+    /// Applied after merging with concurrent server changes.
+    Merged,
+    /// Not applied; `reason` says why. The client rolls its overlay back.
+    Rejected,
+    /// Partly or not applied; a conflict record holds both values.
+    Conflict,
+}
+
+/// The server's answer to one change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeResult {
+    /// The change's sequence number.
+    pub seq: i64,
+    /// Table of the change.
+    pub table: String,
+    /// Primary key of the change.
+    pub pk: Row,
+    /// What happened.
+    pub status: Status,
+    /// Why a change was rejected or conflicted, for a person to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The violated constraint's name, when a constraint rejected it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<String>,
+    /// Ids of the conflict records written for this change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<i64>,
+    /// The row as the server holds it afterwards (absent when deleted or
+    /// not visible), with its column versions in schema order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<Row>,
+    /// Column versions of `row`, in the schema's column order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ver: Option<Vec<Hlc>>,
+}
+
+/// The answer to a [`PushBatch`], the argument of `sync_ack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushResult {
+    /// Wire format version.
+    pub format: u32,
+    /// The client the batch came from.
+    pub client_id: String,
+    /// One result per change, in batch order.
+    pub results: Vec<ChangeResult>,
+}
+
+/// Kind of a pulled row change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullOp {
+    /// Insert or replace the row.
+    Upsert,
+    /// Remove the row (a tombstone, or the row left the client's view).
+    Delete,
+}
+
+/// One row change in a pull page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowChange {
+    /// Table name.
+    pub table: String,
+    /// Upsert or delete.
+    pub op: PullOp,
+    /// Primary key.
+    pub pk: Row,
+    /// All synced columns, for an upsert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<Row>,
+    /// Column versions in the schema's column order, for an upsert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ver: Option<Vec<Hlc>>,
+}
+
+/// A page of server changes, returned by `sync_pull`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullPage {
+    /// Wire format version.
+    pub format: u32,
+    /// Version of the schema the rows follow.
+    pub schema_version: i64,
+    /// The schema, included when the client's may be out of date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Schema>,
+    /// Opaque cursor to pass to the next `sync_pull`.
+    pub cursor: String,
+    /// True when more changes are ready now.
+    pub has_more: bool,
+    /// True when the client's cursor is older than the retention window: it
+    /// must drop its server state and pull again from no cursor.
+    #[serde(default)]
+    pub resync_required: bool,
+    /// The changes, in commit order per table.
+    pub changes: Vec<RowChange>,
+}
+
+/// Checks the `format` field of an incoming document.
+pub fn check_format(found: u32) -> Result<(), SyncError> {
+    if found == FORMAT {
+        Ok(())
+    } else {
+        Err(SyncError::UnsupportedFormat {
+            found,
+            expected: FORMAT,
+        })
+    }
+}
+
+impl PushBatch {
+    /// Parses and validates a batch: known format, a client id, at most
+    /// [`MAX_BATCH_CHANGES`] changes, strictly increasing sequence numbers,
+    /// non-empty primary keys.
+    pub fn parse(json: &str) -> Result<PushBatch, SyncError> {
+        let batch: PushBatch = serde_json::from_str(json)
+            .map_err(|e| SyncError::MalformedJson(format!("push batch: {e}")))?;
+        check_format(batch.format)?;
+        if batch.client_id.trim().is_empty() {
+            return Err(SyncError::Invalid("push batch: client_id is empty".into()));
+        }
+        if batch.changes.len() > MAX_BATCH_CHANGES {
+            return Err(SyncError::Invalid(format!(
+                "push batch: {} changes is more than the limit of {MAX_BATCH_CHANGES}; send smaller batches",
+                batch.changes.len()
+            )));
+        }
+        let mut prev = i64::MIN;
+        for c in &batch.changes {
+            if c.seq <= prev {
+                return Err(SyncError::Invalid(format!(
+                    "push batch: seq {} does not increase (after {prev})",
+                    c.seq
+                )));
+            }
+            prev = c.seq;
+            if c.pk.is_empty() {
+                return Err(SyncError::Invalid(format!(
+                    "push batch: change {} on table {:?} has an empty pk",
+                    c.seq, c.table
+                )));
+            }
+        }
+        Ok(batch)
+    }
+}
+
+impl PushResult {
+    /// Parses and validates a push result.
+    pub fn parse(json: &str) -> Result<PushResult, SyncError> {
+        let r: PushResult = serde_json::from_str(json)
+            .map_err(|e| SyncError::MalformedJson(format!("push result: {e}")))?;
+        check_format(r.format)?;
+        Ok(r)
+    }
+}
+
+impl PullPage {
+    /// Parses and validates a pull page.
+    pub fn parse(json: &str) -> Result<PullPage, SyncError> {
+        let p: PullPage = serde_json::from_str(json)
+            .map_err(|e| SyncError::MalformedJson(format!("pull page: {e}")))?;
+        check_format(p.format)?;
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_round_trips_and_validates() {
+        let json = r#"{"format":1,"client_id":"c1","changes":[
+            {"seq":1,"table":"tasks","op":"insert","pk":{"id":"t1"},
+             "cols":{"id":"t1","title":"a"},"ver":{"title":"0000000000001001"},
+             "hlc":"0000000000001001"}]}"#;
+        let b = PushBatch::parse(json).unwrap();
+        assert_eq!(b.changes[0].op, Op::Insert);
+        let again = PushBatch::parse(&serde_json::to_string(&b).unwrap()).unwrap();
+        assert_eq!(again, b);
+        assert!(matches!(
+            PushBatch::parse("{nope"),
+            Err(SyncError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            PushBatch::parse(r#"{"format":9,"client_id":"c","changes":[]}"#),
+            Err(SyncError::UnsupportedFormat { found: 9, .. })
+        ));
+    }
+}
