@@ -68,7 +68,10 @@ impl Hlc {
     }
 
     /// The stamp as a signed 64-bit integer, for storage in `int8`/`INTEGER`
-    /// columns (order-preserving for every stamp before 2159).
+    /// columns. Order-preserving while the top bit is clear, that is for
+    /// every stamp before 2089-09-06 (2^41 ms after the epoch); later stamps
+    /// come out negative and sort before earlier ones as integers.
+    /// Compare [`Hlc`] values (or `from_i64` first), not raw integers.
     pub fn as_i64(self) -> i64 {
         self.0 as i64
     }
@@ -79,10 +82,14 @@ impl Hlc {
     }
 
     /// The smallest stamp of `tag` that is strictly greater than `self`
-    /// in its (physical, counter) part.
+    /// in its (physical, counter) part. At the very last (physical, counter)
+    /// pair (year 2159) it saturates there instead of wrapping to a smaller
+    /// stamp.
     pub fn next_with_tag(self, tag: u16) -> Hlc {
         let (ms, c) = (self.ms(), self.counter());
-        if c >= COUNTER_MAX {
+        if c >= COUNTER_MAX && ms >= MS_MAX {
+            Hlc::new(MS_MAX, COUNTER_MAX, tag)
+        } else if c >= COUNTER_MAX {
             Hlc::new(ms + 1, 0, tag)
         } else {
             Hlc::new(ms, c + 1, tag)
@@ -118,7 +125,8 @@ pub struct ParseHlcError(pub String);
 impl FromStr for Hlc {
     type Err = ParseHlcError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 16 {
+        // `from_str_radix` alone would also take a leading `+`.
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ParseHlcError(s.to_string()));
         }
         u64::from_str_radix(s, 16)
@@ -321,6 +329,14 @@ mod tests {
             Observed::Clamped { clamped, .. } => assert!(clamped < far),
             other => panic!("expected clamp, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn parse_rejects_non_hex() {
+        assert!("+000000000001001".parse::<Hlc>().is_err());
+        assert!("000000000000100g".parse::<Hlc>().is_err());
+        assert!("1001".parse::<Hlc>().is_err());
+        assert_eq!("00000000000010AB".parse::<Hlc>(), Ok(Hlc(0x10ab)));
     }
 
     #[test]

@@ -165,7 +165,11 @@ pub fn merge_column(
     incoming: Incoming<'_>,
 ) -> ColumnMerge {
     let concurrent = current.ver > incoming.base_ver;
-    if incoming.value == current.value {
+    // A counter write carries a delta (`value - base_value`), so an incoming
+    // value equal to the current one may still have to be added (two
+    // clients both incrementing 10 to 11 must give 12).
+    let delta_write = strategy == Strategy::Counter && incoming.base_value.is_some();
+    if incoming.value == current.value && !delta_write {
         // Same value: nothing to write, nothing lost. Keep the newer stamp.
         return if incoming.ver > current.ver {
             ColumnMerge {
@@ -300,18 +304,32 @@ pub fn set_union(base: &Value, theirs: &Value, mine: &Value) -> Option<Value> {
     Some(Value::Array(out))
 }
 
-/// Counter merge: `theirs + (mine - base)`. Integers stay integers.
+/// Counter merge: `theirs + (mine - base)`; null counts as 0. When all
+/// three are integers the sum is exact (computed in 128 bits) and stays an
+/// integer; `None` when it does not fit in `i64`/`u64`. Otherwise the sum is
+/// computed in `f64`; `None` when it is not finite or a value is not a
+/// number.
 pub fn counter(base: &Value, theirs: &Value, mine: &Value) -> Option<Value> {
-    let num = |v: &Value| -> Option<Value> {
+    let num = |v: &Value| -> Option<serde_json::Number> {
         match v {
-            Value::Null => Some(Value::from(0)),
-            Value::Number(_) => Some(v.clone()),
+            Value::Null => Some(0.into()),
+            Value::Number(n) => Some(n.clone()),
             _ => None,
         }
     };
+    let int = |n: &serde_json::Number| -> Option<i128> {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
     let (b, t, m) = (num(base)?, num(theirs)?, num(mine)?);
-    if let (Some(b), Some(t), Some(m)) = (b.as_i64(), t.as_i64(), m.as_i64()) {
-        return t.checked_add(m.checked_sub(b)?).map(Value::from);
+    if let (Some(b), Some(t), Some(m)) = (int(&b), int(&t), int(&m)) {
+        let sum = t + (m - b);
+        return if let Ok(v) = i64::try_from(sum) {
+            Some(Value::from(v))
+        } else {
+            u64::try_from(sum).ok().map(Value::from)
+        };
     }
     let (b, t, m) = (b.as_f64()?, t.as_f64()?, m.as_f64()?);
     serde_json::Number::from_f64(t + (m - b)).map(Value::Number)
