@@ -1,0 +1,127 @@
+//! The opaque pull cursor.
+//!
+//! Per synced table it holds two positions, one in the stream of live rows
+//! ordered by `(_sync_xid, primary key)` and one in the stream of tombstones
+//! ordered by `(xid, pk)`. A position is either the start, "everything below
+//! xid X" (after a stream was read up to the snapshot horizon X), or "after
+//! (xid, key)" (inside a page sequence). Only changes of transactions below
+//! the horizon are ever handed out, so a transaction that commits later
+//! always has an xid at or above the stored position: nothing is skipped.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{PgSyncError, Result};
+
+/// A position in one stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(untagged)]
+pub enum Pos {
+    /// Nothing read yet.
+    #[default]
+    Start,
+    /// Everything below this xid has been read.
+    Below([u64; 1]),
+    /// Read up to and including this (xid, key).
+    After(u64, Value),
+}
+
+/// Positions for one table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TablePos {
+    /// Live rows.
+    #[serde(default)]
+    pub r: Pos,
+    /// Tombstones.
+    #[serde(default)]
+    pub d: Pos,
+}
+
+/// The decoded cursor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Cursor format.
+    pub v: u32,
+    /// Schema version the client was sent.
+    pub s: i64,
+    /// Positions by table name.
+    pub t: BTreeMap<String, TablePos>,
+}
+
+const PREFIX: &str = "c1.";
+
+impl Cursor {
+    /// Decodes a cursor string.
+    pub fn decode(s: &str) -> Result<Cursor> {
+        let bad = |why: &str| {
+            PgSyncError::BadCursor(format!(
+                "{why}; pass a cursor returned by sync_pull, or NULL to start over"
+            ))
+        };
+        let body = s
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| bad("unknown cursor format"))?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| bad("cursor is not valid base64"))?;
+        let c: Cursor =
+            serde_json::from_slice(&bytes).map_err(|_| bad("cursor content is damaged"))?;
+        if c.v != 1 {
+            return Err(bad("unsupported cursor version"));
+        }
+        Ok(c)
+    }
+
+    /// Encodes the cursor as opaque text.
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    }
+
+    /// The smallest tombstone position xid of all tables, if any table has
+    /// read tombstones.
+    pub fn oldest_tombstone_xid(&self) -> Option<u64> {
+        self.t
+            .values()
+            .filter_map(|p| match &p.d {
+                Pos::Start => None,
+                Pos::Below([x]) => Some(*x),
+                Pos::After(x, _) => Some(*x),
+            })
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut c = Cursor {
+            v: 1,
+            s: 3,
+            ..Default::default()
+        };
+        c.t.insert(
+            "tasks".into(),
+            TablePos {
+                r: Pos::After(10, serde_json::json!({"id": "a"})),
+                d: Pos::Below([7]),
+            },
+        );
+        let d = Cursor::decode(&c.encode()).unwrap();
+        assert_eq!(
+            d.t["tasks"].r,
+            Pos::After(10, serde_json::json!({"id": "a"}))
+        );
+        assert_eq!(d.t["tasks"].d, Pos::Below([7]));
+        assert!(Cursor::decode("garbage").is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! `sync_pull`: commit-order-safe, paged changes for a client.
+
+use std::fmt::Write as _;
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use sync_core::Hlc;
+
+use crate::catalog::{self, TableInfo};
+use crate::cursor::{Cursor, Pos, TablePos};
+use crate::error::{or_raise, PgSyncError, Result};
+use crate::spi_util::{exec, one, rows, TextRow};
+
+/// Largest page a client may ask for.
+pub const MAX_PAGE: i32 = 100_000;
+
+/// Returns the changes after `cursor` (all rows when NULL), at most
+/// `max_changes`, as a pull page: `{format, schema_version, schema?, cursor,
+/// has_more, resync_required, changes}`.
+#[pg_extern]
+fn sync_pull(
+    cursor: default!(Option<&str>, "NULL"),
+    max_changes: default!(i32, 10000),
+    client_id: default!(Option<&str>, "NULL"),
+) -> JsonB {
+    let page = or_raise(pull(cursor, max_changes, client_id));
+    // The page is assembled as text; jsonb_in parses it once.
+    let v: serde_json::Value = serde_json::from_str(&page).unwrap_or_default();
+    JsonB(v)
+}
+
+/// The xid below which every transaction has finished, as seen now.
+fn horizon() -> Result<u64> {
+    one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])?
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| PgSyncError::Spi("could not read the snapshot horizon".into()))
+}
+
+fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Result<String> {
+    if !(1..=MAX_PAGE).contains(&max_changes) {
+        return Err(PgSyncError::BadArgument(format!(
+            "max_changes must be between 1 and {MAX_PAGE}, got {max_changes}"
+        )));
+    }
+    let mut cur = match cursor {
+        Some(c) => Cursor::decode(c)?,
+        None => Cursor {
+            v: 1,
+            ..Default::default()
+        },
+    };
+    // The horizon is taken before any row is read.
+    let h = horizon()?;
+    let tables = catalog::synced_tables()?;
+    let version = catalog::schema_version()?;
+    let send_schema = cursor.is_none() || cur.s != version;
+    let schema_json = if send_schema {
+        Some(serde_json::to_string(&catalog::schema(&tables)?).unwrap_or_default())
+    } else {
+        None
+    };
+
+    let compacted: u64 = one("SELECT compacted_xid::text FROM pg_sync.meta", &[])?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if cursor.is_some() && cur.oldest_tombstone_xid().is_some_and(|x| x < compacted) {
+        return Ok(page_json(
+            version,
+            schema_json.as_deref(),
+            "",
+            false,
+            true,
+            "",
+        ));
+    }
+
+    let mut changes = String::new();
+    let mut emitted = 0usize;
+    let mut has_more = false;
+    let budget_total = max_changes as usize;
+    for t in &tables {
+        let readable = one(
+            "SELECT has_table_privilege($1, 'SELECT')::text",
+            &[t.relid.into()],
+        )?;
+        if readable.as_deref() != Some("true") {
+            continue;
+        }
+        let pos = cur.t.entry(t.name.clone()).or_default();
+        if emitted >= budget_total {
+            has_more |= stream_nonempty(t, pos, h)?;
+            continue;
+        }
+        let budget = budget_total - emitted;
+        let (n, more) = pull_table(t, pos, h, budget, &mut changes)?;
+        emitted += n;
+        has_more |= more;
+    }
+    // Forget tables that are no longer synced.
+    cur.t
+        .retain(|name, _| tables.iter().any(|t| &t.name == name));
+    cur.v = 1;
+    cur.s = version;
+    let encoded = cur.encode();
+    if let Some(id) = client_id {
+        exec(
+            "SELECT pg_sync._pulled($1, $2)",
+            &[id.to_string().into(), encoded.clone().into()],
+        )?;
+    }
+    Ok(page_json(
+        version,
+        schema_json.as_deref(),
+        &encoded,
+        has_more,
+        false,
+        &changes,
+    ))
+}
+
+fn page_json(
+    version: i64,
+    schema: Option<&str>,
+    cursor: &str,
+    has_more: bool,
+    resync: bool,
+    changes: &str,
+) -> String {
+    let mut s = String::with_capacity(changes.len() + 256);
+    let _ = write!(
+        s,
+        "{{\"format\":{},\"schema_version\":{version},",
+        sync_core::wire::FORMAT
+    );
+    if let Some(schema) = schema {
+        let _ = write!(s, "\"schema\":{schema},");
+    }
+    let _ = write!(
+        s,
+        "\"cursor\":{},\"has_more\":{has_more},\"resync_required\":{resync},\"changes\":[{changes}]}}",
+        serde_json::to_string(cursor).unwrap_or_default()
+    );
+    s
+}
+
+/// Condition and parameters selecting a stream's rows after `pos`.
+fn after_clause(
+    pos: &Pos,
+    xid_expr: &str,
+    key_tuple: &str,
+    key_param: &str,
+) -> (String, Vec<String>) {
+    match pos {
+        Pos::Start => ("true".into(), vec![]),
+        Pos::Below([x]) => (format!("{xid_expr} >= $2::xid8"), vec![x.to_string()]),
+        Pos::After(x, key) => {
+            let k = match key {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (
+                format!("({xid_expr}, {key_tuple}) > ($2::xid8, {key_param})"),
+                vec![x.to_string(), k],
+            )
+        }
+    }
+}
+
+fn rows_query(t: &TableInfo, pos: &Pos, limit: usize) -> (String, Vec<String>) {
+    let key_cols: Vec<String> =
+        t.pk.iter()
+            .map(|k| format!("t.{}", crate::spi_util::ident(k)))
+            .collect();
+    let (cond, params) = after_clause(
+        pos,
+        "t._sync_xid",
+        &format!("({})", key_cols.join(", ")),
+        &t.pk_from_json_param("$3"),
+    );
+    let sql = format!(
+        "SELECT t._sync_xid::text, {pk}::text, {row}::text, t._sync_ver::text FROM {tbl} t \
+         WHERE {cond} AND t._sync_xid < $1::xid8 ORDER BY t._sync_xid, {keys} LIMIT {limit}",
+        pk = t.pk_expr("t"),
+        row = t.row_expr("t"),
+        tbl = t.qualified,
+        keys = key_cols.join(", "),
+    );
+    (sql, params)
+}
+
+fn tombs_query(t: &TableInfo, pos: &Pos, limit: usize) -> (String, Vec<String>) {
+    let (cond, params) = after_clause(pos, "xid", "pk::text", "$3");
+    let sql = format!(
+        "SELECT xid::text, pk::text FROM pg_sync.tombstones \
+         WHERE relid = {} AND {cond} AND xid < $1::xid8 ORDER BY xid, pk::text LIMIT {limit}",
+        u32::from(t.relid)
+    );
+    (sql, params)
+}
+
+fn run(sql: &str, h: u64, params: Vec<String>) -> Result<Vec<TextRow>> {
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![h.to_string().into()];
+    args.extend(params.into_iter().map(Into::into));
+    rows(sql, &args)
+}
+
+fn stream_nonempty(t: &TableInfo, pos: &TablePos, h: u64) -> Result<bool> {
+    let (sql, p) = rows_query(t, &pos.r, 1);
+    if !run(&sql, h, p)?.is_empty() {
+        return Ok(true);
+    }
+    let (sql, p) = tombs_query(t, &pos.d, 1);
+    Ok(!run(&sql, h, p)?.is_empty())
+}
+
+fn xid_of(r: &TextRow) -> u64 {
+    r[0].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Pulls up to `budget` changes of one table, merging live rows and
+/// tombstones in xid order (a tombstone before a row of the same xid).
+fn pull_table(
+    t: &TableInfo,
+    pos: &mut TablePos,
+    h: u64,
+    budget: usize,
+    out: &mut String,
+) -> Result<(usize, bool)> {
+    let (sql, p) = rows_query(t, &pos.r, budget + 1);
+    let live = run(&sql, h, p)?;
+    let (sql, p) = tombs_query(t, &pos.d, budget + 1);
+    let tombs = run(&sql, h, p)?;
+    let name_json = serde_json::to_string(&t.name).unwrap_or_default();
+
+    let (mut i, mut j, mut n) = (0usize, 0usize, 0usize);
+    while n < budget && (i < live.len() || j < tombs.len()) {
+        let take_tomb = match (live.get(i), tombs.get(j)) {
+            (Some(r), Some(d)) => xid_of(d) <= xid_of(r),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if take_tomb {
+            let d = &tombs[j];
+            let pk = d[1].clone().unwrap_or_default();
+            let _ = write!(
+                out,
+                "{{\"table\":{name_json},\"op\":\"delete\",\"pk\":{pk}}}"
+            );
+            pos.d = Pos::After(xid_of(d), serde_json::Value::String(pk));
+            j += 1;
+        } else {
+            let r = &live[i];
+            let pk = r[1].as_deref().unwrap_or("{}");
+            let row = r[2].as_deref().unwrap_or("{}");
+            let ver = versions_json(t, r[3].as_deref());
+            let _ = write!(
+                out,
+                "{{\"table\":{name_json},\"op\":\"upsert\",\"pk\":{pk},\"row\":{row},\"ver\":{ver}}}"
+            );
+            pos.r = Pos::After(xid_of(r), serde_json::from_str(pk).unwrap_or_default());
+            i += 1;
+        }
+        n += 1;
+    }
+    let live_done = i == live.len() && live.len() <= budget;
+    let tombs_done = j == tombs.len() && tombs.len() <= budget;
+    if live_done {
+        pos.r = Pos::Below([h]);
+    }
+    if tombs_done {
+        pos.d = Pos::Below([h]);
+    }
+    Ok((n, !(live_done && tombs_done)))
+}
+
+/// `["<hex>", ...]` in schema column order from an int8[] text.
+pub fn versions_json(t: &TableInfo, arr: Option<&str>) -> String {
+    let by_attnum = parse_int_array(arr.unwrap_or("{}"));
+    let mut s = String::with_capacity(t.columns.len() * 19 + 2);
+    s.push('[');
+    for (k, c) in t.columns.iter().enumerate() {
+        if k > 0 {
+            s.push(',');
+        }
+        let v = by_attnum.get(c.attnum - 1).copied().unwrap_or(0);
+        let _ = write!(s, "\"{}\"", Hlc::from_i64(v));
+    }
+    s.push(']');
+    s
+}
+
+/// Parses a Postgres int8[] text form (`{1,2,NULL}`); NULL reads as 0.
+pub fn parse_int_array(s: &str) -> Vec<i64> {
+    let inner = s.trim().trim_start_matches('{').trim_end_matches('}');
+    if inner.is_empty() {
+        return Vec::new();
+    }
+    inner
+        .split(',')
+        .map(|v| v.trim().parse().unwrap_or(0))
+        .collect()
+}

@@ -1,0 +1,416 @@
+//! Change-tracking triggers, written against the C trigger API for speed.
+//!
+//! - `pg_sync.track()`: BEFORE INSERT OR UPDATE, FOR EACH ROW. Sets
+//!   `_sync_xid` to the top-level transaction id and stamps the version of
+//!   every inserted or changed column in `_sync_ver` (indexed by attnum).
+//!   A write that sets `_sync_ver` itself (`sync_push`) keeps its versions.
+//! - `pg_sync.track_delete()`: AFTER DELETE, FOR EACH ROW. Writes a tombstone.
+//! - `pg_sync.track_truncate()`: BEFORE TRUNCATE. Tombstones every row.
+//!
+//! Tombstones are written as the owner of `pg_sync.tombstones`, so writers
+//! need no privilege on the catalog.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::CString;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use sync_core::Hlc;
+
+use crate::catalog::{VER_COL, XID_COL};
+use crate::clock;
+
+thread_local! {
+    /// Stamp of the delete being applied by `sync_push`, if any.
+    static PUSH_DELETE_HLC: Cell<Option<Hlc>> = const { Cell::new(None) };
+    /// Prepared tombstone inserts per table.
+    static TOMB_PLANS: RefCell<HashMap<u32, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` with tombstones carrying `hlc` (the client's delete stamp).
+pub fn with_delete_hlc<R>(hlc: Hlc, f: impl FnOnce() -> R) -> R {
+    PUSH_DELETE_HLC.with(|c| c.set(Some(hlc)));
+    let r = f();
+    PUSH_DELETE_HLC.with(|c| c.set(None));
+    r
+}
+
+fn delete_stamp() -> Hlc {
+    PUSH_DELETE_HLC
+        .with(|c| c.get())
+        .unwrap_or_else(|| clock::tick_after(Hlc::ZERO))
+}
+
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION pg_sync.track() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_track';
+CREATE FUNCTION pg_sync.track_delete() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_track_delete';
+CREATE FUNCTION pg_sync.track_truncate() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_track_truncate';
+"#,
+    name = "track_functions",
+    requires = ["bootstrap"]
+);
+
+macro_rules! finfo_v1 {
+    ($name:ident) => {
+        #[no_mangle]
+        #[doc(hidden)]
+        pub extern "C" fn $name() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+finfo_v1!(pg_finfo_pg_sync_track);
+finfo_v1!(pg_finfo_pg_sync_track_delete);
+finfo_v1!(pg_finfo_pg_sync_track_truncate);
+
+unsafe fn trigger_data(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> *mut pg_sys::TriggerData {
+    if !pgrx::trigger_support::called_as_trigger(fcinfo) {
+        error!("{what} must be called as a trigger");
+    }
+    (*fcinfo).context as *mut pg_sys::TriggerData
+}
+
+unsafe fn attrs<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+    (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)
+}
+
+unsafe fn attname(a: &pg_sys::FormData_pg_attribute) -> &str {
+    std::ffi::CStr::from_ptr(a.attname.data.as_ptr())
+        .to_str()
+        .unwrap_or("")
+}
+
+/// Zero-based indexes of `_sync_xid` and `_sync_ver`.
+unsafe fn tracking_columns(tupdesc: pg_sys::TupleDesc) -> (usize, usize) {
+    let mut xid = None;
+    let mut ver = None;
+    for (i, a) in attrs(tupdesc).iter().enumerate() {
+        if a.attisdropped {
+            continue;
+        }
+        match attname(a) {
+            XID_COL => xid = Some(i),
+            VER_COL => ver = Some(i),
+            _ => {}
+        }
+    }
+    match (xid, ver) {
+        (Some(x), Some(v)) => (x, v),
+        _ => error!("pg_sync: table lacks _sync_xid/_sync_ver; re-run sync_enable"),
+    }
+}
+
+/// Binary equality of two non-null datums of one attribute.
+unsafe fn datum_eq(
+    a: pg_sys::Datum,
+    b: pg_sys::Datum,
+    att: &pg_sys::FormData_pg_attribute,
+) -> bool {
+    if att.attbyval {
+        return a.value() == b.value();
+    }
+    let (pa, pb) = (a.cast_mut_ptr::<u8>(), b.cast_mut_ptr::<u8>());
+    if pa == pb {
+        return true;
+    }
+    let len = match att.attlen {
+        -1 => {
+            let la = pgrx::varlena::varsize_any(pa as *const pg_sys::varlena);
+            let lb = pgrx::varlena::varsize_any(pb as *const pg_sys::varlena);
+            if la != lb {
+                return false;
+            }
+            la
+        }
+        -2 => {
+            let sa = std::ffi::CStr::from_ptr(pa as *const std::ffi::c_char);
+            let sb = std::ffi::CStr::from_ptr(pb as *const std::ffi::c_char);
+            return sa == sb;
+        }
+        n => n as usize,
+    };
+    std::slice::from_raw_parts(pa, len) == std::slice::from_raw_parts(pb, len)
+}
+
+/// Reads an int8[] datum into a vector indexed from 0 (nulls as 0).
+unsafe fn read_versions(d: pg_sys::Datum) -> Vec<i64> {
+    let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+    let mut elems: *mut pg_sys::Datum = std::ptr::null_mut();
+    let mut nulls: *mut bool = std::ptr::null_mut();
+    let mut n: i32 = 0;
+    pg_sys::deconstruct_array(
+        arr,
+        pg_sys::INT8OID,
+        8,
+        true,
+        pg_sys::TYPALIGN_DOUBLE as std::ffi::c_char,
+        &mut elems,
+        &mut nulls,
+        &mut n,
+    );
+    (0..n as usize)
+        .map(|i| {
+            if *nulls.add(i) {
+                0
+            } else {
+                (*elems.add(i)).value() as i64
+            }
+        })
+        .collect()
+}
+
+unsafe fn build_versions(v: &[i64]) -> pg_sys::Datum {
+    let mut elems: Vec<pg_sys::Datum> = v.iter().map(|x| pg_sys::Datum::from(*x)).collect();
+    let arr = pg_sys::construct_array(
+        elems.as_mut_ptr(),
+        elems.len() as i32,
+        pg_sys::INT8OID,
+        8,
+        true,
+        pg_sys::TYPALIGN_DOUBLE as std::ffi::c_char,
+    );
+    pg_sys::Datum::from(arr)
+}
+
+/// BEFORE INSERT OR UPDATE row trigger.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let td = trigger_data(fcinfo, "pg_sync.track()");
+    let event = (*td).tg_event;
+    if !pgrx::trigger_support::trigger_fired_before(event)
+        || !pgrx::trigger_support::trigger_fired_for_row(event)
+    {
+        error!("pg_sync.track() must be a BEFORE ... FOR EACH ROW trigger");
+    }
+    let is_update = pgrx::trigger_support::trigger_fired_by_update(event);
+    let rel = (*td).tg_relation;
+    let tupdesc = (*rel).rd_att;
+    let natts = (*tupdesc).natts as usize;
+    let (xid_i, ver_i) = tracking_columns(tupdesc);
+    let atts = attrs(tupdesc);
+
+    let newtup = if is_update {
+        (*td).tg_newtuple
+    } else {
+        (*td).tg_trigtuple
+    };
+    let mut new_vals = vec![pg_sys::Datum::from(0usize); natts];
+    let mut new_nulls = vec![false; natts];
+    pg_sys::heap_deform_tuple(
+        newtup,
+        tupdesc,
+        new_vals.as_mut_ptr(),
+        new_nulls.as_mut_ptr(),
+    );
+
+    let mut versions: Option<Vec<i64>> = None;
+    if is_update {
+        let oldtup = (*td).tg_trigtuple;
+        let mut old_vals = vec![pg_sys::Datum::from(0usize); natts];
+        let mut old_nulls = vec![false; natts];
+        pg_sys::heap_deform_tuple(
+            oldtup,
+            tupdesc,
+            old_vals.as_mut_ptr(),
+            old_nulls.as_mut_ptr(),
+        );
+        let ver_set_by_writer = new_nulls[ver_i] != old_nulls[ver_i]
+            || (!new_nulls[ver_i] && !datum_eq(new_vals[ver_i], old_vals[ver_i], &atts[ver_i]));
+        if !ver_set_by_writer {
+            let mut v = if old_nulls[ver_i] {
+                Vec::new()
+            } else {
+                read_versions(old_vals[ver_i])
+            };
+            v.resize(natts, 0);
+            let floor = v.iter().copied().max().unwrap_or(0);
+            let mut stamp: Option<i64> = None;
+            for (i, a) in atts.iter().enumerate() {
+                if a.attisdropped || i == xid_i || i == ver_i {
+                    continue;
+                }
+                let changed = match (old_nulls[i], new_nulls[i]) {
+                    (true, true) => false,
+                    (false, false) => !datum_eq(old_vals[i], new_vals[i], a),
+                    _ => true,
+                };
+                if changed {
+                    let s = *stamp
+                        .get_or_insert_with(|| clock::tick_after(Hlc::from_i64(floor)).as_i64());
+                    v[i] = s;
+                }
+            }
+            if stamp.is_some() {
+                versions = Some(v);
+            }
+        }
+    } else if new_nulls[ver_i] {
+        let s = clock::tick_after(Hlc::ZERO).as_i64();
+        let v: Vec<i64> = atts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if a.attisdropped || i == xid_i || i == ver_i {
+                    0
+                } else {
+                    s
+                }
+            })
+            .collect();
+        versions = Some(v);
+    }
+
+    let xid = pg_sys::GetTopFullTransactionId().value;
+    let mut cols: [i32; 2] = [(xid_i + 1) as i32, (ver_i + 1) as i32];
+    let mut vals: [pg_sys::Datum; 2] = [pg_sys::Datum::from(xid), pg_sys::Datum::from(0usize)];
+    let mut nulls: [bool; 2] = [false, false];
+    let ncols = match &versions {
+        Some(v) => {
+            vals[1] = build_versions(v);
+            2
+        }
+        None => 1,
+    };
+    let out = pg_sys::heap_modify_tuple_by_cols(
+        newtup,
+        tupdesc,
+        ncols,
+        cols.as_mut_ptr(),
+        vals.as_mut_ptr(),
+        nulls.as_mut_ptr(),
+    );
+    pg_sys::Datum::from(out)
+}
+
+/// Runs `f` as the owner of `pg_sync.tombstones`.
+unsafe fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
+    thread_local! {
+        static OWNER: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+    }
+    let owner = OWNER.with(|o| {
+        if let Some(v) = o.get() {
+            return v;
+        }
+        let v = Spi::get_one::<pg_sys::Oid>(
+            "SELECT relowner FROM pg_class WHERE oid = 'pg_sync.tombstones'::regclass",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| error!("pg_sync: catalog table pg_sync.tombstones is missing"));
+        o.set(Some(v));
+        v
+    });
+    let mut saved_user = pg_sys::Oid::INVALID;
+    let mut saved_ctx = 0;
+    pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+    pg_sys::SetUserIdAndSecContext(
+        owner,
+        saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+    );
+    let r = f();
+    pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+    r
+}
+
+/// The key of a table as `jsonb_build_object('k', (r).k, ...)` over a row
+/// parameter `$2` of the table's row type.
+fn tomb_insert_sql(relid: pg_sys::Oid, from_rows: bool) -> String {
+    let pk = crate::catalog::primary_key(relid).unwrap_or_else(|e| error!("pg_sync: {e}"));
+    if pk.is_empty() {
+        error!("pg_sync: synced table {relid:?} lost its primary key");
+    }
+    let parts: Vec<String> = pk
+        .iter()
+        .map(|k| {
+            format!(
+                "{}, r.{}",
+                crate::spi_util::literal(k),
+                crate::spi_util::ident(k)
+            )
+        })
+        .collect();
+    if from_rows {
+        let t = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        format!(
+            "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc) \
+             SELECT $1, jsonb_build_object({}), pg_current_xact_id(), $2 FROM ONLY {t} r",
+            parts.join(", ")
+        )
+    } else {
+        format!(
+            "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc) \
+             SELECT $1, jsonb_build_object({}), pg_current_xact_id(), $3 FROM (SELECT ($2).*) r",
+            parts.join(", ")
+        )
+    }
+}
+
+/// AFTER DELETE row trigger: records a tombstone.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pg_sync_track_delete(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let td = trigger_data(fcinfo, "pg_sync.track_delete()");
+    let rel = (*td).tg_relation;
+    let relid = (*rel).rd_id;
+    let rowtype = (*(*rel).rd_rel).reltype;
+    let row = pg_sys::heap_copy_tuple_as_datum((*td).tg_trigtuple, (*rel).rd_att);
+    let hlc = delete_stamp();
+    as_catalog_owner(|| {
+        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+            error!("pg_sync: SPI_connect failed");
+        }
+        let plan = TOMB_PLANS.with(|p| {
+            let key = u32::from(relid);
+            if let Some(plan) = p.borrow().get(&key) {
+                return *plan;
+            }
+            let sql = CString::new(tomb_insert_sql(relid, false)).unwrap();
+            let mut argtypes = [pg_sys::OIDOID, rowtype, pg_sys::INT8OID];
+            let plan = pg_sys::SPI_prepare(sql.as_ptr(), 3, argtypes.as_mut_ptr());
+            if plan.is_null() {
+                error!("pg_sync: could not prepare the tombstone insert");
+            }
+            pg_sys::SPI_keepplan(plan);
+            p.borrow_mut().insert(key, plan);
+            plan
+        });
+        let mut args = [
+            pg_sys::Datum::from(relid),
+            row,
+            pg_sys::Datum::from(hlc.as_i64()),
+        ];
+        let nulls = [b' ' as std::ffi::c_char; 3];
+        let rc = pg_sys::SPI_execute_plan(plan, args.as_mut_ptr(), nulls.as_ptr(), false, 0);
+        if rc != pg_sys::SPI_OK_INSERT as i32 {
+            error!("pg_sync: tombstone insert failed ({rc})");
+        }
+        pg_sys::SPI_finish();
+    });
+    pg_sys::Datum::from((*td).tg_trigtuple)
+}
+
+/// BEFORE TRUNCATE statement trigger: tombstones every row.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pg_sync_track_truncate(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let td = trigger_data(fcinfo, "pg_sync.track_truncate()");
+    let relid = (*(*td).tg_relation).rd_id;
+    let hlc = clock::tick_after(Hlc::ZERO);
+    as_catalog_owner(|| {
+        let sql = tomb_insert_sql(relid, true);
+        Spi::run_with_args(&sql, &[relid.into(), hlc.as_i64().into()])
+            .unwrap_or_else(|e| error!("pg_sync: tombstones for TRUNCATE failed: {e}"));
+    });
+    pg_sys::Datum::from(0usize)
+}

@@ -1,0 +1,165 @@
+-- pg_sync internal catalog. Runs first in CREATE EXTENSION pg_sync.
+
+-- The pg_ prefix is reserved for system schemas; creating ours needs this
+-- superuser-only setting for one statement.
+SET LOCAL allow_system_table_mods = on;
+CREATE SCHEMA pg_sync;
+RESET allow_system_table_mods;
+COMMENT ON SCHEMA pg_sync IS 'pg_sync: change tracking catalog, tombstones, conflict log';
+
+-- One row per synced table.
+CREATE TABLE pg_sync.tables (
+    relid      oid PRIMARY KEY,
+    name       text NOT NULL UNIQUE,
+    options    jsonb NOT NULL DEFAULT '{}',
+    enabled_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Global counters: the schema version clients compare against, and the
+-- compaction horizon (cursors older than it must resync).
+CREATE TABLE pg_sync.meta (
+    id             boolean PRIMARY KEY DEFAULT true CHECK (id),
+    schema_version bigint NOT NULL DEFAULT 1,
+    compacted_xid  xid8 NOT NULL DEFAULT '0',
+    compacted_at   timestamptz
+);
+INSERT INTO pg_sync.meta DEFAULT VALUES;
+
+-- Deleted rows: what a client needs to remove the row, kept until compaction.
+CREATE TABLE pg_sync.tombstones (
+    relid oid NOT NULL,
+    pk    jsonb NOT NULL,
+    xid   xid8 NOT NULL,
+    hlc   bigint NOT NULL,
+    old   jsonb,
+    at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX tombstones_pull_idx ON pg_sync.tombstones (relid, xid, (pk::text));
+CREATE INDEX tombstones_pk_idx ON pg_sync.tombstones (relid, pk);
+
+-- Clients that pushed: last push and the highest sequence number seen.
+CREATE TABLE pg_sync.clients (
+    client_id  text PRIMARY KEY,
+    last_seq   bigint NOT NULL DEFAULT 0,
+    last_push  timestamptz,
+    pushes     bigint NOT NULL DEFAULT 0,
+    last_pull  timestamptz,
+    last_cursor text
+);
+
+-- The answer given to each pushed change, so a retried change gets the same
+-- answer and is never applied twice.
+CREATE TABLE pg_sync.push_results (
+    client_id text NOT NULL,
+    seq       bigint NOT NULL,
+    result    jsonb NOT NULL,
+    at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (client_id, seq)
+);
+
+-- Every conflict that was not a clean merge. Never truncated by pg_sync.
+CREATE TABLE pg_sync.conflicts (
+    id           bigserial PRIMARY KEY,
+    at           timestamptz NOT NULL DEFAULT now(),
+    table_name   text NOT NULL,
+    pk           jsonb NOT NULL,
+    column_name  text,
+    strategy     text NOT NULL,
+    outcome      text NOT NULL,
+    reason       text NOT NULL,
+    server_value jsonb,
+    client_value jsonb,
+    server_ver   text,
+    client_ver   text,
+    client_id    text,
+    seq          bigint,
+    resolved_at  timestamptz,
+    resolution   jsonb
+);
+CREATE INDEX conflicts_open_idx ON pg_sync.conflicts (table_name) WHERE resolved_at IS NULL;
+
+-- Bookkeeping helpers. They run as the extension owner so that clients need
+-- no direct privileges on the catalog; each pins search_path.
+
+-- Locks the client's row (serialising its pushes) and returns its last seq.
+CREATE FUNCTION pg_sync._client_begin(p_client text) RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO pg_sync.clients AS c (client_id, last_push, pushes)
+    VALUES (p_client, now(), 1)
+    ON CONFLICT (client_id) DO UPDATE SET last_push = now(), pushes = c.pushes + 1
+    RETURNING last_seq;
+$$;
+
+CREATE FUNCTION pg_sync._result_get(p_client text, p_seq bigint) RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT result FROM pg_sync.push_results WHERE client_id = p_client AND seq = p_seq;
+$$;
+
+CREATE FUNCTION pg_sync._result_put(p_client text, p_seq bigint, p_result jsonb) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO pg_sync.push_results (client_id, seq, result) VALUES (p_client, p_seq, p_result);
+    UPDATE pg_sync.clients SET last_seq = greatest(last_seq, p_seq) WHERE client_id = p_client;
+$$;
+
+CREATE FUNCTION pg_sync._conflict_add(p jsonb) RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO pg_sync.conflicts (table_name, pk, column_name, strategy, outcome, reason,
+                                   server_value, client_value, server_ver, client_ver, client_id, seq)
+    VALUES (p->>'table', p->'pk', p->>'column', p->>'strategy', p->>'outcome', p->>'reason',
+            p->'server_value', p->'client_value', p->>'server_ver', p->>'client_ver',
+            p->>'client_id', (p->>'seq')::bigint)
+    RETURNING id;
+$$;
+
+CREATE FUNCTION pg_sync._pulled(p_client text, p_cursor text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO pg_sync.clients AS c (client_id, last_pull, last_cursor)
+    VALUES (p_client, now(), p_cursor)
+    ON CONFLICT (client_id) DO UPDATE SET last_pull = now(), last_cursor = p_cursor;
+$$;
+
+-- Runs one statement of a pushed change inside its own subtransaction, so a
+-- failing change (constraint violation, bad value) is rolled back alone and
+-- reported with the constraint's name.
+CREATE FUNCTION pg_sync._try(p_sql text, a jsonb, b bigint[], c jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+    v_state text; v_msg text; v_detail text; v_constraint text; v_column text;
+BEGIN
+    EXECUTE p_sql INTO r USING a, b, c;
+    RETURN jsonb_build_object('ok', r);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT,
+        v_detail = PG_EXCEPTION_DETAIL, v_constraint = CONSTRAINT_NAME, v_column = COLUMN_NAME;
+    RETURN jsonb_build_object('error', v_msg, 'sqlstate', v_state,
+        'detail', CASE WHEN v_state IN ('23503', '23505') THEN nullif(v_detail, '') END,
+        'constraint', coalesce(nullif(v_constraint, ''),
+            CASE WHEN v_state = '23502' AND v_column <> '' THEN v_column || '_not_null' END));
+END;
+$$;
+
+-- Schema changes of synced tables bump the schema version clients see.
+CREATE FUNCTION pg_sync._on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
+               JOIN pg_sync.tables t ON t.relid = c.objid) THEN
+        UPDATE pg_sync.meta SET schema_version = schema_version + 1;
+    END IF;
+END;
+$$;
+CREATE EVENT TRIGGER pg_sync_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION pg_sync._on_ddl();
+
+GRANT USAGE ON SCHEMA pg_sync TO PUBLIC;
+-- Tombstones are read by sync_pull as the caller; rows of tables the caller
+-- cannot read are hidden.
+ALTER TABLE pg_sync.tombstones ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tombstones_readable ON pg_sync.tombstones FOR SELECT
+    USING (has_table_privilege(relid, 'SELECT'));
+GRANT SELECT ON pg_sync.tombstones TO PUBLIC;
+GRANT SELECT ON pg_sync.tables, pg_sync.meta TO PUBLIC;
+REVOKE ALL ON FUNCTION pg_sync._client_begin(text), pg_sync._result_get(text, bigint),
+    pg_sync._result_put(text, bigint, jsonb), pg_sync._conflict_add(jsonb),
+    pg_sync._pulled(text, text) FROM PUBLIC;
