@@ -185,7 +185,8 @@ fn run(n: usize, wall_offsets: &[i64], ops: &[Op]) -> Result<(), TestCaseError> 
                         WriteOnDeleted::Recreate
                     );
                     row.created = t;
-                    log.created.insert(pk, t.max(log.created.get(&pk).copied().unwrap_or_default()));
+                    log.created
+                        .insert(pk, t.max(log.created.get(&pk).copied().unwrap_or_default()));
                     for (c, cell) in row.cols.iter_mut().enumerate() {
                         let v = json!(val + c as i64);
                         let before = cell.1;
@@ -200,7 +201,8 @@ fn run(n: usize, wall_offsets: &[i64], ops: &[Op]) -> Result<(), TestCaseError> 
                         DeleteDecision::Delete
                     );
                     row.tomb = t;
-                    log.tomb.insert(pk, t.max(log.tomb.get(&pk).copied().unwrap_or_default()));
+                    log.tomb
+                        .insert(pk, t.max(log.tomb.get(&pk).copied().unwrap_or_default()));
                     prop_assert!(!row.alive());
                 } else {
                     let v = json!(val);
