@@ -22,7 +22,7 @@ pgrx::pg_module_magic!();
 pgrx::extension_sql_file!("../../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
+#[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
 
@@ -74,7 +74,7 @@ mod tests {
         assert_eq!(pk.0, serde_json::json!({"id": "a"}));
     }
 
-    #[pg_test(error = "table \"t_nopk\" has no primary key; sync needs one to identify rows")]
+    #[pg_test(error = "table t_nopk has no primary key; sync needs one to identify rows")]
     fn enable_rejects_table_without_pk() {
         Spi::run("CREATE TABLE t_nopk (a int)").unwrap();
         Spi::run("SELECT sync_enable('t_nopk')").unwrap();

@@ -1,0 +1,52 @@
+# pg_sync + sqlite_sync. Everything installs its own prerequisites.
+#   make test     prerequisites, unit tests, cargo pgrx test, integration tests
+#   make demo     two offline SQLite devices syncing with a throwaway Postgres
+#   make install  build and install pg_sync into the local Postgres 15
+#   make bench    benchmarks; writes docs/benchmarks.md
+SHELL := /bin/bash
+PG_CONFIG ?= /usr/bin/pg_config
+PGRX_VERSION := 0.18.1
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all deps build install test unit pgrx-test integration demo bench lint clean-clusters
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+build: deps
+	cargo build --workspace
+	cargo build -p sqlite_sync --release
+
+# Installs pg_sync into the Postgres that $(PG_CONFIG) belongs to (release build).
+install: deps
+	cd pg_sync && cargo pgrx install --release --pg-config $(PG_CONFIG)
+	cargo build -p sqlite_sync --release
+	@echo "sqlite_sync: $(CURDIR)/target/release/libsqlite_sync.so"
+
+unit:
+	cargo test -p sync_core
+
+pgrx-test:
+	@bash scripts/pgrx-test.sh
+
+integration:
+	cargo build -p sqlite_sync
+	cd pg_sync && cargo pgrx install --pg-config $(PG_CONFIG)
+	cargo test -p sync_tests -- --test-threads=2
+
+test: deps
+	$(MAKE) unit
+	$(MAKE) pgrx-test
+	$(MAKE) integration
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+demo: deps
+	@bash scripts/demo.sh
+
+bench: deps
+	@bash scripts/bench.sh
