@@ -233,8 +233,7 @@ impl Server {
             prop_assert_eq!(m.outcome, Outcome::Applied);
             prop_assert_eq!(m.write.as_ref().map(|w| &w.0), Some(value));
         }
-        if pk == 0 && base.is_some() {
-            let b = &base.unwrap().0;
+        if let Some((b, _)) = base.filter(|_| pk == 0) {
             match strategy {
                 Merge::Counter => {
                     self.counter_deltas += value.as_i64().unwrap() - b.as_i64().unwrap()
