@@ -470,7 +470,7 @@ fn run(n: usize, policy: DeletePolicy, offsets: &[i64], ops: &[Op]) -> Result<()
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
     fn clients_converge_on_the_server_and_lose_nothing_promised(

@@ -268,7 +268,7 @@ fn run(n: usize, wall_offsets: &[i64], ops: &[Op]) -> Result<(), TestCaseError> 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
     fn replicas_converge(
