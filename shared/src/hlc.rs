@@ -332,6 +332,17 @@ mod tests {
     }
 
     #[test]
+    fn next_saturates_instead_of_wrapping() {
+        let last = Hlc::new(MS_MAX, COUNTER_MAX, 5);
+        assert!(last.next_with_tag(5) >= last);
+        let mut c = Clock::with_tag(5);
+        c.advance_to(last);
+        assert!(c.tick(EPOCH_UNIX_MS) >= last);
+        let before = Hlc::new(MS_MAX - 1, COUNTER_MAX, 5);
+        assert_eq!(before.next_with_tag(1), Hlc::new(MS_MAX, 0, 1));
+    }
+
+    #[test]
     fn parse_rejects_non_hex() {
         assert!("+000000000001001".parse::<Hlc>().is_err());
         assert!("000000000000100g".parse::<Hlc>().is_err());
