@@ -188,12 +188,21 @@ fn rows_query(t: &TableInfo, pos: &Pos, limit: usize) -> (String, Vec<String>) {
     (sql, params)
 }
 
+/// Tombstones after `pos`. A tombstone whose key exists again is skipped:
+/// xids are taken at a transaction's first write, not at commit, so a
+/// re-insert can carry a lower xid than the delete it followed; the live
+/// row's own state is what the client must end with.
 fn tombs_query(t: &TableInfo, pos: &Pos, limit: usize) -> (String, Vec<String>) {
-    let (cond, params) = after_clause(pos, "xid", "pk::text", "$3");
+    let (cond, params) = after_clause(pos, "d.xid", "d.pk::text", "$3");
     let sql = format!(
-        "SELECT xid::text, pk::text FROM pg_sync.tombstones \
-         WHERE relid = {} AND {cond} AND xid < $1::xid8 ORDER BY xid, pk::text LIMIT {limit}",
-        u32::from(t.relid)
+        "SELECT d.xid::text, d.pk::text FROM pg_sync.tombstones d \
+         WHERE d.relid = {relid} AND {cond} AND d.xid < $1::xid8 \
+           AND NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {live} = {key}) \
+         ORDER BY d.xid, d.pk::text LIMIT {limit}",
+        relid = u32::from(t.relid),
+        tbl = t.qualified,
+        live = t.pk_tuple("t"),
+        key = t.pk_from_json_param("d.pk"),
     );
     (sql, params)
 }

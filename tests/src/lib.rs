@@ -83,9 +83,22 @@ impl Cluster {
         let data = dir.join("data");
         let out = run_pg(
             "initdb",
-            &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
         );
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let opts = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off -c max_connections=60",
@@ -94,7 +107,16 @@ impl Cluster {
         let log = dir.join("server.log");
         let out = run_pg(
             "pg_ctl",
-            &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &opts, "-w", "start"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
         );
         assert!(
             out.status.success(),
@@ -107,7 +129,17 @@ impl Cluster {
 
     fn stop(&self) {
         let data = self.dir.join("data");
-        let _ = run_pg("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+        let _ = run_pg(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
@@ -118,7 +150,10 @@ impl Cluster {
 
     /// A connection string for `db` as the superuser.
     pub fn conn_str(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
     }
 
     /// Connects to `db` as the superuser.
@@ -148,7 +183,9 @@ pub struct TestDb {
 impl TestDb {
     /// A fresh database.
     pub fn new(prefix: &str) -> TestDb {
-        TestDb { name: Cluster::get().new_db(prefix) }
+        TestDb {
+            name: Cluster::get().new_db(prefix),
+        }
     }
 
     /// A new connection.
@@ -163,12 +200,45 @@ impl TestDb {
 }
 
 /// Runs a query returning one jsonb value.
-pub fn pg_json(c: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> serde_json::Value {
-    let row = c.query_one(sql, params).unwrap_or_else(|e| panic!("{sql}: {e}"));
+pub fn pg_json(
+    c: &mut Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> serde_json::Value {
+    let row = c
+        .query_one(sql, params)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     row.get::<_, serde_json::Value>(0)
 }
 
 /// Workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The server's message of a failed statement (postgres::Error's Display
+/// only says "db error").
+pub fn err_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Retries `f` until it returns true or `secs` pass; pulls may lag behind
+/// transactions still open anywhere in the cluster (they hold the horizon).
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
