@@ -163,3 +163,50 @@ GRANT SELECT ON pg_sync.tables, pg_sync.meta TO PUBLIC;
 REVOKE ALL ON FUNCTION pg_sync._client_begin(text), pg_sync._result_get(text, bigint),
     pg_sync._result_put(text, bigint, jsonb), pg_sync._conflict_add(jsonb),
     pg_sync._pulled(text, text) FROM PUBLIC;
+
+-- Per table: rows tracked, tombstones, oldest retained change; per client:
+-- last push and pull and the cursor it holds.
+CREATE VIEW pg_sync.status AS
+SELECT 'table'::text AS kind, t.name,
+       coalesce(s.n_live_tup, 0) AS rows_tracked,
+       (SELECT count(*) FROM pg_sync.tombstones d WHERE d.relid = t.relid) AS tombstones,
+       (SELECT min(d.at) FROM pg_sync.tombstones d WHERE d.relid = t.relid) AS oldest_tombstone,
+       NULL::timestamptz AS last_push, NULL::timestamptz AS last_pull,
+       NULL::bigint AS last_seq, NULL::text AS last_cursor
+FROM pg_sync.tables t LEFT JOIN pg_stat_user_tables s ON s.relid = t.relid
+UNION ALL
+SELECT 'client', c.client_id, NULL, NULL, NULL, c.last_push, c.last_pull, c.last_seq, c.last_cursor
+FROM pg_sync.clients c;
+
+CREATE FUNCTION pg_sync._conflict_get(p_id bigint) RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(c) FROM pg_sync.conflicts c WHERE id = p_id;
+$$;
+
+CREATE FUNCTION pg_sync._conflict_resolved(p_id bigint, p_resolution jsonb) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE pg_sync.conflicts SET resolved_at = now(), resolution = p_resolution WHERE id = p_id;
+$$;
+
+-- Removes tombstones and push results older than the retention window and
+-- raises the horizon below which cursors must resync.
+CREATE FUNCTION pg_sync._compact(p_retain interval) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_tombs bigint; v_results bigint; v_max xid8;
+BEGIN
+    WITH d AS (DELETE FROM pg_sync.tombstones WHERE at < now() - p_retain RETURNING xid)
+    SELECT count(*), max(xid) INTO v_tombs, v_max FROM d;
+    IF v_max IS NOT NULL THEN
+        UPDATE pg_sync.meta
+           SET compacted_xid = greatest(compacted_xid, ((v_max::text)::numeric + 1)::text::xid8),
+               compacted_at = now();
+    END IF;
+    WITH d AS (DELETE FROM pg_sync.push_results WHERE at < now() - p_retain RETURNING 1)
+    SELECT count(*) INTO v_results FROM d;
+    RETURN jsonb_build_object('tombstones_removed', v_tombs, 'results_removed', v_results,
+                              'compacted_xid', (SELECT compacted_xid::text FROM pg_sync.meta));
+END;
+$$;
+REVOKE ALL ON FUNCTION pg_sync._compact(interval) FROM PUBLIC;
+GRANT SELECT ON pg_sync.status TO PUBLIC;

@@ -12,6 +12,7 @@ mod clock;
 mod cursor;
 mod enable;
 mod error;
+mod ops;
 mod pull;
 mod push;
 mod spi_util;

@@ -59,6 +59,7 @@ fn push(json: &str) -> Result<PushResult> {
             t,
             c,
             client: &batch.client_id,
+            clamps: Default::default(),
         }
         .apply()?;
         let mut stored = r.clone();
@@ -182,6 +183,9 @@ struct Applier<'a> {
     t: &'a TableInfo,
     c: &'a Change,
     client: &'a str,
+    /// Records of client stamps clamped for clock skew: reported with the
+    /// result but not a conflict of the change.
+    clamps: std::cell::RefCell<Vec<i64>>,
 }
 
 /// The row as read or written: values by column and versions by attnum.
@@ -257,7 +261,7 @@ impl Applier<'_> {
 
     /// Folds a client stamp into the server clock; a stamp too far ahead is
     /// clamped and the clamp recorded.
-    fn observe(&self, stamp: Hlc, conflicts: &mut Vec<i64>) -> Result<Hlc> {
+    fn observe(&self, stamp: Hlc) -> Result<Hlc> {
         match clock::observe(stamp) {
             Observed::Accepted(h) => Ok(h),
             Observed::Clamped {
@@ -265,11 +269,12 @@ impl Applier<'_> {
                 clamped,
                 ahead_ms,
             } => {
-                conflicts.push(self.record(json!({
+                let id = self.record(json!({
                     "strategy": "hlc", "outcome": "clamped",
                     "reason": format!("client clock ran {ahead_ms} ms ahead of the server; its stamp was clamped"),
                     "client_ver": original.to_string(), "server_ver": clamped.to_string(),
-                }))?);
+                }))?;
+                self.clamps.borrow_mut().push(id);
                 Ok(clamped)
             }
         }
@@ -304,12 +309,14 @@ impl Applier<'_> {
             } => return Ok(self.rejected(message, constraint)),
             Tried::Ok(v) => RowState::from_json(&v),
         };
-        match (current, self.c.op) {
-            (None, Op::Delete) => Ok(self.result(Status::Applied)),
-            (None, op) => self.write_missing(op),
-            (Some(cur), Op::Delete) => self.delete(cur),
-            (Some(cur), _) => self.update(cur),
-        }
+        let mut r = match (current, self.c.op) {
+            (None, Op::Delete) => self.result(Status::Applied),
+            (None, op) => self.write_missing(op)?,
+            (Some(cur), Op::Delete) => self.delete(cur)?,
+            (Some(cur), _) => self.update(cur)?,
+        };
+        r.conflicts.extend(self.clamps.borrow().iter().copied());
+        Ok(r)
     }
 
     fn tombstone(&self) -> Result<Option<Hlc>> {
@@ -326,7 +333,7 @@ impl Applier<'_> {
 
     fn write_missing(&self, op: Op) -> Result<ChangeResult> {
         let mut conflicts = Vec::new();
-        let stamp = self.observe(self.c.hlc, &mut conflicts)?;
+        let stamp = self.observe(self.c.hlc)?;
         if let Some(tomb) = self.tombstone()? {
             if decide_write_on_deleted(self.t.options.on_delete, op == Op::Insert, stamp, tomb)
                 == WriteOnDeleted::Reject
@@ -351,7 +358,7 @@ impl Applier<'_> {
         let mut ver = vec![0i64; self.t.columns.iter().map(|c| c.attnum).max().unwrap_or(0)];
         for col in &self.t.columns {
             let s = match self.c.ver.get(&col.name) {
-                Some(v) => self.observe(*v, &mut conflicts)?,
+                Some(v) => self.observe(*v)?,
                 None => stamp,
             };
             ver[col.attnum - 1] = s.as_i64();
@@ -391,7 +398,7 @@ impl Applier<'_> {
 
     fn delete(&self, cur: RowState) -> Result<ChangeResult> {
         let mut conflicts = Vec::new();
-        let stamp = self.observe(self.c.hlc, &mut conflicts)?;
+        let stamp = self.observe(self.c.hlc)?;
         let changed: Vec<String> = self
             .t
             .columns
@@ -464,14 +471,14 @@ impl Applier<'_> {
         let mut writes: Map<String, Value> = Map::new();
         let mut merged_any = false;
         let mut ver_changed = false;
-        let change_stamp = self.observe(self.c.hlc, &mut conflicts)?;
+        let change_stamp = self.observe(self.c.hlc)?;
         for (name, value) in &self.c.cols {
             if self.t.is_pk(name) {
                 continue;
             }
             let col = self.t.column(name).expect("validated");
             let stamp = match self.c.ver.get(name) {
-                Some(v) => self.observe(*v, &mut conflicts)?,
+                Some(v) => self.observe(*v)?,
                 None => change_stamp,
             };
             let cur_value = catalog::field(&cur.row, name);

@@ -24,6 +24,8 @@ use crate::clock;
 thread_local! {
     /// Stamp of the delete being applied by `sync_push`, if any.
     static PUSH_DELETE_HLC: Cell<Option<Hlc>> = const { Cell::new(None) };
+    /// The last (transaction, table) a NOTIFY was queued for.
+    static NOTIFIED: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
     /// Prepared tombstone inserts per table.
     static TOMB_PLANS: RefCell<HashMap<u32, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
 }
@@ -40,6 +42,28 @@ fn delete_stamp() -> Hlc {
     PUSH_DELETE_HLC
         .with(|c| c.get())
         .unwrap_or_else(|| clock::tick_after(Hlc::ZERO))
+}
+
+/// Channel on which a commit of tracked changes is announced; the payload
+/// is the table's wire name. Clients waiting to pull can LISTEN on it.
+pub const NOTIFY_CHANNEL: &str = "pg_sync";
+
+/// Queues `NOTIFY pg_sync, '<table>'` once per transaction and table; it is
+/// delivered only if the transaction commits.
+unsafe fn notify_once(rel: pg_sys::Relation) {
+    let xid = pg_sys::GetTopFullTransactionId().value;
+    let relid = u32::from((*rel).rd_id);
+    if NOTIFIED.with(|n| n.get()) == (xid, relid) {
+        return;
+    }
+    NOTIFIED.with(|n| n.set((xid, relid)));
+    let name = std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
+        .to_string_lossy()
+        .into_owned();
+    pgrx::direct_function_call_as_datum(
+        pg_sys::pg_notify,
+        &[NOTIFY_CHANNEL.into_datum(), name.into_datum()],
+    );
 }
 
 pgrx::extension_sql!(
@@ -265,6 +289,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) 
     }
 
     let xid = pg_sys::GetTopFullTransactionId().value;
+    notify_once(rel);
     let mut cols: [i32; 2] = [(xid_i + 1) as i32, (ver_i + 1) as i32];
     let mut vals: [pg_sys::Datum; 2] = [pg_sys::Datum::from(xid), pg_sys::Datum::from(0usize)];
     let mut nulls: [bool; 2] = [false, false];
@@ -364,6 +389,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track_delete(
     let rowtype = (*(*rel).rd_rel).reltype;
     let row = pg_sys::heap_copy_tuple_as_datum((*td).tg_trigtuple, (*rel).rd_att);
     let hlc = delete_stamp();
+    notify_once(rel);
     as_catalog_owner(|| {
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             error!("pg_sync: SPI_connect failed");
@@ -407,6 +433,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track_truncate(
     let td = trigger_data(fcinfo, "pg_sync.track_truncate()");
     let relid = (*(*td).tg_relation).rd_id;
     let hlc = clock::tick_after(Hlc::ZERO);
+    notify_once((*td).tg_relation);
     as_catalog_owner(|| {
         let sql = tomb_insert_sql(relid, true);
         Spi::run_with_args(&sql, &[relid.into(), hlc.as_i64().into()])

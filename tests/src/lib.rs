@@ -32,7 +32,9 @@ fn run_pg(bin: &str, args: &[&str]) -> std::process::Output {
     } else {
         Command::new(&path)
     };
-    cmd.args(args)
+    // Backtraces belong in test output, not in the server's error details.
+    cmd.env_remove("RUST_BACKTRACE")
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {path}: {e}"))
 }
