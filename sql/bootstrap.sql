@@ -160,9 +160,8 @@ CREATE POLICY tombstones_readable ON pg_sync.tombstones FOR SELECT
     USING (has_table_privilege(relid, 'SELECT'));
 GRANT SELECT ON pg_sync.tombstones TO PUBLIC;
 GRANT SELECT ON pg_sync.tables, pg_sync.meta TO PUBLIC;
-REVOKE ALL ON FUNCTION pg_sync._client_begin(text), pg_sync._result_get(text, bigint),
-    pg_sync._result_put(text, bigint, jsonb), pg_sync._conflict_add(jsonb),
-    pg_sync._pulled(text, text) FROM PUBLIC;
+-- The bookkeeping helpers stay executable by every role that may push or
+-- pull; what they touch is keyed by the caller-supplied client id.
 
 -- Per table: rows tracked, tombstones, oldest retained change; per client:
 -- last push and pull and the cursor it holds.

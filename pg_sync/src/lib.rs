@@ -15,6 +15,7 @@ mod error;
 mod ops;
 mod pull;
 mod push;
+mod rls;
 mod spi_util;
 mod track;
 

@@ -192,19 +192,20 @@ fn rows_query(t: &TableInfo, pos: &Pos, limit: usize) -> (String, Vec<String>) {
 /// xids are taken at a transaction's first write, not at commit, so a
 /// re-insert can carry a lower xid than the delete it followed; the live
 /// row's own state is what the client must end with.
-fn tombs_query(t: &TableInfo, pos: &Pos, limit: usize) -> (String, Vec<String>) {
+fn tombs_query(t: &TableInfo, pos: &Pos, limit: usize) -> Result<(String, Vec<String>)> {
     let (cond, params) = after_clause(pos, "d.xid", "d.pk::text", "$3");
+    let visible = crate::rls::old_row_visible(t, "d.old")?.unwrap_or_else(|| "true".into());
     let sql = format!(
         "SELECT d.xid::text, d.pk::text FROM pg_sync.tombstones d \
          WHERE d.relid = {relid} AND {cond} AND d.xid < $1::xid8 \
-           AND NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {live} = {key}) \
+           AND NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {live} = {key}) AND {visible} \
          ORDER BY d.xid, d.pk::text LIMIT {limit}",
         relid = u32::from(t.relid),
         tbl = t.qualified,
         live = t.pk_tuple("t"),
         key = t.pk_from_json_param("d.pk"),
     );
-    (sql, params)
+    Ok((sql, params))
 }
 
 fn run(sql: &str, h: u64, params: Vec<String>) -> Result<Vec<TextRow>> {
@@ -218,7 +219,7 @@ fn stream_nonempty(t: &TableInfo, pos: &TablePos, h: u64) -> Result<bool> {
     if !run(&sql, h, p)?.is_empty() {
         return Ok(true);
     }
-    let (sql, p) = tombs_query(t, &pos.d, 1);
+    let (sql, p) = tombs_query(t, &pos.d, 1)?;
     Ok(!run(&sql, h, p)?.is_empty())
 }
 
@@ -237,7 +238,7 @@ fn pull_table(
 ) -> Result<(usize, bool)> {
     let (sql, p) = rows_query(t, &pos.r, budget + 1);
     let live = run(&sql, h, p)?;
-    let (sql, p) = tombs_query(t, &pos.d, budget + 1);
+    let (sql, p) = tombs_query(t, &pos.d, budget + 1)?;
     let tombs = run(&sql, h, p)?;
     let name_json = serde_json::to_string(&t.name).unwrap_or_default();
 

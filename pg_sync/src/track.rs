@@ -27,7 +27,7 @@ thread_local! {
     /// The last (transaction, table) a NOTIFY was queued for.
     static NOTIFIED: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
     /// Prepared tombstone inserts per table.
-    static TOMB_PLANS: RefCell<HashMap<u32, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
+    static TOMB_PLANS: RefCell<HashMap<(u32, bool), pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `f` with tombstones carrying `hlc` (the client's delete stamp).
@@ -290,6 +290,11 @@ pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) 
 
     let xid = pg_sys::GetTopFullTransactionId().value;
     notify_once(rel);
+    if is_update && (*(*rel).rd_rel).relrowsecurity {
+        // Under row-level security an update can move a row out of some
+        // clients' view: keep the old image so their next pull removes it.
+        write_tombstone(rel, (*td).tg_trigtuple, clock::tick_after(Hlc::ZERO));
+    }
     let mut cols: [i32; 2] = [(xid_i + 1) as i32, (ver_i + 1) as i32];
     let mut vals: [pg_sys::Datum; 2] = [pg_sys::Datum::from(xid), pg_sys::Datum::from(0usize)];
     let mut nulls: [bool; 2] = [false, false];
@@ -341,9 +346,9 @@ unsafe fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// The key of a table as `jsonb_build_object('k', (r).k, ...)` over a row
-/// parameter `$2` of the table's row type.
-fn tomb_insert_sql(relid: pg_sys::Oid, from_rows: bool) -> String {
+/// The tombstone insert of a table. Tables under row-level security also
+/// keep the old row image, so pulls can tell who was allowed to see it.
+fn tomb_insert_sql(relid: pg_sys::Oid, from_rows: bool, with_old: bool) -> String {
     let pk = crate::catalog::primary_key(relid).unwrap_or_else(|e| error!("pg_sync: {e}"));
     if pk.is_empty() {
         error!("pg_sync: synced table {relid:?} lost its primary key");
@@ -358,48 +363,46 @@ fn tomb_insert_sql(relid: pg_sys::Oid, from_rows: bool) -> String {
             )
         })
         .collect();
+    let old = if with_old {
+        "to_jsonb(r) - '_sync_xid' - '_sync_ver'"
+    } else {
+        "NULL"
+    };
     if from_rows {
         let t = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
             .ok()
             .flatten()
             .unwrap_or_default();
         format!(
-            "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc) \
-             SELECT $1, jsonb_build_object({}), pg_current_xact_id(), $2 FROM ONLY {t} r",
+            "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc, old) \
+             SELECT $1, jsonb_build_object({}), pg_current_xact_id(), $2, {old} FROM ONLY {t} r",
             parts.join(", ")
         )
     } else {
         format!(
-            "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc) \
-             SELECT $1, jsonb_build_object({}), pg_current_xact_id(), $3 FROM (SELECT ($2).*) r",
+            "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc, old) \
+             SELECT $1, jsonb_build_object({}), pg_current_xact_id(), $3, {old} FROM (SELECT ($2).*) r",
             parts.join(", ")
         )
     }
 }
 
-/// AFTER DELETE row trigger: records a tombstone.
-#[pg_guard]
-#[no_mangle]
-pub unsafe extern "C-unwind" fn pg_sync_track_delete(
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> pg_sys::Datum {
-    let td = trigger_data(fcinfo, "pg_sync.track_delete()");
-    let rel = (*td).tg_relation;
+/// Writes a tombstone for `tuple` (a row of `rel`) as the catalog owner.
+unsafe fn write_tombstone(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, hlc: Hlc) {
     let relid = (*rel).rd_id;
     let rowtype = (*(*rel).rd_rel).reltype;
-    let row = pg_sys::heap_copy_tuple_as_datum((*td).tg_trigtuple, (*rel).rd_att);
-    let hlc = delete_stamp();
-    notify_once(rel);
+    let rls = (*(*rel).rd_rel).relrowsecurity;
+    let row = pg_sys::heap_copy_tuple_as_datum(tuple, (*rel).rd_att);
     as_catalog_owner(|| {
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             error!("pg_sync: SPI_connect failed");
         }
         let plan = TOMB_PLANS.with(|p| {
-            let key = u32::from(relid);
+            let key = (u32::from(relid), rls);
             if let Some(plan) = p.borrow().get(&key) {
                 return *plan;
             }
-            let sql = CString::new(tomb_insert_sql(relid, false)).unwrap();
+            let sql = CString::new(tomb_insert_sql(relid, false, rls)).unwrap();
             let mut argtypes = [pg_sys::OIDOID, rowtype, pg_sys::INT8OID];
             let plan = pg_sys::SPI_prepare(sql.as_ptr(), 3, argtypes.as_mut_ptr());
             if plan.is_null() {
@@ -421,6 +424,18 @@ pub unsafe extern "C-unwind" fn pg_sync_track_delete(
         }
         pg_sys::SPI_finish();
     });
+}
+
+/// AFTER DELETE row trigger: records a tombstone.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pg_sync_track_delete(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let td = trigger_data(fcinfo, "pg_sync.track_delete()");
+    let rel = (*td).tg_relation;
+    notify_once(rel);
+    write_tombstone(rel, (*td).tg_trigtuple, delete_stamp());
     pg_sys::Datum::from((*td).tg_trigtuple)
 }
 
@@ -435,7 +450,8 @@ pub unsafe extern "C-unwind" fn pg_sync_track_truncate(
     let hlc = clock::tick_after(Hlc::ZERO);
     notify_once((*td).tg_relation);
     as_catalog_owner(|| {
-        let sql = tomb_insert_sql(relid, true);
+        let rls = (*(*(*td).tg_relation).rd_rel).relrowsecurity;
+        let sql = tomb_insert_sql(relid, true, rls);
         Spi::run_with_args(&sql, &[relid.into(), hlc.as_i64().into()])
             .unwrap_or_else(|e| error!("pg_sync: tombstones for TRUNCATE failed: {e}"));
     });
