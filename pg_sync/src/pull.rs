@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use sync_core::Hlc;
 
 use crate::catalog::{self, TableInfo};
@@ -14,19 +13,38 @@ use crate::spi_util::{exec, one, rows, TextRow};
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
 
-/// Returns the changes after `cursor` (all rows when NULL), at most
-/// `max_changes`, as a pull page: `{format, schema_version, schema?, cursor,
-/// has_more, resync_required, changes}`.
-#[pg_extern]
-fn sync_pull(
-    cursor: default!(Option<&str>, "NULL"),
-    max_changes: default!(i32, 10000),
-    client_id: default!(Option<&str>, "NULL"),
-) -> JsonB {
-    let page = or_raise(pull(cursor, max_changes, client_id));
-    // The page is assembled as text; jsonb_in parses it once.
-    let v: serde_json::Value = serde_json::from_str(&page).unwrap_or_default();
-    JsonB(v)
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION sync_pull(cursor text DEFAULT NULL, max_changes int DEFAULT 10000, client_id text DEFAULT NULL)
+RETURNS jsonb VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_pull';
+"#,
+    name = "sync_pull",
+    requires = ["bootstrap"]
+);
+
+#[no_mangle]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_pg_sync_pull() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `sync_pull(cursor, max_changes, client_id)`: the changes after `cursor`
+/// (all rows when NULL), at most `max_changes`, as a pull page
+/// `{format, schema_version, schema?, cursor, has_more, resync_required,
+/// changes}`. Written against the C API so the page, assembled as text, is
+/// parsed into jsonb exactly once.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pg_sync_pull(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let cursor: Option<String> = pgrx::pg_getarg::<String>(fcinfo, 0);
+    let max_changes: i32 = pgrx::pg_getarg::<i32>(fcinfo, 1).unwrap_or(10000);
+    let client_id: Option<String> = pgrx::pg_getarg::<String>(fcinfo, 2);
+    let page = or_raise(pull(cursor.as_deref(), max_changes, client_id.as_deref()));
+    let page =
+        std::ffi::CString::new(page).unwrap_or_else(|_| error!("pg_sync: page contains NUL"));
+    pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[page.as_c_str().into_datum()])
+        .unwrap_or_else(|| error!("pg_sync: jsonb_in returned NULL"))
 }
 
 /// The xid below which every transaction has finished, as seen now.
