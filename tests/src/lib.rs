@@ -13,6 +13,7 @@ use std::sync::{Mutex, OnceLock};
 
 pub use postgres::{Client, NoTls};
 
+pub mod e2e;
 pub mod sqlite;
 
 /// Directory of the Postgres 15 server binaries.
