@@ -20,8 +20,11 @@ build: deps
 	cargo build -p sqlite_sync --release
 
 # Installs pg_sync into the Postgres that $(PG_CONFIG) belongs to (release build).
+EXTDIR = $(shell $(PG_CONFIG) --sharedir)/extension
+
 install: deps
 	cd pg_sync && cargo pgrx install --release --pg-config $(PG_CONFIG)
+	install -m 644 sql/pg_sync--0.1.0.sql $(EXTDIR)/
 	cargo build -p sqlite_sync --release
 	@echo "sqlite_sync: $(CURDIR)/target/release/libsqlite_sync.so"
 
@@ -34,6 +37,7 @@ pgrx-test:
 integration:
 	cargo build -p sqlite_sync
 	cd pg_sync && cargo pgrx install --pg-config $(PG_CONFIG)
+	install -m 644 sql/pg_sync--0.1.0.sql $(EXTDIR)/
 	cargo test -p sync_tests -- --test-threads=2
 
 test: deps

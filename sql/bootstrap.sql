@@ -209,3 +209,6 @@ END;
 $$;
 REVOKE ALL ON FUNCTION pg_sync._compact(interval) FROM PUBLIC;
 GRANT SELECT ON pg_sync.status TO PUBLIC;
+
+-- 0.2.0: conflicts are looked up per client (a device's conflict list).
+CREATE INDEX conflicts_client_idx ON pg_sync.conflicts (client_id, seq);

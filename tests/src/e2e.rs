@@ -21,12 +21,16 @@ impl Device {
     /// Opens a fresh device database in the temp dir and runs `sync_init`
     /// with the server's schema.
     pub fn new(server: &mut Client, name: &str) -> Device {
-        let path = std::env::temp_dir().join(format!("pg_sync_dev_{}_{name}.db", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("pg_sync_dev_{}_{name}.db", std::process::id()));
         for suffix in ["", "-wal", "-shm", "-journal"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
         let db = crate::sqlite::open(&path);
-        let schema: Value = server.query_one("SELECT sync_schema()", &[]).unwrap().get(0);
+        let schema: Value = server
+            .query_one("SELECT sync_schema()", &[])
+            .unwrap()
+            .get(0);
         let _: String = db
             .query_row("SELECT sync_init(?1)", [schema.to_string()], |r| r.get(0))
             .map(|v: Option<String>| v.unwrap_or_default())
@@ -49,7 +53,10 @@ impl Device {
     pub fn pull(&self, server: &mut Client) -> usize {
         let mut n = 0;
         loop {
-            let cursor: Option<String> = self.db.query_row("SELECT sync_cursor()", [], |r| r.get(0)).unwrap();
+            let cursor: Option<String> = self
+                .db
+                .query_row("SELECT sync_cursor()", [], |r| r.get(0))
+                .unwrap();
             let page: Value = server
                 .query_one("SELECT sync_pull($1, 1000)", &[&cursor])
                 .unwrap_or_else(|e| panic!("sync_pull: {}", err_text(&e)))
@@ -93,10 +100,13 @@ impl Device {
                         rusqlite::types::ValueRef::Null => Value::Null,
                         rusqlite::types::ValueRef::Integer(v) => Value::from(v),
                         rusqlite::types::ValueRef::Real(v) => Value::from(v),
-                        rusqlite::types::ValueRef::Text(t) => Value::from(String::from_utf8_lossy(t).into_owned()),
-                        rusqlite::types::ValueRef::Blob(b) => {
-                            Value::from(format!("\\x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+                        rusqlite::types::ValueRef::Text(t) => {
+                            Value::from(String::from_utf8_lossy(t).into_owned())
                         }
+                        rusqlite::types::ValueRef::Blob(b) => Value::from(format!(
+                            "\\x{}",
+                            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+                        )),
                     })
                 })
                 .collect()
@@ -121,6 +131,10 @@ pub fn server_rows(c: &mut Client, sql: &str) -> Vec<Vec<Value>> {
     c.query(sql, &[])
         .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)))
         .iter()
-        .map(|r| (0..r.len()).map(|i| r.get::<_, Option<Value>>(i).unwrap_or(Value::Null)).collect())
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, Option<Value>>(i).unwrap_or(Value::Null))
+                .collect()
+        })
         .collect()
 }

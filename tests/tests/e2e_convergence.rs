@@ -21,7 +21,8 @@ impl Rng {
     }
 }
 
-const SERVER_Q: &str = "SELECT to_jsonb(id), to_jsonb(title), to_jsonb(n), tags, to_jsonb(cnt) FROM items ORDER BY id";
+const SERVER_Q: &str =
+    "SELECT to_jsonb(id), to_jsonb(title), to_jsonb(n), tags, to_jsonb(cnt) FROM items ORDER BY id";
 const DEVICE_Q: &str = "SELECT id, title, n, tags, cnt FROM items ORDER BY id";
 
 fn device_rows(d: &Device) -> Vec<Vec<Value>> {
@@ -47,7 +48,9 @@ fn run_scenario(seed: u64, rounds: usize) {
          INSERT INTO items (id, title, n) SELECT 'i' || g, 'seed ' || g, g FROM generate_series(1, 6) g;",
     )
     .unwrap();
-    let devs: Vec<Device> = (0..3).map(|i| Device::new(&mut c, &format!("conv{seed}_{i}"))).collect();
+    let devs: Vec<Device> = (0..3)
+        .map(|i| Device::new(&mut c, &format!("conv{seed}_{i}")))
+        .collect();
     for d in &devs {
         d.pull(&mut c);
     }
@@ -72,7 +75,11 @@ fn run_scenario(seed: u64, rounds: usize) {
         match action {
             0..=3 => {
                 // Update a row the device sees.
-                let ids: Vec<String> = d.rows("SELECT id FROM items").into_iter().map(|r| r[0].as_str().unwrap().to_string()).collect();
+                let ids: Vec<String> = d
+                    .rows("SELECT id FROM items")
+                    .into_iter()
+                    .map(|r| r[0].as_str().unwrap().to_string())
+                    .collect();
                 if ids.is_empty() {
                     continue;
                 }
@@ -85,9 +92,14 @@ fn run_scenario(seed: u64, rounds: usize) {
                 d.db.execute_batch(&sql).unwrap();
             }
             4 => {
-                let ids: Vec<String> = d.rows("SELECT id FROM items").into_iter().map(|r| r[0].as_str().unwrap().to_string()).collect();
+                let ids: Vec<String> = d
+                    .rows("SELECT id FROM items")
+                    .into_iter()
+                    .map(|r| r[0].as_str().unwrap().to_string())
+                    .collect();
                 if let Some(id) = ids.get(rng.below(ids.len().max(1) as u64) as usize) {
-                    d.db.execute_batch(&format!("DELETE FROM items WHERE id = '{id}'")).unwrap();
+                    d.db.execute_batch(&format!("DELETE FROM items WHERE id = '{id}'"))
+                        .unwrap();
                 }
             }
             5 => {
@@ -108,10 +120,21 @@ fn run_scenario(seed: u64, rounds: usize) {
                 let batch = d.call("SELECT sync_changes()", None);
                 let again = d.call("SELECT sync_changes()", None);
                 assert_eq!(batch, again, "a batch is stable until acknowledged");
-                let r1: Value = c.query_one("SELECT sync_push($1)", &[&batch]).unwrap().get(0);
-                let r2: Value = c.query_one("SELECT sync_push($1)", &[&batch]).unwrap().get(0);
+                let r1: Value = c
+                    .query_one("SELECT sync_push($1)", &[&batch])
+                    .unwrap()
+                    .get(0);
+                let r2: Value = c
+                    .query_one("SELECT sync_push($1)", &[&batch])
+                    .unwrap()
+                    .get(0);
                 let strip = |r: &Value| -> Vec<(Value, Value)> {
-                    r["results"].as_array().unwrap().iter().map(|x| (x["seq"].clone(), x["status"].clone())).collect()
+                    r["results"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| (x["seq"].clone(), x["status"].clone()))
+                        .collect()
                 };
                 assert_eq!(strip(&r1), strip(&r2));
                 d.call("SELECT sync_ack(?1)", Some(&r2.to_string()));
