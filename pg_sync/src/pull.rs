@@ -8,7 +8,7 @@ use sync_core::Hlc;
 use crate::catalog::{self, TableInfo};
 use crate::cursor::{Cursor, Pos, TablePos};
 use crate::error::{or_raise, PgSyncError, Result};
-use crate::spi_util::{exec, one, rows, TextRow};
+use crate::spi_util::{exec, one, one_cached, rows_cached, TextRow};
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
@@ -97,7 +97,7 @@ fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Resu
     let mut has_more = false;
     let budget_total = max_changes as usize;
     for t in &tables {
-        let readable = one(
+        let readable = one_cached(
             "SELECT has_table_privilege($1, 'SELECT')::text",
             &[t.relid.into()],
         )?;
@@ -229,7 +229,7 @@ fn tombs_query(t: &TableInfo, pos: &Pos, limit: usize) -> Result<(String, Vec<St
 fn run(sql: &str, h: u64, params: Vec<String>) -> Result<Vec<TextRow>> {
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![h.to_string().into()];
     args.extend(params.into_iter().map(Into::into));
-    rows(sql, &args)
+    rows_cached(sql, &args)
 }
 
 fn stream_nonempty(t: &TableInfo, pos: &TablePos, h: u64) -> Result<bool> {

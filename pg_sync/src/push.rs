@@ -19,7 +19,7 @@ use crate::catalog::{self, TableInfo};
 use crate::clock;
 use crate::error::{or_raise, Result};
 use crate::pull::parse_int_array;
-use crate::spi_util::{exec, ident, one};
+use crate::spi_util::{exec, ident, one, one_cached};
 use crate::track::with_delete_hlc;
 
 /// Applies a push batch and returns one result per change.
@@ -44,7 +44,7 @@ fn push(json: &str) -> Result<PushResult> {
     )?;
     let mut results = Vec::with_capacity(batch.changes.len());
     for c in &batch.changes {
-        let stored = one(
+        let stored = one_cached(
             "SELECT pg_sync._result_get($1, $2)::text",
             &[batch.client_id.clone().into(), c.seq.into()],
         )?;
@@ -65,8 +65,8 @@ fn push(json: &str) -> Result<PushResult> {
         let mut stored = r.clone();
         stored.row = None;
         stored.ver = None;
-        exec(
-            "SELECT pg_sync._result_put($1, $2, $3::jsonb)",
+        crate::spi_util::one_cached(
+            "SELECT pg_sync._result_put($1, $2, $3::jsonb)::text",
             &[
                 batch.client_id.clone().into(),
                 c.seq.into(),
@@ -152,7 +152,7 @@ fn try_sql(sql: &str, a: Option<String>, b: Option<&[i64]>, c: Option<String>) -
             v.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
         )
     });
-    let out = one(
+    let out = one_cached(
         "SELECT pg_sync._try($1, $2::jsonb, $3::bigint[], $4::jsonb)::text",
         &[
             sql.to_string().into(),

@@ -1,8 +1,13 @@
 //! Thin helpers over SPI: every internal query passes its values as
 //! parameters and returns text columns.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
 
 use crate::error::Result;
 
@@ -28,6 +33,68 @@ pub fn rows(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
         }
         Ok(out)
     })
+}
+
+type PlanKey = (String, Vec<u32>);
+
+/// Most plans a backend keeps; the cache is cleared when it grows past this.
+const MAX_CACHED_PLANS: usize = 512;
+
+thread_local! {
+    /// Plans of the hot-path statements (pull and push), kept for the life
+    /// of the backend; Postgres revalidates them after schema changes.
+    static PLANS: RefCell<HashMap<PlanKey, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// Like [`rows`], through a plan prepared once per backend.
+pub fn rows_cached(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
+    Spi::connect_mut(|client| {
+        let oids: Vec<pgrx::pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+        let key: PlanKey = (
+            sql.to_string(),
+            oids.iter().map(|o| u32::from(*o)).collect(),
+        );
+        let cached = PLANS.with(|p| p.borrow().get(&key).cloned());
+        let stmt = match cached {
+            Some(s) => s,
+            None => {
+                let pg_oids: Vec<pgrx::PgOid> =
+                    oids.iter().map(|o| pgrx::PgOid::from(*o)).collect();
+                let s = Rc::new(client.prepare_mut(sql, &pg_oids)?.keep());
+                PLANS.with(|p| {
+                    let mut p = p.borrow_mut();
+                    if p.len() >= MAX_CACHED_PLANS {
+                        p.clear();
+                    }
+                    p.insert(key, s.clone());
+                });
+                s
+            }
+        };
+        let table = client.update(&*stmt, None, args)?;
+        let ncols = if table.is_empty() {
+            0
+        } else {
+            table.columns()?
+        };
+        let mut out = Vec::with_capacity(table.len());
+        for row in table {
+            let mut r = Vec::with_capacity(ncols);
+            for i in 1..=ncols {
+                r.push(row.get::<String>(i)?);
+            }
+            out.push(r);
+        }
+        Ok(out)
+    })
+}
+
+/// Like [`one`], through a cached plan.
+pub fn one_cached(sql: &str, args: &[DatumWithOid]) -> Result<Option<String>> {
+    Ok(rows_cached(sql, args)?
+        .into_iter()
+        .next()
+        .and_then(|mut r| if r.is_empty() { None } else { r.swap_remove(0) }))
 }
 
 /// Runs a statement, discarding any result.
