@@ -1,0 +1,482 @@
+//! The only unsafe module: thin wrappers over the `sqlite3_api_routines`
+//! table handed to the entry point.
+//!
+//! sqlite-loadable's `exec::Statement` drops error messages, so statements
+//! are prepared, bound, stepped and finalized here through the API routines,
+//! and every return code is checked and turned into an [`Error`] carrying
+//! SQLite's own message.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use sqlite_loadable::ext::{sqlite3, sqlite3_api_routines, sqlite3_context, sqlite3_stmt};
+use sqlite_loadable::prelude::sqlite3_value;
+
+use crate::error::{Error, Result};
+
+static API: AtomicPtr<sqlite3_api_routines> = AtomicPtr::new(ptr::null_mut());
+
+const SQLITE_OK: c_int = 0;
+const SQLITE_ROW: c_int = 100;
+const SQLITE_DONE: c_int = 101;
+const SQLITE_INTEGER: c_int = 1;
+const SQLITE_FLOAT: c_int = 2;
+const SQLITE_TEXT: c_int = 3;
+const SQLITE_BLOB: c_int = 4;
+const SQLITE_UTF8: c_int = 1;
+/// Function flag: may be used from triggers and views even with
+/// `PRAGMA trusted_schema=OFF`.
+pub const FLAG_INNOCUOUS: c_int = 0x0020_0000;
+/// Function flag: may only be called from top-level SQL, not from triggers
+/// or views.
+pub const FLAG_DIRECTONLY: c_int = 0x0008_0000;
+
+/// Records the API routines of the loading SQLite. Called by the entry point.
+///
+/// # Safety
+/// `api` must be the pointer SQLite passed to the entry point.
+pub unsafe fn set_api(api: *mut sqlite3_api_routines) {
+    if !api.is_null() {
+        API.store(api, Ordering::SeqCst);
+    }
+}
+
+fn api() -> &'static sqlite3_api_routines {
+    let p = API.load(Ordering::Relaxed);
+    assert!(!p.is_null(), "sqlite_sync: API routines not initialised");
+    // SAFETY: set once by the entry point to SQLite's static routine table,
+    // which lives as long as the process.
+    unsafe { &*p }
+}
+
+macro_rules! call {
+    ($name:ident ( $($arg:expr),* )) => {
+        (api().$name.expect(concat!("sqlite3 API routine missing: ", stringify!($name))))($($arg),*)
+    };
+}
+
+/// A SQLite value owned by Rust.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+}
+
+/// Runtime SQLite version number, e.g. 3040001.
+pub fn libversion_number() -> i32 {
+    unsafe { call!(libversion_number()) }
+}
+
+/// A borrowed database connection handle.
+#[derive(Clone, Copy)]
+pub struct Db(*mut sqlite3);
+
+impl Db {
+    pub fn errmsg(&self) -> String {
+        unsafe {
+            let p = call!(errmsg(self.0));
+            if p.is_null() {
+                "unknown SQLite error".to_string()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        }
+    }
+
+    fn check(&self, rc: c_int, what: &str) -> Result<()> {
+        if rc == SQLITE_OK {
+            Ok(())
+        } else {
+            Err(Error::msg(format!("{what}: {}", self.errmsg())))
+        }
+    }
+
+    /// Runs one or more statements that return no rows.
+    pub fn exec(&self, sql: &str) -> Result<()> {
+        let c = cstring(sql)?;
+        let mut err: *mut c_char = ptr::null_mut();
+        let rc = unsafe { call!(exec(self.0, c.as_ptr(), None, ptr::null_mut(), &mut err)) };
+        if rc == SQLITE_OK {
+            return Ok(());
+        }
+        let msg = if err.is_null() {
+            self.errmsg()
+        } else {
+            unsafe {
+                let m = CStr::from_ptr(err).to_string_lossy().into_owned();
+                call!(free(err.cast::<c_void>()));
+                m
+            }
+        };
+        Err(Error::msg(msg).context(&first_line(sql)))
+    }
+
+    pub fn prepare(&self, sql: &str) -> Result<Stmt> {
+        let mut stmt: *mut sqlite3_stmt = ptr::null_mut();
+        let len = c_int::try_from(sql.len()).map_err(|_| Error::msg("SQL text too long"))?;
+        let rc = unsafe {
+            call!(prepare_v2(
+                self.0,
+                sql.as_ptr().cast::<c_char>(),
+                len,
+                &mut stmt,
+                ptr::null_mut()
+            ))
+        };
+        if rc != SQLITE_OK {
+            if !stmt.is_null() {
+                unsafe { call!(finalize(stmt)) };
+            }
+            return Err(Error::msg(self.errmsg()).context(&first_line(sql)));
+        }
+        if stmt.is_null() {
+            return Err(Error::msg("empty SQL statement").context(&first_line(sql)));
+        }
+        Ok(Stmt { raw: stmt, db: *self })
+    }
+
+    /// Whether the connection is in autocommit mode (no open transaction).
+    pub fn autocommit(&self) -> bool {
+        unsafe { call!(get_autocommit(self.0)) != 0 }
+    }
+
+    /// Rows changed by the last INSERT/UPDATE/DELETE on this connection.
+    pub fn changes(&self) -> i64 {
+        i64::from(unsafe { call!(changes(self.0)) })
+    }
+}
+
+fn first_line(sql: &str) -> String {
+    let s = sql.trim();
+    let line = s.lines().next().unwrap_or("");
+    if line.len() > 120 {
+        let mut end = 120;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &line[..end])
+    } else {
+        line.to_string()
+    }
+}
+
+fn cstring(s: &str) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(s).map_err(|_| Error::msg("string contains a NUL byte"))
+}
+
+type Destructor = Option<unsafe extern "C" fn(*mut c_void)>;
+
+fn transient() -> Destructor {
+    // SQLITE_TRANSIENT is the destructor "pointer" -1: SQLite copies the data.
+    Some(unsafe { std::mem::transmute::<isize, unsafe extern "C" fn(*mut c_void)>(-1_isize) })
+}
+
+/// A prepared statement, finalized on drop.
+pub struct Stmt {
+    raw: *mut sqlite3_stmt,
+    db: Db,
+}
+
+impl Drop for Stmt {
+    fn drop(&mut self) {
+        unsafe { call!(finalize(self.raw)) };
+    }
+}
+
+impl Stmt {
+    pub fn bind(&mut self, idx: usize, v: &Value) -> Result<()> {
+        let i = idx as c_int;
+        let rc = unsafe {
+            match v {
+                Value::Null => call!(bind_null(self.raw, i)),
+                Value::Int(n) => call!(bind_int64(self.raw, i, *n)),
+                Value::Real(f) => call!(bind_double(self.raw, i, *f)),
+                Value::Text(s) => call!(bind_text(
+                    self.raw,
+                    i,
+                    s.as_ptr().cast::<c_char>(),
+                    c_int::try_from(s.len()).map_err(|_| Error::msg("text value too long"))?,
+                    transient()
+                )),
+                Value::Blob(b) => call!(bind_blob(
+                    self.raw,
+                    i,
+                    b.as_ptr().cast::<c_void>(),
+                    c_int::try_from(b.len()).map_err(|_| Error::msg("blob value too long"))?,
+                    transient()
+                )),
+            }
+        };
+        self.db.check(rc, "bind")
+    }
+
+    pub fn bind_i64(&mut self, idx: usize, v: i64) -> Result<()> {
+        self.bind(idx, &Value::Int(v))
+    }
+
+    pub fn bind_text(&mut self, idx: usize, v: &str) -> Result<()> {
+        let rc = unsafe {
+            call!(bind_text(
+                self.raw,
+                idx as c_int,
+                v.as_ptr().cast::<c_char>(),
+                c_int::try_from(v.len()).map_err(|_| Error::msg("text value too long"))?,
+                transient()
+            ))
+        };
+        self.db.check(rc, "bind")
+    }
+
+    /// Binds each value to parameters 1.. in order.
+    pub fn bind_all(&mut self, vals: &[Value]) -> Result<()> {
+        for (i, v) in vals.iter().enumerate() {
+            self.bind(i + 1, v)?;
+        }
+        Ok(())
+    }
+
+    /// Steps once: `Ok(true)` when a row is ready, `Ok(false)` when done.
+    /// On error the statement is reset and SQLite's message returned.
+    pub fn step(&mut self) -> Result<bool> {
+        let rc = unsafe { call!(step(self.raw)) };
+        match rc {
+            SQLITE_ROW => Ok(true),
+            SQLITE_DONE => Ok(false),
+            _ => {
+                let rc2 = unsafe { call!(reset(self.raw)) };
+                let _ = rc2;
+                Err(Error::msg(self.db.errmsg()).context(&self.sql()))
+            }
+        }
+    }
+
+    /// Resets the statement so it can run again (bindings are kept).
+    pub fn reset(&mut self) {
+        unsafe { call!(reset(self.raw)) };
+    }
+
+    /// Runs a statement that returns no rows, then resets it.
+    pub fn run(&mut self) -> Result<()> {
+        let r = self.step();
+        self.reset();
+        r.map(|_| ())
+    }
+
+    /// Binds, runs and resets.
+    pub fn run_with(&mut self, vals: &[Value]) -> Result<()> {
+        self.bind_all(vals)?;
+        self.run()
+    }
+
+    fn sql(&self) -> String {
+        unsafe {
+            let p = call!(sql(self.raw));
+            if p.is_null() {
+                String::new()
+            } else {
+                first_line(&CStr::from_ptr(p).to_string_lossy())
+            }
+        }
+    }
+
+    pub fn column_count(&self) -> usize {
+        unsafe { call!(column_count(self.raw)) as usize }
+    }
+
+    pub fn col_type_is_null(&self, i: usize) -> bool {
+        unsafe { call!(column_type(self.raw, i as c_int)) == 5 }
+    }
+
+    pub fn col_i64(&self, i: usize) -> i64 {
+        unsafe { call!(column_int64(self.raw, i as c_int)) }
+    }
+
+    pub fn col_text(&self, i: usize) -> Option<String> {
+        unsafe {
+            let p = call!(column_text(self.raw, i as c_int));
+            if p.is_null() {
+                return None;
+            }
+            let n = call!(column_bytes(self.raw, i as c_int));
+            let bytes = std::slice::from_raw_parts(p, n.max(0) as usize);
+            Some(String::from_utf8_lossy(bytes).into_owned())
+        }
+    }
+
+    pub fn col(&self, i: usize) -> Value {
+        let i = i as c_int;
+        unsafe {
+            match call!(column_type(self.raw, i)) {
+                SQLITE_INTEGER => Value::Int(call!(column_int64(self.raw, i))),
+                SQLITE_FLOAT => Value::Real(call!(column_double(self.raw, i))),
+                SQLITE_TEXT => {
+                    let p = call!(column_text(self.raw, i));
+                    let n = call!(column_bytes(self.raw, i));
+                    if p.is_null() {
+                        Value::Text(String::new())
+                    } else {
+                        let bytes = std::slice::from_raw_parts(p, n.max(0) as usize);
+                        Value::Text(String::from_utf8_lossy(bytes).into_owned())
+                    }
+                }
+                SQLITE_BLOB => {
+                    let p = call!(column_blob(self.raw, i));
+                    let n = call!(column_bytes(self.raw, i));
+                    if p.is_null() || n <= 0 {
+                        Value::Blob(Vec::new())
+                    } else {
+                        Value::Blob(std::slice::from_raw_parts(p.cast::<u8>(), n as usize).to_vec())
+                    }
+                }
+                _ => Value::Null,
+            }
+        }
+    }
+}
+
+/// Reads a function argument.
+///
+/// # Safety
+/// `v` must be a valid `sqlite3_value` for the duration of the call.
+pub unsafe fn arg_value(v: *mut sqlite3_value) -> Value {
+    match call!(value_type(v)) {
+        SQLITE_INTEGER => Value::Int(call!(value_int64(v))),
+        SQLITE_FLOAT => Value::Real(call!(value_double(v))),
+        SQLITE_TEXT => {
+            let p = call!(value_text(v));
+            let n = call!(value_bytes(v));
+            if p.is_null() {
+                Value::Text(String::new())
+            } else {
+                Value::Text(
+                    String::from_utf8_lossy(std::slice::from_raw_parts(p, n.max(0) as usize))
+                        .into_owned(),
+                )
+            }
+        }
+        SQLITE_BLOB => {
+            let p = call!(value_blob(v));
+            let n = call!(value_bytes(v));
+            if p.is_null() || n <= 0 {
+                Value::Blob(Vec::new())
+            } else {
+                Value::Blob(std::slice::from_raw_parts(p.cast::<u8>(), n as usize).to_vec())
+            }
+        }
+        _ => Value::Null,
+    }
+}
+
+/// What an extension function returns.
+pub enum Ret {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+/// Signature of the safe function bodies.
+pub type Func<S> = fn(&S, Db, &[Value]) -> Result<Ret>;
+
+struct Registered<S> {
+    state: std::rc::Rc<S>,
+    func: Func<S>,
+}
+
+unsafe extern "C" fn x_func<S>(ctx: *mut sqlite3_context, argc: c_int, argv: *mut *mut sqlite3_value) {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let reg = &*(call!(user_data(ctx)).cast::<Registered<S>>());
+        let db = Db(call!(context_db_handle(ctx)));
+        let args: Vec<Value> = if argc > 0 && !argv.is_null() {
+            std::slice::from_raw_parts(argv, argc as usize)
+                .iter()
+                .map(|v| arg_value(*v))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (reg.func)(&reg.state, db, &args)
+    }));
+    match outcome {
+        Ok(Ok(Ret::Null)) => call!(result_null(ctx)),
+        Ok(Ok(Ret::Int(n))) => call!(result_int64(ctx, n)),
+        Ok(Ok(Ret::Text(s))) => match c_int::try_from(s.len()) {
+            Ok(n) => call!(result_text(ctx, s.as_ptr().cast::<c_char>(), n, transient())),
+            Err(_) => result_error(ctx, "sqlite_sync: result too large"),
+        },
+        Ok(Err(e)) => result_error(ctx, &e.to_string()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            result_error(ctx, &format!("sqlite_sync: internal error (panic: {what})"));
+        }
+    }
+}
+
+unsafe fn result_error(ctx: *mut sqlite3_context, msg: &str) {
+    let n = c_int::try_from(msg.len()).unwrap_or(0);
+    call!(result_error(ctx, msg.as_ptr().cast::<c_char>(), n));
+}
+
+unsafe extern "C" fn x_destroy<S>(p: *mut c_void) {
+    if !p.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            drop(Box::from_raw(p.cast::<Registered<S>>()));
+        }));
+    }
+}
+
+/// Registers a scalar function whose body is `func`, sharing `state`.
+pub fn register<S: 'static>(
+    db: *mut sqlite3,
+    name: &str,
+    nargs: i32,
+    flags: c_int,
+    state: &std::rc::Rc<S>,
+    func: Func<S>,
+) -> Result<()> {
+    let cname = cstring(name)?;
+    let reg = Box::into_raw(Box::new(Registered {
+        state: state.clone(),
+        func,
+    }));
+    let rc = unsafe {
+        call!(create_function_v2(
+            db,
+            cname.as_ptr(),
+            nargs,
+            SQLITE_UTF8 | flags,
+            reg.cast::<c_void>(),
+            Some(x_func::<S>),
+            None,
+            None,
+            Some(x_destroy::<S>)
+        ))
+    };
+    if rc != SQLITE_OK {
+        // On failure SQLite has already called the destructor.
+        return Err(Error::msg(format!(
+            "could not register function {name}: {}",
+            Db(db).errmsg()
+        )));
+    }
+    Ok(())
+}
+
+/// Wraps a raw connection pointer from the entry point.
+pub fn db_from_raw(db: *mut sqlite3) -> Db {
+    Db(db)
+}

@@ -1,0 +1,59 @@
+//! `sync_init`: create or migrate the synced objects.
+
+use serde_json::json;
+use sync_core::schema::Schema;
+
+use crate::ddl;
+use crate::error::Result;
+use crate::ffi::{Db, Value};
+use crate::model::parse_schema;
+use crate::state::{in_savepoint, meta_set, meta_text, schema_version, ConnState};
+
+/// Stores the schema document and its version.
+pub fn store_schema(db: Db, schema: &Schema) -> Result<()> {
+    meta_set(db, "schema", &Value::Text(serde_json::to_string(schema)?))?;
+    meta_set(db, "schema_version", &Value::Int(schema.version))
+}
+
+pub fn sync_init(st: &ConnState, db: Db, text: &str) -> Result<String> {
+    let schema = parse_schema(text)?;
+    let out = in_savepoint(db, "sync_init", || {
+        let _nc = st.no_capture();
+        ddl::create_meta(db)?;
+        let client = match meta_text(db, "client_id")? {
+            Some(c) => c,
+            None => {
+                let c = uuid::Uuid::new_v4().to_string();
+                meta_set(db, "client_id", &Value::Text(c.clone()))?;
+                st.reset_clock();
+                c
+            }
+        };
+        let current = schema_version(db)?;
+        let changed = match current {
+            Some(v) if schema.version <= v => false,
+            Some(_) => {
+                let old = st.loaded(db)?;
+                ddl::migrate(db, &old.schema, &schema)?;
+                store_schema(db, &schema)?;
+                true
+            }
+            None => {
+                for t in &schema.tables {
+                    ddl::create_table(db, t)?;
+                }
+                store_schema(db, &schema)?;
+                true
+            }
+        };
+        let version = schema_version(db)?.unwrap_or(schema.version);
+        Ok(json!({
+            "client_id": client,
+            "schema_version": version,
+            "changed": changed,
+        })
+        .to_string())
+    });
+    st.invalidate();
+    out
+}

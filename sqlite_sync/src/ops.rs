@@ -1,0 +1,353 @@
+//! Row-level operations on one synced table, with statements prepared once
+//! per SQL function call and reused for every row.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
+use serde_json::{Map, Value as Json};
+use sync_core::Hlc;
+
+use crate::error::{Error, Result};
+use crate::ffi::{Db, Stmt, Value};
+use crate::model::{json_to_sql, q, ver_from_text, ver_to_text, Key, TableInfo, BASE};
+
+/// A server row: values of all columns in schema order, and their versions.
+pub struct SyncedRow {
+    pub vals: Vec<Value>,
+    pub ver: Vec<Hlc>,
+}
+
+/// Base recorded for a column of a row with pending writes, taken when the
+/// server row changed under those writes.
+#[derive(Debug, Clone)]
+pub struct Stashed {
+    pub ver: Hlc,
+    pub val: Value,
+}
+
+pub struct TableOps<'a> {
+    db: Db,
+    pub t: &'a TableInfo,
+    stmts: HashMap<&'static str, Stmt>,
+    partial: HashMap<i64, Stmt>,
+}
+
+impl<'a> TableOps<'a> {
+    pub fn new(db: Db, t: &'a TableInfo) -> TableOps<'a> {
+        TableOps {
+            db,
+            t,
+            stmts: HashMap::new(),
+            partial: HashMap::new(),
+        }
+    }
+
+    fn stmt(&mut self, name: &'static str) -> Result<&mut Stmt> {
+        match self.stmts.entry(name) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(v) => {
+                let sql = build_sql(self.t, name);
+                Ok(v.insert(self.db.prepare(&sql)?))
+            }
+        }
+    }
+
+    fn bind_key(st: &mut Stmt, key: &Key, first: usize) -> Result<()> {
+        for (i, p) in key.0.iter().enumerate() {
+            st.bind(first + i, &p.to_value())?;
+        }
+        Ok(())
+    }
+
+    /// Current local values of a row (all columns), if it exists.
+    pub fn state_row(&mut self, key: &Key) -> Result<Option<Vec<Value>>> {
+        let n = self.t.ncols();
+        let st = self.stmt("state_row")?;
+        Self::bind_key(st, key, 1)?;
+        let r = if st.step()? {
+            Some((0..n).map(|i| st.col(i)).collect())
+        } else {
+            None
+        };
+        st.reset();
+        Ok(r)
+    }
+
+    /// The server row, if the client has it.
+    pub fn synced_row(&mut self, key: &Key) -> Result<Option<SyncedRow>> {
+        let n = self.t.ncols();
+        let st = self.stmt("synced_row")?;
+        Self::bind_key(st, key, 1)?;
+        let r = if st.step()? {
+            let ver = ver_from_text(&st.col_text(0).unwrap_or_default(), n);
+            Some(SyncedRow {
+                vals: (1..=n).map(|i| st.col(i)).collect(),
+                ver,
+            })
+        } else {
+            None
+        };
+        st.reset();
+        Ok(r)
+    }
+
+    /// Inserts or replaces a server row.
+    pub fn upsert_synced(&mut self, vals: &[Value], ver: &[Hlc]) -> Result<()> {
+        let n = vals.len();
+        let ver_text = ver_to_text(ver);
+        let st = self.stmt("upsert_synced")?;
+        st.bind_all(vals)?;
+        st.bind_text(n + 1, &ver_text)?;
+        st.run()
+    }
+
+    pub fn delete_synced(&mut self, key: &Key) -> Result<()> {
+        let st = self.stmt("delete_synced")?;
+        Self::bind_key(st, key, 1)?;
+        st.run()
+    }
+
+    /// Writes all columns of a row to the state table (insert or update).
+    pub fn upsert_state(&mut self, vals: &[Value]) -> Result<()> {
+        let st = self.stmt("upsert_state")?;
+        st.bind_all(vals)?;
+        st.run()
+    }
+
+    pub fn delete_state(&mut self, key: &Key) -> Result<()> {
+        let st = self.stmt("delete_state")?;
+        Self::bind_key(st, key, 1)?;
+        st.run()
+    }
+
+    /// Makes the local row equal to the server row (or removes it when the
+    /// client has no server row).
+    pub fn state_from_synced(&mut self, key: &Key) -> Result<()> {
+        let st = self.stmt("state_from_synced")?;
+        Self::bind_key(st, key, 1)?;
+        st.run()?;
+        if self.db.changes() == 0 {
+            self.delete_state(key)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the columns in `mask` of an existing local row to `vals`
+    /// (a full row in schema order).
+    pub fn update_state_cols(&mut self, key: &Key, mask: i64, vals: &[Value]) -> Result<()> {
+        let t = self.t;
+        let cols: Vec<usize> = (0..t.ncols())
+            .filter(|&i| mask & (1i64 << i) != 0 && t.pk_mask & (1i64 << i) == 0)
+            .collect();
+        if cols.is_empty() {
+            return Ok(());
+        }
+        let set_mask = cols.iter().fold(0i64, |m, &i| m | (1i64 << i));
+        let st = match self.partial.entry(set_mask) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let sets = cols
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &i)| format!("{} = ?{}", q(t.col_name(i)), j + 1))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "UPDATE {} SET {sets} WHERE {}",
+                    q(&t.state),
+                    t.pk_where(cols.len() + 1)
+                );
+                v.insert(self.db.prepare(&sql)?)
+            }
+        };
+        for (j, &i) in cols.iter().enumerate() {
+            st.bind(j + 1, &vals[i])?;
+        }
+        Self::bind_key(st, key, cols.len() + 1)?;
+        st.run()
+    }
+
+    /// Stashed bases of a row, by column index.
+    pub fn stash_get(&mut self, key: &Key) -> Result<HashMap<usize, Stashed>> {
+        let canon = key.canonical();
+        let name = self.t.name().to_string();
+        let t = self.t;
+        let st = self.stmt("stash_get")?;
+        st.bind_text(1, &name)?;
+        st.bind_text(2, &canon)?;
+        let mut out = HashMap::new();
+        while st.step()? {
+            let col = st.col_text(0).unwrap_or_default();
+            if let Some(i) = t.def.column_index(&col) {
+                out.insert(
+                    i,
+                    Stashed {
+                        ver: Hlc::from_i64(st.col_i64(1)),
+                        val: st.col(2),
+                    },
+                );
+            }
+        }
+        st.reset();
+        Ok(out)
+    }
+
+    /// Records the base of a column unless one is already recorded.
+    pub fn stash_put(&mut self, key: &Key, col: usize, ver: Hlc, val: &Value) -> Result<()> {
+        let canon = key.canonical();
+        let name = self.t.name().to_string();
+        let col_name = self.t.col_name(col).to_string();
+        let st = self.stmt("stash_put")?;
+        st.run_with(&[
+            Value::Text(name),
+            Value::Text(canon),
+            Value::Text(col_name),
+            Value::Int(ver.as_i64()),
+            val.clone(),
+        ])
+    }
+
+    /// Forgets all stashed bases of a row.
+    pub fn stash_clear(&mut self, key: &Key) -> Result<()> {
+        let canon = key.canonical();
+        let name = self.t.name().to_string();
+        let st = self.stmt("stash_clear")?;
+        st.run_with(&[Value::Text(name), Value::Text(canon)])
+    }
+
+    /// Keeps only the stashed bases of the columns in `keep`.
+    pub fn stash_retain(&mut self, key: &Key, keep: i64) -> Result<()> {
+        let existing = self.stash_get(key)?;
+        if existing.is_empty() {
+            return Ok(());
+        }
+        if existing.keys().all(|&i| keep & (1i64 << i) != 0) {
+            return Ok(());
+        }
+        let canon = key.canonical();
+        let name = self.t.name().to_string();
+        let drop: Vec<String> = existing
+            .keys()
+            .filter(|&&i| keep & (1i64 << i) == 0)
+            .map(|&i| self.t.col_name(i).to_string())
+            .collect();
+        let st = self.stmt("stash_delete_col")?;
+        for c in drop {
+            st.run_with(&[Value::Text(name.clone()), Value::Text(canon.clone()), Value::Text(c)])?;
+        }
+        Ok(())
+    }
+
+    /// Records, for the columns in `cols`, the base the pending writes were
+    /// made on: the server row as it is before it gets replaced.
+    pub fn stash_before_server_change(&mut self, key: &Key, cols: i64) -> Result<()> {
+        if cols == 0 {
+            return Ok(());
+        }
+        let old = self.synced_row(key)?;
+        for i in 0..self.t.ncols() {
+            if cols & (1i64 << i) == 0 || self.t.pk_mask & (1i64 << i) != 0 {
+                continue;
+            }
+            let (ver, val) = match &old {
+                Some(r) => (r.ver[i], r.vals[i].clone()),
+                None => (Hlc::ZERO, Value::Null),
+            };
+            let val = if self.t.needs_base_value(i) {
+                val
+            } else {
+                Value::Null
+            };
+            self.stash_put(key, i, ver, &val)?;
+        }
+        Ok(())
+    }
+}
+
+fn build_sql(t: &TableInfo, name: &str) -> String {
+    let cols = t.col_list();
+    let n = t.ncols();
+    let params = (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let pk_cols = t.def.pk.iter().map(|p| q(p)).collect::<Vec<_>>().join(", ");
+    let non_pk: Vec<String> = t
+        .def
+        .columns
+        .iter()
+        .filter(|c| !t.def.is_pk(&c.name))
+        .map(|c| format!("{0} = excluded.{0}", q(&c.name)))
+        .collect();
+    let on_conflict = if non_pk.is_empty() {
+        format!("ON CONFLICT({pk_cols}) DO NOTHING")
+    } else {
+        format!("ON CONFLICT({pk_cols}) DO UPDATE SET {}", non_pk.join(", "))
+    };
+    let state = q(&t.state);
+    let synced = q(&t.synced);
+    let base = q(BASE);
+    match name {
+        "state_row" => format!("SELECT {cols} FROM {state} WHERE {}", t.pk_where(1)),
+        "synced_row" => format!(
+            "SELECT \"_ver\", {cols} FROM {synced} WHERE {}",
+            t.pk_where(1)
+        ),
+        "upsert_synced" => format!(
+            "INSERT OR REPLACE INTO {synced}({cols}, \"_ver\") VALUES ({params}, ?{})",
+            n + 1
+        ),
+        "delete_synced" => format!("DELETE FROM {synced} WHERE {}", t.pk_where(1)),
+        "upsert_state" => format!("INSERT INTO {state}({cols}) VALUES ({params}) {on_conflict}"),
+        "delete_state" => format!("DELETE FROM {state} WHERE {}", t.pk_where(1)),
+        "state_from_synced" => format!(
+            "INSERT INTO {state}({cols}) SELECT {cols} FROM {synced} WHERE {} {on_conflict}",
+            t.pk_where(1)
+        ),
+        "stash_get" => format!("SELECT col, ver, val FROM {base} WHERE tbl = ?1 AND key = ?2"),
+        "stash_put" => format!(
+            "INSERT OR IGNORE INTO {base}(tbl, key, col, ver, val) VALUES (?1, ?2, ?3, ?4, ?5)"
+        ),
+        "stash_clear" => format!("DELETE FROM {base} WHERE tbl = ?1 AND key = ?2"),
+        "stash_delete_col" => {
+            format!("DELETE FROM {base} WHERE tbl = ?1 AND key = ?2 AND col = ?3")
+        }
+        other => format!("SELECT 'unknown statement {other}'"),
+    }
+}
+
+/// Converts a wire row to values of all columns in schema order. Key
+/// columns missing from `row` are taken from `pk`; other missing columns
+/// are NULL. A column the table does not have is an error.
+pub fn row_values(t: &TableInfo, row: &Map<String, Json>, pk: &Map<String, Json>) -> Result<Vec<Value>> {
+    for k in row.keys() {
+        if t.def.column_index(k).is_none() {
+            return Err(Error::msg(format!(
+                "table {:?} has no synced column {k:?}",
+                t.name()
+            )));
+        }
+    }
+    let mut vals = Vec::with_capacity(t.ncols());
+    for c in &t.def.columns {
+        let v = match row.get(&c.name) {
+            Some(v) => json_to_sql(c.ty, v, t.name(), &c.name)?,
+            None => match pk.get(&c.name) {
+                Some(v) => json_to_sql(c.ty, v, t.name(), &c.name)?,
+                None => Value::Null,
+            },
+        };
+        vals.push(v);
+    }
+    Ok(vals)
+}
+
+/// Checks a version array against the table's column count.
+pub fn check_ver(t: &TableInfo, ver: &[Hlc]) -> Result<()> {
+    if ver.len() != t.ncols() {
+        return Err(Error::msg(format!(
+            "ver has {} entries but table {:?} has {} synced columns",
+            ver.len(),
+            t.name(),
+            t.ncols()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! `sync_apply`: apply a page of server changes, rebasing pending writes.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use sync_core::wire::{PullOp, PullPage};
+use sync_core::Hlc;
+
+use crate::changes::{self, Filter};
+use crate::ddl;
+use crate::error::{Error, Result};
+use crate::ffi::{Db, Value};
+use crate::model::{now_iso, q, validate_schema};
+use crate::ops::{check_ver, row_values, TableOps};
+use crate::state::{in_savepoint, meta_delete, meta_set, schema_version, ConnState, Loaded};
+
+pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
+    let page = PullPage::parse(text)?;
+    // Fails early when sync_init was never called.
+    st.loaded(db)?;
+    let out = in_savepoint(db, "sync_apply", || {
+        let _nc = st.no_capture();
+        if let Some(schema) = &page.schema {
+            validate_schema(schema)?;
+            let current = schema_version(db)?.unwrap_or(i64::MIN);
+            if schema.version > current {
+                let old = st.loaded(db)?;
+                ddl::migrate(db, &old.schema, schema)?;
+                crate::init::store_schema(db, schema)?;
+                st.invalidate();
+            }
+        }
+        let loaded = st.loaded(db)?;
+        if page.schema_version != loaded.schema.version {
+            return Err(Error::msg(format!(
+                "pull page follows schema version {} but this database has version {}; \
+                 pass the server's schema to sync_init (or include it in the page)",
+                page.schema_version, loaded.schema.version
+            )));
+        }
+        if page.resync_required {
+            return resync(db, &loaded).map(|dropped| {
+                json!({
+                    "upserts": 0,
+                    "deletes": dropped,
+                    "cursor": null,
+                    "has_more": true,
+                    "resync_required": true,
+                })
+                .to_string()
+            });
+        }
+        let pending = changes::load(db, &loaded, Filter::All)?;
+        let mut ops: HashMap<usize, TableOps> = HashMap::new();
+        let (mut upserts, mut deletes) = (0usize, 0usize);
+        let mut max_seen = Hlc::ZERO;
+        for rc in &page.changes {
+            let (ti, t) = loaded.require(&rc.table)?;
+            let o = ops.entry(ti).or_insert_with(|| TableOps::new(db, t));
+            let key = t.key_from_json(&rc.pk)?;
+            let overlay = if pending.is_empty() {
+                None
+            } else {
+                pending.get(ti, &key).map(|g| g.overlay(t))
+            };
+            match rc.op {
+                PullOp::Upsert => {
+                    let (Some(row), Some(ver)) = (&rc.row, &rc.ver) else {
+                        return Err(Error::msg(format!(
+                            "upsert of {} {} has no row or no ver",
+                            rc.table,
+                            serde_json::Value::Object(rc.pk.clone())
+                        )));
+                    };
+                    check_ver(t, ver)?;
+                    let vals = row_values(t, row, &rc.pk)?;
+                    if let Some(m) = ver.iter().max() {
+                        max_seen = max_seen.max(*m);
+                    }
+                    match overlay {
+                        None => {
+                            o.upsert_synced(&vals, ver)?;
+                            o.upsert_state(&vals)?;
+                        }
+                        Some((keep, deleted)) => {
+                            let stash_cols = if deleted {
+                                t.all_mask
+                            } else {
+                                keep
+                            };
+                            o.stash_before_server_change(&key, stash_cols)?;
+                            o.upsert_synced(&vals, ver)?;
+                            if !deleted {
+                                o.update_state_cols(&key, t.all_mask & !keep, &vals)?;
+                            }
+                        }
+                    }
+                    upserts += 1;
+                }
+                PullOp::Delete => {
+                    match overlay {
+                        None => {
+                            o.delete_synced(&key)?;
+                            o.delete_state(&key)?;
+                        }
+                        Some((keep, deleted)) => {
+                            let stash_cols = if deleted { t.all_mask } else { keep };
+                            o.stash_before_server_change(&key, stash_cols)?;
+                            o.delete_synced(&key)?;
+                        }
+                    }
+                    deletes += 1;
+                }
+            }
+        }
+        drop(ops);
+        if max_seen != Hlc::ZERO {
+            st.observe(db, max_seen)?;
+            st.save_clock(db)?;
+        }
+        meta_set(db, "cursor", &Value::Text(page.cursor.clone()))?;
+        meta_set(db, "last_pull", &Value::Text(now_iso()))?;
+        Ok(json!({
+            "upserts": upserts,
+            "deletes": deletes,
+            "cursor": page.cursor,
+            "has_more": page.has_more,
+        })
+        .to_string())
+    })?;
+    Ok(out)
+}
+
+/// Drops all server state (keeping pending writes and their bases) and the
+/// cursor, so the next pull starts from scratch. Returns the number of local
+/// rows removed.
+fn resync(db: Db, loaded: &Loaded) -> Result<usize> {
+    let pending = changes::load(db, loaded, Filter::All)?;
+    let mut dropped = 0usize;
+    for (ti, t) in loaded.tables.iter().enumerate() {
+        let mut o = TableOps::new(db, t);
+        // Keep the bases of pending writes before their server rows go.
+        for g in pending.groups.iter().filter(|g| g.table == ti) {
+            let (keep, deleted) = g.overlay(t);
+            o.stash_before_server_change(&g.key, if deleted { t.all_mask } else { keep })?;
+        }
+        let has_pending = pending.groups.iter().any(|g| g.table == ti);
+        if has_pending {
+            let pk_cols = t.def.pk.iter().map(|p| q(p)).collect::<Vec<_>>().join(", ");
+            let mut sel = db.prepare(&format!("SELECT {pk_cols} FROM {}", q(&t.state)))?;
+            let mut doomed = Vec::new();
+            while sel.step()? {
+                let vals: Vec<Value> = (0..t.pk_idx.len()).map(|i| sel.col(i)).collect();
+                let key = crate::model::Key(
+                    vals.iter().map(crate::model::KeyPart::from_value).collect(),
+                );
+                if pending.get(ti, &key).is_none() {
+                    doomed.push(key);
+                }
+            }
+            drop(sel);
+            dropped += doomed.len();
+            for k in doomed {
+                o.delete_state(&k)?;
+            }
+        } else {
+            db.exec(&format!("DELETE FROM {}", q(&t.state)))?;
+            dropped += db.changes().max(0) as usize;
+        }
+        drop(o);
+        db.exec(&format!("DELETE FROM {}", q(&t.synced)))?;
+    }
+    meta_delete(db, "cursor")?;
+    Ok(dropped)
+}
