@@ -162,8 +162,8 @@ fn concurrent_writers_never_lose_a_change() {
             let mut i = 0u64;
             while written < WRITES_PER_WRITER {
                 i += 1;
-                // Some transactions stay open for a while (writer 0 holds
-                // one for up to a second), others are short batches.
+                // Some transactions stay open for seconds (writers 0 and 1
+                // hold one every 40 batches), others are short batches.
                 let mut tx = c.transaction().unwrap();
                 let batch = 1 + (i % 50) as usize;
                 for k in 0..batch {
@@ -182,8 +182,8 @@ fn concurrent_writers_never_lose_a_change() {
                     }
                 }
                 written += batch;
-                if w == 0 && i % 40 == 0 {
-                    std::thread::sleep(Duration::from_millis(200 + (i % 800)));
+                if w < 2 && i % 40 == 0 {
+                    std::thread::sleep(Duration::from_millis(500 + (i * 37 % 2000)));
                 }
                 tx.commit().unwrap();
             }
