@@ -116,14 +116,26 @@ impl Group {
         self.in_flight() || self.net(t) != Net::Nothing
     }
 
+    /// For a row with unconfirmed writes: the columns whose local value
+    /// must survive a rebase onto new server state, and whether the row is
+    /// deleted locally. `None` when the queued writes amount to nothing.
+    pub fn pending_overlay(&self, t: &TableInfo) -> Option<(i64, bool)> {
+        if self.is_pending(t) {
+            Some(self.overlay(t))
+        } else {
+            None
+        }
+    }
+
     /// Columns whose local value must survive a rebase onto new server
     /// state, and whether the row is currently deleted locally.
     pub fn overlay(&self, t: &TableInfo) -> (i64, bool) {
-        let mask = self
+        let mask = self.rows.iter().fold(0, |m, r| m | r.effective_mask(t));
+        let deleted = self
             .rows
-            .iter()
-            .fold(0, |m, r| m | r.effective_mask(t));
-        let deleted = self.rows.last().map(|r| r.op == Op::Delete).unwrap_or(false);
+            .last()
+            .map(|r| r.op == Op::Delete)
+            .unwrap_or(false);
         (mask, deleted)
     }
 }

@@ -2,11 +2,22 @@
 //!
 //! For a table `T` in optimistic mode the app reads and writes the real
 //! table `T`, which holds server state with pending local writes applied.
-//! AFTER triggers on it append one row per write to `_changes` (no JSON, no
-//! lookups: values are read from `T` when a batch is built). `T_synced`
-//! holds the server's rows and column versions. In confirmed mode the
-//! written table is `T_pending` and `T` is a view of `T_synced` whose
-//! INSTEAD OF triggers forward writes to `T_pending`.
+//! AFTER triggers on it append one row per write to `_changes` (no JSON:
+//! values are read from `T` when a batch is built).
+//!
+//! `T_synced` holds, for every server row, its key and column versions
+//! (`_ver`). Its value columns are filled only while the row has pending
+//! local writes (`_full = 1`): the first local update or delete of a clean
+//! row copies the old (server) values there, so a rejected write can be
+//! rolled back. For a clean row (`_full = 0`) the server values are the
+//! values in `T`. This keeps the file small: one copy of the data.
+//!
+//! In confirmed mode the written table is `T_pending` and `T` is a view of
+//! the server state whose INSTEAD OF triggers forward writes to `T_pending`.
+//!
+//! The triggers take their stamp from the `sync_clock` virtual table rather
+//! than from a function: a function call (or a NOT NULL constraint) in a
+//! trigger makes SQLite journal every statement inside a transaction.
 
 use sync_core::schema::{ColumnType, Schema, TableDef, WriteMode};
 use sync_core::Hlc;
@@ -14,13 +25,9 @@ use sync_core::Hlc;
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
 use crate::model::{
-    lit, q, state_table_name, ver_from_text, ver_to_text, TableInfo, BASE, CHANGES, ERRORS, META,
+    lit, q, state_table_name, ver_from_blob, ver_to_blob, TableInfo, BASE, CHANGES, ERRORS, META,
 };
 use crate::state::object_exists;
-
-/// Whether the state table is a WITHOUT ROWID table. Kept a rowid table so
-/// apps can use rowid-based features (FTS5 external content and the like).
-const STATE_WITHOUT_ROWID: bool = false;
 
 /// Creates the tables shared by all synced tables, if missing.
 pub fn create_meta(db: Db) -> Result<()> {
@@ -28,11 +35,11 @@ pub fn create_meta(db: Db) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS {meta}(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS {changes}(
              seq INTEGER PRIMARY KEY,
-             tbl TEXT NOT NULL,
+             tbl TEXT,
              pk,
-             op TEXT NOT NULL,
-             mask INTEGER NOT NULL,
-             hlc INTEGER NOT NULL,
+             op TEXT,
+             mask INTEGER,
+             hlc INTEGER,
              batch INTEGER);
          CREATE INDEX IF NOT EXISTS {changes_batch} ON {changes}(batch) WHERE batch IS NOT NULL;
          CREATE TABLE IF NOT EXISTS {errors}(
@@ -61,11 +68,12 @@ pub fn create_meta(db: Db) -> Result<()> {
 
 fn col_def(t: &TableDef, c: &sync_core::schema::ColumnDef) -> String {
     let mut s = format!("{} {}", q(&c.name), c.ty.sqlite_type());
-    let integer_rowid_pk = t.pk.len() == 1 && t.pk[0] == c.name && c.ty == ColumnType::Integer;
-    if integer_rowid_pk {
+    if integer_pk(t) && t.pk[0] == c.name {
         s.push_str(" PRIMARY KEY");
     } else if t.is_pk(&c.name) {
-        s.push_str(" NOT NULL");
+        // FAIL, not the default ABORT: an ABORT constraint on a table with
+        // triggers makes SQLite journal every statement (see module doc).
+        s.push_str(" NOT NULL ON CONFLICT FAIL");
     }
     s
 }
@@ -73,29 +81,18 @@ fn col_def(t: &TableDef, c: &sync_core::schema::ColumnDef) -> String {
 /// Whether the table's key is a single INTEGER column (a rowid alias).
 fn integer_pk(t: &TableDef) -> bool {
     t.pk.len() == 1
-        && t
-            .column_index(&t.pk[0])
+        && t.column_index(&t.pk[0])
             .map(|i| t.columns[i].ty == ColumnType::Integer)
             .unwrap_or(false)
 }
 
-fn table_body(t: &TableDef, extra: &str) -> String {
-    let mut parts: Vec<String> = t.columns.iter().map(|c| col_def(t, c)).collect();
-    if !extra.is_empty() {
-        parts.push(extra.to_string());
-    }
-    if !integer_pk(t) {
-        parts.push(format!(
-            "PRIMARY KEY({})",
-            t.pk.iter().map(|p| q(p)).collect::<Vec<_>>().join(", ")
-        ));
-    }
-    parts.join(", ")
+fn pk_list(t: &TableDef) -> String {
+    t.pk.iter().map(|p| q(p)).collect::<Vec<_>>().join(", ")
 }
 
 fn create_tables(db: Db, info: &TableInfo) -> Result<()> {
     let t = &info.def;
-    for name in [&info.state, &info.synced] {
+    for name in [&info.state, &info.synced, &format!("{}_local", t.name)] {
         if object_exists(db, name)? {
             return Err(Error::msg(format!(
                 "cannot create synced table {:?}: an object named {name:?} already exists",
@@ -109,21 +106,34 @@ fn create_tables(db: Db, info: &TableInfo) -> Result<()> {
             t.name
         )));
     }
-    let rowid = if integer_pk(t) || !STATE_WITHOUT_ROWID {
-        ""
-    } else {
-        " WITHOUT ROWID"
-    };
+    let mut cols: Vec<String> = t.columns.iter().map(|c| col_def(t, c)).collect();
+    if !integer_pk(t) {
+        cols.push(format!("PRIMARY KEY({})", pk_list(t)));
+    }
     db.exec(&format!(
-        "CREATE TABLE {}({}){rowid}",
+        "CREATE TABLE {}({})",
         q(&info.state),
-        table_body(t, "")
+        cols.join(", ")
     ))?;
-    let synced_rowid = if integer_pk(t) { "" } else { " WITHOUT ROWID" };
+    // Server copy: key, versions, and values only while the row is pending.
+    let mut cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| {
+            if t.is_pk(&c.name) {
+                format!("{} {} NOT NULL", q(&c.name), c.ty.sqlite_type())
+            } else {
+                format!("{} {}", q(&c.name), c.ty.sqlite_type())
+            }
+        })
+        .collect();
+    cols.push("\"_ver\" BLOB".into());
+    cols.push("\"_full\" INTEGER DEFAULT 0".into());
+    cols.push(format!("PRIMARY KEY({})", pk_list(t)));
     db.exec(&format!(
-        "CREATE TABLE {}({}){synced_rowid}",
+        "CREATE TABLE {}({}) WITHOUT ROWID",
         q(&info.synced),
-        table_body(t, "\"_ver\" TEXT NOT NULL")
+        cols.join(", ")
     ))?;
     Ok(())
 }
@@ -132,7 +142,7 @@ fn trigger_name(t: &str, what: &str) -> String {
     format!("{t}__sync_{what}")
 }
 
-const TRIGGERS: [&str; 7] = ["ins", "upd", "pk", "del", "vins", "vupd", "vdel"];
+const TRIGGERS: [&str; 8] = ["save", "ins", "upd", "pk", "del", "vins", "vupd", "vdel"];
 
 /// Drops the triggers and the confirmed-mode view of a table, if present.
 fn drop_triggers_and_view(db: Db, table: &str, mode: WriteMode) -> Result<()> {
@@ -145,7 +155,72 @@ fn drop_triggers_and_view(db: Db, table: &str, mode: WriteMode) -> Result<()> {
     if mode == WriteMode::Confirmed {
         db.exec(&format!("DROP VIEW IF EXISTS {}", q(table)))?;
     }
+    db.exec(&format!(
+        "DROP VIEW IF EXISTS {}",
+        q(&format!("{table}_local"))
+    ))?;
     Ok(())
+}
+
+/// Creates the read-only view `T_local`: one row per row with unconfirmed
+/// writes, with its current local values, the mask of locally written
+/// columns (`_mask`), whether it is deleted locally (`_deleted`), the server
+/// versions it is based on (`_base`), its latest queued seq (`_seq`) and
+/// whether a batch carrying it is in flight (`_in_flight`).
+fn create_local_view(db: Db, info: &TableInfo) -> Result<()> {
+    let t = &info.def;
+    let name = format!("{}_local", t.name);
+    let all = info.all_mask;
+    let mask_terms: Vec<String> = (0..t.columns.len())
+        .map(|i| {
+            format!(
+                "max((CASE WHEN op = 'insert' THEN {all} ELSE mask END) & {})",
+                1i64 << i
+            )
+        })
+        .collect();
+    let key_part = |j: usize| -> String {
+        if info.single_pk() {
+            "g.k".to_string()
+        } else {
+            format!("json_extract(g.k, '$[{j}]')")
+        }
+    };
+    let join_on = |alias: &str| -> String {
+        t.pk.iter()
+            .enumerate()
+            .map(|(j, p)| format!("{alias}.{} = {}", q(p), key_part(j)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| match t.pk.iter().position(|p| p == &c.name) {
+            Some(j) => format!("{} AS {}", key_part(j), q(&c.name)),
+            None => format!("s.{0} AS {0}", q(&c.name)),
+        })
+        .collect();
+    let first_pk = q(&t.pk[0]);
+    db.exec(&format!(
+        "CREATE VIEW {view} AS
+         SELECT {cols}, g._mask AS \"_mask\", (s.{first_pk} IS NULL) AS \"_deleted\",
+                y.\"_ver\" AS \"_base\", g._seq AS \"_seq\", g._in_flight AS \"_in_flight\"
+         FROM (SELECT pk AS k, max(seq) AS _seq, max(batch IS NOT NULL) AS _in_flight,
+                      {mask} AS _mask
+               FROM {changes} WHERE tbl = {tbl} AND op <> 'mark' GROUP BY pk) g
+         LEFT JOIN {state} s ON {on_s}
+         LEFT JOIN {synced} y ON {on_y}",
+        view = q(&name),
+        cols = cols.join(", "),
+        mask = mask_terms.join(" + "),
+        changes = q(CHANGES),
+        tbl = lit(&t.name),
+        state = q(&info.state),
+        synced = q(&info.synced),
+        on_s = join_on("s"),
+        on_y = join_on("y"),
+    ))
 }
 
 /// Creates the change-capturing triggers (and, in confirmed mode, the view
@@ -153,15 +228,22 @@ fn drop_triggers_and_view(db: Db, table: &str, mode: WriteMode) -> Result<()> {
 fn create_triggers(db: Db, info: &TableInfo) -> Result<()> {
     let t = &info.def;
     let state = q(&info.state);
+    let synced = q(&info.synced);
     let tbl = lit(&t.name);
     let changes = q(CHANGES);
     let all = info.all_mask;
-    let pk_same: Vec<String> = t
-        .pk
-        .iter()
-        .map(|p| format!("NEW.{0} IS OLD.{0}", q(p)))
-        .collect();
-    let pk_same = pk_same.join(" AND ");
+    let same_key = |a: &str, b: &str| -> String {
+        t.pk.iter()
+            .map(|p| format!("{a}.{0} IS {b}.{0}", q(p)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let key_match = |prefix: &str| -> String {
+        t.pk.iter()
+            .map(|p| format!("{0} = {prefix}.{0}", q(p)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
     let non_pk: Vec<(usize, &str)> = t
         .columns
         .iter()
@@ -188,42 +270,125 @@ fn create_triggers(db: Db, info: &TableInfo) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" OR ")
     };
+    // Copies the old values of a clean row into the server copy.
+    let save_from = |src: &str| -> String {
+        let mut sets = vec!["\"_full\" = 1".to_string()];
+        sets.extend(non_pk.iter().map(|(_, c)| format!("{0} = {src}.{0}", q(c))));
+        format!(
+            "UPDATE {synced} SET {} WHERE {} AND \"_full\" = 0 \
+             AND EXISTS (SELECT 1 FROM sync_clock);",
+            sets.join(", "),
+            key_match("OLD")
+        )
+    };
     let key_new = info.key_expr("NEW");
     let key_old = info.key_expr("OLD");
-    let ins = "INSERT INTO ".to_string() + &changes + "(tbl, pk, op, mask, hlc) VALUES ";
+    let log = |key: &str, op: &str, m: &str| -> String {
+        format!(
+            "INSERT INTO {changes}(tbl, pk, op, mask, hlc) \
+             SELECT {tbl}, {key}, '{op}', {m}, hlc FROM sync_clock;"
+        )
+    };
+    if !non_pk.is_empty() {
+        // INSERT OR REPLACE over a clean row: keep its server values first.
+        let sets: Vec<String> = std::iter::once("\"_full\" = 1".to_string())
+            .chain(non_pk.iter().map(|(_, c)| {
+                format!(
+                    "{0} = (SELECT {0} FROM {state} WHERE {1})",
+                    q(c),
+                    key_match("NEW")
+                )
+            }))
+            .collect();
+        db.exec(&format!(
+            "CREATE TRIGGER {name} BEFORE INSERT ON {state}
+             WHEN EXISTS (SELECT 1 FROM {synced} WHERE {km} AND \"_full\" = 0) BEGIN
+               UPDATE {synced} SET {sets} WHERE {km} AND EXISTS (SELECT 1 FROM sync_clock);
+             END",
+            name = q(&trigger_name(&t.name, "save")),
+            km = key_match("NEW"),
+            sets = sets.join(", "),
+        ))?;
+    }
     db.exec(&format!(
-        "CREATE TRIGGER {name} AFTER INSERT ON {state} WHEN sync_capture() BEGIN
-           {ins}({tbl}, {key_new}, 'insert', {all}, sync_hlc());
+        "CREATE TRIGGER {name} AFTER INSERT ON {state} BEGIN
+           {body}
          END",
         name = q(&trigger_name(&t.name, "ins")),
+        body = log(&key_new, "insert", &all.to_string()),
     ))?;
     db.exec(&format!(
         "CREATE TRIGGER {name} AFTER UPDATE ON {state}
-         WHEN sync_capture() AND {pk_same} AND ({any_changed}) BEGIN
-           {ins}({tbl}, {key_new}, 'update', {mask}, sync_hlc());
+         WHEN {same} AND ({any_changed}) BEGIN
+           {body}
+           {save}
          END",
         name = q(&trigger_name(&t.name, "upd")),
+        same = same_key("NEW", "OLD"),
+        body = log(&key_new, "update", &mask),
+        save = if non_pk.is_empty() {
+            String::new()
+        } else {
+            save_from("OLD")
+        },
     ))?;
     db.exec(&format!(
         "CREATE TRIGGER {name} AFTER UPDATE ON {state}
-         WHEN sync_capture() AND NOT ({pk_same}) BEGIN
-           {ins}({tbl}, {key_old}, 'delete', 0, sync_hlc());
-           {ins}({tbl}, {key_new}, 'insert', {all}, sync_hlc());
+         WHEN NOT ({same}) BEGIN
+           {del}
+           {ins}
+           {save}
          END",
         name = q(&trigger_name(&t.name, "pk")),
+        same = same_key("NEW", "OLD"),
+        del = log(&key_old, "delete", "0"),
+        ins = log(&key_new, "insert", &all.to_string()),
+        save = if non_pk.is_empty() {
+            String::new()
+        } else {
+            save_from("OLD")
+        },
     ))?;
     db.exec(&format!(
-        "CREATE TRIGGER {name} AFTER DELETE ON {state} WHEN sync_capture() BEGIN
-           {ins}({tbl}, {key_old}, 'delete', 0, sync_hlc());
+        "CREATE TRIGGER {name} AFTER DELETE ON {state} BEGIN
+           {body}
+           {save}
          END",
         name = q(&trigger_name(&t.name, "del")),
+        body = log(&key_old, "delete", "0"),
+        save = if non_pk.is_empty() {
+            String::new()
+        } else {
+            save_from("OLD")
+        },
     ))?;
+    create_local_view(db, info)?;
     if info.confirmed() {
         let view = q(&t.name);
         let cols = info.col_list();
+        // Server state: the saved copy while pending, else the local row.
+        let sel: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| {
+                if t.is_pk(&c.name) {
+                    format!("s.{0} AS {0}", q(&c.name))
+                } else {
+                    format!(
+                        "CASE WHEN s.\"_full\" THEN s.{0} ELSE p.{0} END AS {0}",
+                        q(&c.name)
+                    )
+                }
+            })
+            .collect();
+        let on =
+            t.pk.iter()
+                .map(|p| format!("p.{0} = s.{0}", q(p)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
         db.exec(&format!(
-            "CREATE VIEW {view} AS SELECT {cols} FROM {synced}",
-            synced = q(&info.synced)
+            "CREATE VIEW {view} AS SELECT {} FROM {synced} s LEFT JOIN {state} p ON {on}",
+            sel.join(", ")
         ))?;
         let new_vals = t
             .columns
@@ -248,23 +413,19 @@ fn create_triggers(db: Db, info: &TableInfo) -> Result<()> {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let where_old = t
-            .pk
-            .iter()
-            .map(|p| format!("{0} = OLD.{0}", q(p)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
         db.exec(&format!(
             "CREATE TRIGGER {name} INSTEAD OF UPDATE ON {view} BEGIN
-               UPDATE {state} SET {sets} WHERE {where_old};
+               UPDATE {state} SET {sets} WHERE {km};
              END",
             name = q(&trigger_name(&t.name, "vupd")),
+            km = key_match("OLD"),
         ))?;
         db.exec(&format!(
             "CREATE TRIGGER {name} INSTEAD OF DELETE ON {view} BEGIN
-               DELETE FROM {state} WHERE {where_old};
+               DELETE FROM {state} WHERE {km};
              END",
             name = q(&trigger_name(&t.name, "vdel")),
+            km = key_match("OLD"),
         ))?;
     }
     Ok(())
@@ -432,7 +593,10 @@ fn remap(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
         }
     }
     drop(st);
-    let mut up = db.prepare(&format!("UPDATE {} SET mask = ?1 WHERE seq = ?2", q(CHANGES)))?;
+    let mut up = db.prepare(&format!(
+        "UPDATE {} SET mask = ?1 WHERE seq = ?2",
+        q(CHANGES)
+    ))?;
     for (seq, m) in updates {
         up.run_with(&[Value::Int(m), Value::Int(seq)])?;
     }
@@ -441,9 +605,12 @@ fn remap(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
     let pk_cols = nt.pk.iter().map(|p| q(p)).collect::<Vec<_>>().join(", ");
     let mut st = db.prepare(&format!("SELECT \"_ver\", {pk_cols} FROM {synced}"))?;
     let npk = nt.pk.len();
-    let mut rows: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut rows: Vec<(Vec<u8>, Vec<Value>)> = Vec::new();
     while st.step()? {
-        let ver = st.col_text(0).unwrap_or_default();
+        let ver = match st.col(0) {
+            Value::Blob(b) => b,
+            _ => Vec::new(),
+        };
         rows.push((ver, (1..=npk).map(|i| st.col(i)).collect()));
     }
     drop(st);
@@ -456,13 +623,17 @@ fn remap(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
         .join(" AND ");
     let mut up = db.prepare(&format!("UPDATE {synced} SET \"_ver\" = ?1 WHERE {cond}"))?;
     for (ver, key) in rows {
-        let old = ver_from_text(&ver, ot.columns.len());
+        let old = ver_from_blob(&ver, ot.columns.len());
         let new: Vec<Hlc> = nt
             .columns
             .iter()
-            .map(|c| ot.column_index(&c.name).map(|i| old[i]).unwrap_or(Hlc::ZERO))
+            .map(|c| {
+                ot.column_index(&c.name)
+                    .map(|i| old[i])
+                    .unwrap_or(Hlc::ZERO)
+            })
             .collect();
-        let mut vals = vec![Value::Text(ver_to_text(&new))];
+        let mut vals = vec![Value::Blob(ver_to_blob(&new))];
         vals.extend(key);
         up.run_with(&vals)?;
     }

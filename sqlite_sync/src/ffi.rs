@@ -143,12 +143,10 @@ impl Db {
         if stmt.is_null() {
             return Err(Error::msg("empty SQL statement").context(&first_line(sql)));
         }
-        Ok(Stmt { raw: stmt, db: *self })
-    }
-
-    /// Whether the connection is in autocommit mode (no open transaction).
-    pub fn autocommit(&self) -> bool {
-        unsafe { call!(get_autocommit(self.0)) != 0 }
+        Ok(Stmt {
+            raw: stmt,
+            db: *self,
+        })
     }
 
     /// Rows changed by the last INSERT/UPDATE/DELETE on this connection.
@@ -221,10 +219,6 @@ impl Stmt {
         self.db.check(rc, "bind")
     }
 
-    pub fn bind_i64(&mut self, idx: usize, v: i64) -> Result<()> {
-        self.bind(idx, &Value::Int(v))
-    }
-
     pub fn bind_text(&mut self, idx: usize, v: &str) -> Result<()> {
         let rc = unsafe {
             call!(bind_text(
@@ -288,10 +282,6 @@ impl Stmt {
                 first_line(&CStr::from_ptr(p).to_string_lossy())
             }
         }
-    }
-
-    pub fn column_count(&self) -> usize {
-        unsafe { call!(column_count(self.raw)) as usize }
     }
 
     pub fn col_type_is_null(&self, i: usize) -> bool {
@@ -393,7 +383,11 @@ struct Registered<S> {
     func: Func<S>,
 }
 
-unsafe extern "C" fn x_func<S>(ctx: *mut sqlite3_context, argc: c_int, argv: *mut *mut sqlite3_value) {
+unsafe extern "C" fn x_func<S>(
+    ctx: *mut sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut sqlite3_value,
+) {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let reg = &*(call!(user_data(ctx)).cast::<Registered<S>>());
         let db = Db(call!(context_db_handle(ctx)));
@@ -411,7 +405,12 @@ unsafe extern "C" fn x_func<S>(ctx: *mut sqlite3_context, argc: c_int, argv: *mu
         Ok(Ok(Ret::Null)) => call!(result_null(ctx)),
         Ok(Ok(Ret::Int(n))) => call!(result_int64(ctx, n)),
         Ok(Ok(Ret::Text(s))) => match c_int::try_from(s.len()) {
-            Ok(n) => call!(result_text(ctx, s.as_ptr().cast::<c_char>(), n, transient())),
+            Ok(n) => call!(result_text(
+                ctx,
+                s.as_ptr().cast::<c_char>(),
+                n,
+                transient()
+            )),
             Err(_) => result_error(ctx, "sqlite_sync: result too large"),
         },
         Ok(Err(e)) => result_error(ctx, &e.to_string()),
@@ -476,7 +475,201 @@ pub fn register<S: 'static>(
     Ok(())
 }
 
-/// Wraps a raw connection pointer from the entry point.
-pub fn db_from_raw(db: *mut sqlite3) -> Db {
-    Db(db)
+// ------------------------------------------------------------------------
+// The `sync_clock` eponymous virtual table.
+//
+// The triggers read their HLC stamp with `... FROM sync_clock` instead of
+// calling a function: any function call in a trigger makes SQLite open a
+// statement journal for every write inside a transaction (a function "may
+// abort"), which roughly doubled the cost of a write. Reading a virtual
+// table does not. The table has one row (column `hlc`, a fresh stamp) while
+// writes are captured, and no rows while the extension itself writes.
+
+use sqlite_loadable::ext::{sqlite3_index_info, sqlite3_module, sqlite3_vtab, sqlite3_vtab_cursor};
+
+use crate::state::ConnState;
+
+const SQLITE_ERROR: c_int = 1;
+const SQLITE_NOMEM: c_int = 7;
+const SQLITE_VTAB_INNOCUOUS: c_int = 2;
+
+#[repr(C)]
+struct ClockTab {
+    base: sqlite3_vtab,
+    state: *const ConnState,
+    db: *mut sqlite3,
+}
+
+#[repr(C)]
+struct ClockCur {
+    base: sqlite3_vtab_cursor,
+    eof: bool,
+}
+
+unsafe extern "C" fn clock_connect(
+    db: *mut sqlite3,
+    aux: *mut c_void,
+    _argc: c_int,
+    _argv: *const *const c_char,
+    pp_vtab: *mut *mut sqlite3_vtab,
+    _pz_err: *mut *mut c_char,
+) -> c_int {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let rc = call!(declare_vtab(db, c"CREATE TABLE x(hlc INTEGER)".as_ptr()));
+        if rc != SQLITE_OK {
+            return rc;
+        }
+        // Usable from triggers even with PRAGMA trusted_schema=OFF.
+        call!(vtab_config(db, SQLITE_VTAB_INNOCUOUS));
+        let tab = Box::new(ClockTab {
+            base: sqlite3_vtab {
+                pModule: ptr::null(),
+                nRef: 0,
+                zErrMsg: ptr::null_mut(),
+            },
+            state: aux as *const ConnState,
+            db,
+        });
+        *pp_vtab = Box::into_raw(tab).cast::<sqlite3_vtab>();
+        SQLITE_OK
+    }));
+    r.unwrap_or(SQLITE_ERROR)
+}
+
+unsafe extern "C" fn clock_best_index(
+    _tab: *mut sqlite3_vtab,
+    info: *mut sqlite3_index_info,
+) -> c_int {
+    (*info).estimatedCost = 1.0;
+    (*info).estimatedRows = 1;
+    SQLITE_OK
+}
+
+unsafe extern "C" fn clock_disconnect(tab: *mut sqlite3_vtab) -> c_int {
+    if !tab.is_null() {
+        drop(Box::from_raw(tab.cast::<ClockTab>()));
+    }
+    SQLITE_OK
+}
+
+unsafe extern "C" fn clock_open(
+    _tab: *mut sqlite3_vtab,
+    pp: *mut *mut sqlite3_vtab_cursor,
+) -> c_int {
+    let cur = Box::new(ClockCur {
+        base: sqlite3_vtab_cursor {
+            pVtab: ptr::null_mut(),
+        },
+        eof: true,
+    });
+    *pp = Box::into_raw(cur).cast::<sqlite3_vtab_cursor>();
+    if (*pp).is_null() {
+        return SQLITE_NOMEM;
+    }
+    SQLITE_OK
+}
+
+unsafe extern "C" fn clock_close(cur: *mut sqlite3_vtab_cursor) -> c_int {
+    if !cur.is_null() {
+        drop(Box::from_raw(cur.cast::<ClockCur>()));
+    }
+    SQLITE_OK
+}
+
+unsafe extern "C" fn clock_filter(
+    cur: *mut sqlite3_vtab_cursor,
+    _idx_num: c_int,
+    _idx_str: *const c_char,
+    _argc: c_int,
+    _argv: *mut *mut sqlite3_value,
+) -> c_int {
+    let c = cur.cast::<ClockCur>();
+    let tab = (*cur).pVtab.cast::<ClockTab>();
+    (*c).eof = !(*(*tab).state).capturing();
+    SQLITE_OK
+}
+
+unsafe extern "C" fn clock_next(cur: *mut sqlite3_vtab_cursor) -> c_int {
+    (*cur.cast::<ClockCur>()).eof = true;
+    SQLITE_OK
+}
+
+unsafe extern "C" fn clock_eof(cur: *mut sqlite3_vtab_cursor) -> c_int {
+    c_int::from((*cur.cast::<ClockCur>()).eof)
+}
+
+unsafe extern "C" fn clock_column(
+    cur: *mut sqlite3_vtab_cursor,
+    ctx: *mut sqlite3_context,
+    _i: c_int,
+) -> c_int {
+    let tab = (*cur).pVtab.cast::<ClockTab>();
+    let r = catch_unwind(AssertUnwindSafe(|| (*(*tab).state).tick(Db((*tab).db))));
+    match r {
+        Ok(Ok(h)) => call!(result_int64(ctx, h.as_i64())),
+        Ok(Err(e)) => result_error(ctx, &format!("sync_clock: {e}")),
+        Err(_) => result_error(ctx, "sync_clock: internal error (panic)"),
+    }
+    SQLITE_OK
+}
+
+unsafe extern "C" fn clock_rowid(_cur: *mut sqlite3_vtab_cursor, rowid: *mut i64) -> c_int {
+    *rowid = 1;
+    SQLITE_OK
+}
+
+unsafe extern "C" fn clock_destroy_aux(p: *mut c_void) {
+    if !p.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            drop(std::rc::Rc::from_raw(p as *const ConnState));
+        }));
+    }
+}
+
+static CLOCK_MODULE: sqlite3_module = sqlite3_module {
+    iVersion: 1,
+    xCreate: None,
+    xConnect: Some(clock_connect),
+    xBestIndex: Some(clock_best_index),
+    xDisconnect: Some(clock_disconnect),
+    xDestroy: None,
+    xOpen: Some(clock_open),
+    xClose: Some(clock_close),
+    xFilter: Some(clock_filter),
+    xNext: Some(clock_next),
+    xEof: Some(clock_eof),
+    xColumn: Some(clock_column),
+    xRowid: Some(clock_rowid),
+    xUpdate: None,
+    xBegin: None,
+    xSync: None,
+    xCommit: None,
+    xRollback: None,
+    xFindFunction: None,
+    xRename: None,
+    xSavepoint: None,
+    xRelease: None,
+    xRollbackTo: None,
+    xShadowName: None,
+};
+
+/// Registers the eponymous virtual table `sync_clock` on a connection.
+pub fn register_clock(db: *mut sqlite3, state: &std::rc::Rc<ConnState>) -> Result<()> {
+    let aux = std::rc::Rc::into_raw(state.clone()) as *mut c_void;
+    let rc = unsafe {
+        call!(create_module_v2(
+            db,
+            c"sync_clock".as_ptr(),
+            &CLOCK_MODULE,
+            aux,
+            Some(clock_destroy_aux)
+        ))
+    };
+    if rc != SQLITE_OK {
+        return Err(Error::msg(format!(
+            "could not register sync_clock: {}",
+            Db(db).errmsg()
+        )));
+    }
+    Ok(())
 }

@@ -6,7 +6,6 @@
 //! push batch for Postgres' `sync_push`, `sync_ack()` applies its answer and
 //! `sync_apply()` applies pages from `sync_pull`. See docs/sqlite_sync.md.
 
-
 mod changes;
 mod ddl;
 mod error;
@@ -115,6 +114,15 @@ fn f_capture(st: &ConnState, _db: Db, _args: &[Value]) -> Result<Ret> {
     Ok(Ret::Int(i64::from(st.capturing())))
 }
 
+fn f_ver_json(_st: &ConnState, _db: Db, args: &[Value]) -> Result<Ret> {
+    Ok(match args.first() {
+        Some(Value::Blob(b)) => {
+            Ret::Text(model::ver_to_json(&model::ver_from_blob(b, b.len() / 8)))
+        }
+        _ => Ret::Null,
+    })
+}
+
 fn f_version(_st: &ConnState, _db: Db, _args: &[Value]) -> Result<Ret> {
     Ok(Ret::Text(env!("CARGO_PKG_VERSION").to_string()))
 }
@@ -135,6 +143,8 @@ fn register_all(db: *mut sqlite3) -> Result<()> {
     // Called by the triggers: must be usable from the schema.
     ffi::register(db, "sync_hlc", 0, FLAG_INNOCUOUS, &st, f_hlc)?;
     ffi::register(db, "sync_capture", 0, FLAG_INNOCUOUS, &st, f_capture)?;
+    ffi::register(db, "sync_ver_json", 1, FLAG_INNOCUOUS, &st, f_ver_json)?;
+    ffi::register_clock(db, &st)?;
     Ok(())
 }
 
@@ -142,14 +152,9 @@ fn entry(db: *mut sqlite3, p_api: *mut sqlite3_api_routines) -> c_uint {
     // SAFETY: p_api is the routine table SQLite handed to the entry point.
     unsafe { ffi::set_api(p_api) };
     let outcome = std::panic::catch_unwind(|| {
-        sqlite_loadable::entrypoints::register_entrypoint(
-            db,
-            std::ptr::null_mut(),
-            p_api,
-            |db| {
-                register_all(db).map_err(|e| sqlite_loadable::Error::new_message(e.to_string()))
-            },
-        )
+        sqlite_loadable::entrypoints::register_entrypoint(db, std::ptr::null_mut(), p_api, |db| {
+            register_all(db).map_err(|e| sqlite_loadable::Error::new_message(e.to_string()))
+        })
     });
     outcome.unwrap_or(1)
 }

@@ -54,11 +54,7 @@ impl TableInfo {
             .map(|p| def.column_index(p).unwrap_or(0))
             .collect();
         let n = def.columns.len();
-        let all_mask = if n >= 63 {
-            i64::MAX
-        } else {
-            (1i64 << n) - 1
-        };
+        let all_mask = if n >= 63 { i64::MAX } else { (1i64 << n) - 1 };
         let pk_mask = pk_idx.iter().fold(0i64, |m, i| m | (1i64 << i));
         TableInfo {
             state: state_table_name(&def.name, def.mode),
@@ -220,7 +216,10 @@ impl TableInfo {
                 )));
             }
             let sv = json_to_sql(self.col_type(ci), v, self.name(), name)?;
-            parts.push(KeyPart::from_value(&normalize_affinity(self.col_type(ci), sv)));
+            parts.push(KeyPart::from_value(&normalize_affinity(
+                self.col_type(ci),
+                sv,
+            )));
         }
         Ok(Key(parts))
     }
@@ -230,7 +229,10 @@ impl TableInfo {
         let mut m = Map::new();
         for (j, &ci) in self.pk_idx.iter().enumerate() {
             let v = key.0.get(j).map(KeyPart::to_value).unwrap_or(Value::Null);
-            m.insert(self.col_name(ci).to_string(), sql_to_json(self.col_type(ci), &v));
+            m.insert(
+                self.col_name(ci).to_string(),
+                sql_to_json(self.col_type(ci), &v),
+            );
         }
         m
     }
@@ -281,10 +283,6 @@ impl KeyPart {
 pub struct Key(pub Vec<KeyPart>);
 
 impl Key {
-    pub fn values(&self) -> Vec<Value> {
-        self.0.iter().map(KeyPart::to_value).collect()
-    }
-
     /// A canonical text form, used as the key of `_sync_base`.
     pub fn canonical(&self) -> String {
         let parts: Vec<Json> = self
@@ -307,9 +305,7 @@ impl Key {
 pub fn normalize_affinity(ty: ColumnType, v: Value) -> Value {
     match ty.sqlite_type() {
         "INTEGER" | "NUMERIC" => match v {
-            Value::Real(f)
-                if f.fract() == 0.0 && f.is_finite() && f.abs() < 9.0e15 =>
-            {
+            Value::Real(f) if f.fract() == 0.0 && f.is_finite() && f.abs() < 9.0e15 => {
                 Value::Int(f as i64)
             }
             Value::Text(ref s) => {
@@ -371,6 +367,7 @@ pub fn validate_schema(schema: &Schema) -> Result<()> {
             t.name.clone(),
             format!("{}_synced", t.name),
             format!("{}_pending", t.name),
+            format!("{}_local", t.name),
         ];
         for n in info_names {
             let lower = n.to_lowercase();
@@ -482,7 +479,9 @@ fn bad_value(table: &str, col: &str, ty: ColumnType, v: &Json) -> Error {
     }
     Error::msg(format!(
         "column {col:?} of table {table:?} ({}) cannot hold the value {shown}",
-        serde_json::to_string(&ty).unwrap_or_default().trim_matches('"')
+        serde_json::to_string(&ty)
+            .unwrap_or_default()
+            .trim_matches('"')
     ))
 }
 
@@ -657,8 +656,32 @@ pub fn sql_to_json(ty: ColumnType, v: &Value) -> Json {
     }
 }
 
-/// Column versions as stored in `_ver`: a JSON array of 16-hex-digit stamps.
-pub fn ver_to_text(ver: &[Hlc]) -> String {
+/// Column versions as stored in `_ver`: 8 bytes per column, big-endian,
+/// in schema column order (compact; `sync_ver_json(_ver)` shows them).
+pub fn ver_to_blob(ver: &[Hlc]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(ver.len() * 8);
+    for h in ver {
+        b.extend_from_slice(&h.0.to_be_bytes());
+    }
+    b
+}
+
+/// Reads a `_ver` blob; missing entries read as zero.
+pub fn ver_from_blob(b: &[u8], n: usize) -> Vec<Hlc> {
+    let mut out: Vec<Hlc> = b
+        .chunks_exact(8)
+        .map(|c| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            Hlc(u64::from_be_bytes(a))
+        })
+        .collect();
+    out.resize(n, Hlc::ZERO);
+    out
+}
+
+/// Versions as the wire shows them: a JSON array of 16-hex-digit stamps.
+pub fn ver_to_json(ver: &[Hlc]) -> String {
     let mut s = String::with_capacity(ver.len() * 19 + 2);
     s.push('[');
     for (i, h) in ver.iter().enumerate() {
@@ -671,17 +694,6 @@ pub fn ver_to_text(ver: &[Hlc]) -> String {
     }
     s.push(']');
     s
-}
-
-/// Parses a `_ver` array; missing or malformed entries read as zero.
-pub fn ver_from_text(s: &str, n: usize) -> Vec<Hlc> {
-    let parsed: Vec<String> = serde_json::from_str(s).unwrap_or_default();
-    let mut out: Vec<Hlc> = parsed
-        .iter()
-        .map(|x| x.parse::<Hlc>().unwrap_or(Hlc::ZERO))
-        .collect();
-    out.resize(n, Hlc::ZERO);
-    out
 }
 
 /// Current time as an ISO 8601 UTC string with milliseconds.
@@ -749,10 +761,14 @@ mod tests {
     }
 
     #[test]
-    fn ver_text() {
+    fn ver_blob() {
         let v = vec![Hlc(1), Hlc(0xabc)];
-        let t = ver_to_text(&v);
-        assert_eq!(t, r#"["0000000000000001","0000000000000abc"]"#);
-        assert_eq!(ver_from_text(&t, 3), vec![Hlc(1), Hlc(0xabc), Hlc::ZERO]);
+        let b = ver_to_blob(&v);
+        assert_eq!(b.len(), 16);
+        assert_eq!(ver_from_blob(&b, 3), vec![Hlc(1), Hlc(0xabc), Hlc::ZERO]);
+        assert_eq!(
+            ver_to_json(&v),
+            r#"["0000000000000001","0000000000000abc"]"#
+        );
     }
 }

@@ -9,12 +9,15 @@ use sync_core::Hlc;
 
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Stmt, Value};
-use crate::model::{json_to_sql, q, ver_from_text, ver_to_text, Key, TableInfo, BASE};
+use crate::model::{json_to_sql, q, ver_from_blob, ver_to_blob, Key, TableInfo, BASE};
 
 /// A server row: values of all columns in schema order, and their versions.
 pub struct SyncedRow {
     pub vals: Vec<Value>,
     pub ver: Vec<Hlc>,
+    /// Whether the values came from the saved copy in `T_synced` (the row
+    /// has pending local writes) rather than from the local row.
+    pub full: bool,
 }
 
 /// Base recorded for a column of a row with pending writes, taken when the
@@ -73,31 +76,60 @@ impl<'a> TableOps<'a> {
         Ok(r)
     }
 
-    /// The server row, if the client has it.
+    /// The server row, if the client has it. For a clean row the values
+    /// are the local row's.
     pub fn synced_row(&mut self, key: &Key) -> Result<Option<SyncedRow>> {
         let n = self.t.ncols();
         let st = self.stmt("synced_row")?;
         Self::bind_key(st, key, 1)?;
         let r = if st.step()? {
-            let ver = ver_from_text(&st.col_text(0).unwrap_or_default(), n);
-            Some(SyncedRow {
-                vals: (1..=n).map(|i| st.col(i)).collect(),
-                ver,
-            })
+            let ver = match st.col(0) {
+                Value::Blob(b) => ver_from_blob(&b, n),
+                _ => vec![Hlc::ZERO; n],
+            };
+            let full = st.col_i64(1) != 0;
+            let vals: Vec<Value> = (2..n + 2).map(|i| st.col(i)).collect();
+            Some((ver, full, vals))
         } else {
             None
         };
         st.reset();
-        Ok(r)
+        let Some((ver, full, vals)) = r else {
+            return Ok(None);
+        };
+        if full {
+            return Ok(Some(SyncedRow { vals, ver, full }));
+        }
+        let vals = match self.state_row(key)? {
+            Some(v) => v,
+            None => vals,
+        };
+        Ok(Some(SyncedRow { vals, ver, full }))
     }
 
-    /// Inserts or replaces a server row.
-    pub fn upsert_synced(&mut self, vals: &[Value], ver: &[Hlc]) -> Result<()> {
+    /// Inserts or replaces a server row. With `full` the values are kept in
+    /// `T_synced` (the row has pending local writes); without, only the key
+    /// and versions are (the local row holds the values).
+    pub fn upsert_synced(&mut self, vals: &[Value], ver: &[Hlc], full: bool) -> Result<()> {
         let n = vals.len();
-        let ver_text = ver_to_text(ver);
+        let pk_mask = self.t.pk_mask;
         let st = self.stmt("upsert_synced")?;
-        st.bind_all(vals)?;
-        st.bind_text(n + 1, &ver_text)?;
+        for (i, v) in vals.iter().enumerate() {
+            if full || pk_mask & (1i64 << i) != 0 {
+                st.bind(i + 1, v)?;
+            } else {
+                st.bind(i + 1, &Value::Null)?;
+            }
+        }
+        st.bind(n + 1, &Value::Blob(ver_to_blob(ver)))?;
+        st.bind(n + 2, &Value::Int(i64::from(full)))?;
+        st.run()
+    }
+
+    /// Marks a server row clean again: its values are the local row's.
+    pub fn thin_synced(&mut self, key: &Key) -> Result<()> {
+        let st = self.stmt("thin_synced")?;
+        Self::bind_key(st, key, 1)?;
         st.run()
     }
 
@@ -121,15 +153,18 @@ impl<'a> TableOps<'a> {
     }
 
     /// Makes the local row equal to the server row (or removes it when the
-    /// client has no server row).
+    /// client has no server row), and marks the server row clean.
     pub fn state_from_synced(&mut self, key: &Key) -> Result<()> {
-        let st = self.stmt("state_from_synced")?;
-        Self::bind_key(st, key, 1)?;
-        st.run()?;
-        if self.db.changes() == 0 {
-            self.delete_state(key)?;
+        match self.synced_row(key)? {
+            Some(r) => {
+                if r.full {
+                    self.upsert_state(&r.vals)?;
+                    self.thin_synced(key)?;
+                }
+                Ok(())
+            }
+            None => self.delete_state(key),
         }
-        Ok(())
     }
 
     /// Sets the columns in `mask` of an existing local row to `vals`
@@ -233,7 +268,11 @@ impl<'a> TableOps<'a> {
             .collect();
         let st = self.stmt("stash_delete_col")?;
         for c in drop {
-            st.run_with(&[Value::Text(name.clone()), Value::Text(canon.clone()), Value::Text(c)])?;
+            st.run_with(&[
+                Value::Text(name.clone()),
+                Value::Text(canon.clone()),
+                Value::Text(c),
+            ])?;
         }
         Ok(())
     }
@@ -267,7 +306,10 @@ impl<'a> TableOps<'a> {
 fn build_sql(t: &TableInfo, name: &str) -> String {
     let cols = t.col_list();
     let n = t.ncols();
-    let params = (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let params = (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let pk_cols = t.def.pk.iter().map(|p| q(p)).collect::<Vec<_>>().join(", ");
     let non_pk: Vec<String> = t
         .def
@@ -287,20 +329,33 @@ fn build_sql(t: &TableInfo, name: &str) -> String {
     match name {
         "state_row" => format!("SELECT {cols} FROM {state} WHERE {}", t.pk_where(1)),
         "synced_row" => format!(
-            "SELECT \"_ver\", {cols} FROM {synced} WHERE {}",
+            "SELECT \"_ver\", \"_full\", {cols} FROM {synced} WHERE {}",
             t.pk_where(1)
         ),
         "upsert_synced" => format!(
-            "INSERT OR REPLACE INTO {synced}({cols}, \"_ver\") VALUES ({params}, ?{})",
-            n + 1
+            "INSERT OR REPLACE INTO {synced}({cols}, \"_ver\", \"_full\") \
+             VALUES ({params}, ?{}, ?{})",
+            n + 1,
+            n + 2
         ),
+        "thin_synced" => {
+            let nulls: Vec<String> = t
+                .def
+                .columns
+                .iter()
+                .filter(|c| !t.def.is_pk(&c.name))
+                .map(|c| format!("{} = NULL", q(&c.name)))
+                .chain(std::iter::once("\"_full\" = 0".to_string()))
+                .collect();
+            format!(
+                "UPDATE {synced} SET {} WHERE {}",
+                nulls.join(", "),
+                t.pk_where(1)
+            )
+        }
         "delete_synced" => format!("DELETE FROM {synced} WHERE {}", t.pk_where(1)),
         "upsert_state" => format!("INSERT INTO {state}({cols}) VALUES ({params}) {on_conflict}"),
         "delete_state" => format!("DELETE FROM {state} WHERE {}", t.pk_where(1)),
-        "state_from_synced" => format!(
-            "INSERT INTO {state}({cols}) SELECT {cols} FROM {synced} WHERE {} {on_conflict}",
-            t.pk_where(1)
-        ),
         "stash_get" => format!("SELECT col, ver, val FROM {base} WHERE tbl = ?1 AND key = ?2"),
         "stash_put" => format!(
             "INSERT OR IGNORE INTO {base}(tbl, key, col, ver, val) VALUES (?1, ?2, ?3, ?4, ?5)"
@@ -316,7 +371,11 @@ fn build_sql(t: &TableInfo, name: &str) -> String {
 /// Converts a wire row to values of all columns in schema order. Key
 /// columns missing from `row` are taken from `pk`; other missing columns
 /// are NULL. A column the table does not have is an error.
-pub fn row_values(t: &TableInfo, row: &Map<String, Json>, pk: &Map<String, Json>) -> Result<Vec<Value>> {
+pub fn row_values(
+    t: &TableInfo,
+    row: &Map<String, Json>,
+    pk: &Map<String, Json>,
+) -> Result<Vec<Value>> {
     for k in row.keys() {
         if t.def.column_index(k).is_none() {
             return Err(Error::msg(format!(

@@ -51,6 +51,19 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
             });
         }
         let pending = changes::load(db, &loaded, Filter::All)?;
+        // Queued writes that amount to nothing (an insert and delete never
+        // sent) must not hide the server's row: drop them now.
+        let mut purge: Vec<i64> = pending.orphans.clone();
+        for g in &pending.groups {
+            if !g.is_pending(&loaded.tables[g.table]) {
+                purge.extend(g.rows.iter().map(|r| r.seq));
+            }
+        }
+        if !purge.is_empty() {
+            let high_water = changes::max_seq(db)?;
+            changes::delete_seqs(db, &purge)?;
+            changes::keep_high_water(db, high_water)?;
+        }
         let mut ops: HashMap<usize, TableOps> = HashMap::new();
         let (mut upserts, mut deletes) = (0usize, 0usize);
         let mut max_seen = Hlc::ZERO;
@@ -61,7 +74,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
             let overlay = if pending.is_empty() {
                 None
             } else {
-                pending.get(ti, &key).map(|g| g.overlay(t))
+                pending.get(ti, &key).and_then(|g| g.pending_overlay(t))
             };
             match rc.op {
                 PullOp::Upsert => {
@@ -79,17 +92,13 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                     }
                     match overlay {
                         None => {
-                            o.upsert_synced(&vals, ver)?;
+                            o.upsert_synced(&vals, ver, false)?;
                             o.upsert_state(&vals)?;
                         }
                         Some((keep, deleted)) => {
-                            let stash_cols = if deleted {
-                                t.all_mask
-                            } else {
-                                keep
-                            };
+                            let stash_cols = if deleted { t.all_mask } else { keep };
                             o.stash_before_server_change(&key, stash_cols)?;
-                            o.upsert_synced(&vals, ver)?;
+                            o.upsert_synced(&vals, ver, true)?;
                             if !deleted {
                                 o.update_state_cols(&key, t.all_mask & !keep, &vals)?;
                             }
@@ -151,9 +160,8 @@ fn resync(db: Db, loaded: &Loaded) -> Result<usize> {
             let mut doomed = Vec::new();
             while sel.step()? {
                 let vals: Vec<Value> = (0..t.pk_idx.len()).map(|i| sel.col(i)).collect();
-                let key = crate::model::Key(
-                    vals.iter().map(crate::model::KeyPart::from_value).collect(),
-                );
+                let key =
+                    crate::model::Key(vals.iter().map(crate::model::KeyPart::from_value).collect());
                 if pending.get(ti, &key).is_none() {
                     doomed.push(key);
                 }

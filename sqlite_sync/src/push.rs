@@ -50,9 +50,7 @@ pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
         for (wire_seq, gi, net) in candidates {
             let g = &groups.groups[gi];
             let t = &loaded.tables[g.table];
-            let o = ops
-                .entry(g.table)
-                .or_insert_with(|| TableOps::new(db, t));
+            let o = ops.entry(g.table).or_insert_with(|| TableOps::new(db, t));
             match build_change(o, g, net, wire_seq)? {
                 Some(c) => {
                     for r in &g.rows {
@@ -231,7 +229,11 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
             while covered_q.step()? {
                 covered.push(covered_q.col_i64(0));
                 let op = covered_q.col_text(1).unwrap_or_default();
-                acked_mask |= if op == "insert" { -1 } else { covered_q.col_i64(2) };
+                acked_mask |= if op == "insert" {
+                    -1
+                } else {
+                    covered_q.col_i64(2)
+                };
             }
             covered_q.reset();
             if covered.is_empty() {
@@ -246,15 +248,15 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
             let t = &loaded.tables[ti];
             let o = ops.entry(ti).or_insert_with(|| TableOps::new(db, t));
             let key = t.key_from_json(&c.pk)?;
-            if let (Some(row), Some(ver)) = (&r.row, &r.ver) {
-                let vals = row_values(t, row, &r.pk)?;
-                o.upsert_synced(&vals, ver)?;
-                for h in ver {
-                    st.observe(db, *h)?;
+            let server_row = match (&r.row, &r.ver) {
+                (Some(row), Some(ver)) => {
+                    for h in ver {
+                        st.observe(db, *h)?;
+                    }
+                    Some((row_values(t, row, &r.pk)?, ver))
                 }
-            } else if c.op == WireOp::Delete && r.status != Status::Rejected {
-                o.delete_synced(&key)?;
-            }
+                _ => None,
+            };
             let remaining = unsent.get(ti, &key);
             match r.status {
                 Status::Applied | Status::Merged | Status::Conflict => {
@@ -263,26 +265,39 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                     } else {
                         confirmed += 1;
                     }
-                    let server_known = r.row.is_some() || c.op == WireOp::Delete;
-                    match remaining {
-                        None => {
-                            if server_known {
-                                o.state_from_synced(&key)?;
-                            }
-                            o.stash_clear(&key)?;
+                    let overlay = remaining.and_then(|g| g.pending_overlay(t));
+                    if overlay.is_none() {
+                        if let Some(g) = remaining {
+                            to_delete.extend(g.rows.iter().map(|x| x.seq));
                         }
-                        Some(g) => {
-                            let (keep, deleted) = g.overlay(t);
-                            if server_known && !deleted {
-                                if let Some(srow) = o.synced_row(&key)? {
-                                    let set = t.all_mask & !keep;
-                                    o.update_state_cols(&key, set, &srow.vals)?;
-                                }
-                            }
-                            // Columns this change carried now have a fresh
-                            // server version as their base.
-                            o.stash_retain(&key, keep & !acked_mask)?;
+                    }
+                    match (&server_row, overlay) {
+                        (Some((vals, ver)), None) => {
+                            o.upsert_synced(vals, ver, false)?;
+                            o.upsert_state(vals)?;
                         }
+                        (Some((vals, ver)), Some((keep, deleted))) => {
+                            o.upsert_synced(vals, ver, true)?;
+                            if !deleted {
+                                o.update_state_cols(&key, t.all_mask & !keep, vals)?;
+                            }
+                        }
+                        (None, overlay) if c.op == WireOp::Delete => {
+                            o.delete_synced(&key)?;
+                            if overlay.is_none() {
+                                o.delete_state(&key)?;
+                            }
+                        }
+                        // The server did not send the row back: keep the
+                        // local values, which it accepted.
+                        (None, None) => o.thin_synced(&key)?,
+                        (None, Some(_)) => {}
+                    }
+                    match overlay {
+                        None => o.stash_clear(&key)?,
+                        // Columns this change carried now have a fresh
+                        // server version as their base.
+                        Some((keep, _)) => o.stash_retain(&key, keep & !acked_mask)?,
                     }
                 }
                 Status::Rejected => {
@@ -290,7 +305,13 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                     if let Some(g) = remaining {
                         to_delete.extend(g.rows.iter().map(|x| x.seq));
                     }
-                    o.state_from_synced(&key)?;
+                    match &server_row {
+                        Some((vals, ver)) => {
+                            o.upsert_synced(vals, ver, false)?;
+                            o.upsert_state(vals)?;
+                        }
+                        None => o.state_from_synced(&key)?,
+                    }
                     o.stash_clear(&key)?;
                     err_ins.run_with(&[
                         Value::Int(r.seq),

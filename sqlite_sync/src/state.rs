@@ -66,14 +66,19 @@ impl ConnState {
     /// Turns capture off until the guard is dropped.
     pub fn no_capture(&self) -> CaptureGuard<'_> {
         let prev = self.capture.replace(false);
-        CaptureGuard { cell: &self.capture, prev }
+        CaptureGuard {
+            cell: &self.capture,
+            prev,
+        }
     }
 
     /// Issues a stamp for a local write.
     pub fn tick(&self, db: Db) -> Result<Hlc> {
         self.ensure_clock(db)?;
         let mut c = self.clock.borrow_mut();
-        let clock = c.as_mut().ok_or_else(|| Error::msg("clock not initialised"))?;
+        let clock = c
+            .as_mut()
+            .ok_or_else(|| Error::msg("clock not initialised"))?;
         Ok(clock.tick(wall_clock_unix_ms()))
     }
 
@@ -98,7 +103,10 @@ impl ConnState {
         if let Some(Value::Int(h)) = meta_get(db, "hlc")? {
             clock.advance_to(Hlc::from_i64(h));
         }
-        let mut st = db.prepare(&format!("SELECT max(hlc) FROM {}", crate::model::q(CHANGES)))?;
+        let mut st = db.prepare(&format!(
+            "SELECT max(hlc) FROM {}",
+            crate::model::q(CHANGES)
+        ))?;
         if st.step()? && !st.col_type_is_null(0) {
             clock.advance_to(Hlc::from_i64(st.col_i64(0)));
         }
