@@ -9,7 +9,8 @@ PG_BIN=/usr/lib/postgresql/15/bin
 unset RUST_BACKTRACE
 
 echo "== building pg_sync and sqlite_sync"
-(cd pg_sync && cargo pgrx install --pg-config "${PG_CONFIG:-/usr/bin/pg_config}" >/dev/null)
+(cd pg_sync && cargo pgrx install --pg-config "${PG_CONFIG:-/usr/bin/pg_config}" >/dev/null 2>&1) \
+    || { echo "building pg_sync failed; run: cd pg_sync && cargo pgrx install" >&2; exit 1; }
 cargo build -q -p sqlite_sync
 LIB="$ROOT/target/debug/libsqlite_sync"
 
@@ -32,7 +33,7 @@ psql_() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres -d p
 sql_() { local db=$1; shift; sqlite3 -bail -cmd ".load $LIB" "$WORK/$db.db" "$@"; }
 
 echo "== server: schema, sync enabled, some tasks"
-psql_ <<'SQL'
+psql_ -o /dev/null <<'SQL'
 CREATE EXTENSION pg_sync;
 CREATE TABLE tasks (
     id          text PRIMARY KEY,
@@ -69,7 +70,7 @@ pull() { # device
 SELECT sync_pull(nullif(:'cursor', ''), 1000);
 SQL
         local res
-        res=$(sql_ "$dev" "SELECT sync_apply(readfile('$WORK/page.json'))")
+        res=$(sql_ "$dev" "SELECT sync_apply(CAST(readfile('$WORK/page.json') AS TEXT))")
         more=$(python3 -c 'import json,sys; print(str(json.loads(sys.argv[1])["has_more"]).lower())' "$res")
     done
 }
@@ -80,7 +81,7 @@ push() { # device
 SELECT sync_push(:'batch');
 SQL
     local ack
-    ack=$(sql_ "$dev" "SELECT sync_ack(readfile('$WORK/result.json'))")
+    ack=$(sql_ "$dev" "SELECT sync_ack(CAST(readfile('$WORK/result.json') AS TEXT))")
     echo "   $dev push: $ack"
 }
 sync_dev() { push "$1"; pull "$1"; }
@@ -88,7 +89,7 @@ sync_dev() { push "$1"; pull "$1"; }
 echo "== two devices: sync_init from the server's schema, then the first pull"
 psql_ -At -c "SELECT sync_schema()" > "$WORK/schema.json"
 for dev in device_a device_b; do
-    sql_ "$dev" "SELECT sync_init(readfile('$WORK/schema.json'))" >/dev/null
+    sql_ "$dev" "SELECT sync_init(CAST(readfile('$WORK/schema.json') AS TEXT))" >/dev/null
     pull "$dev"
 done
 sql_ device_a "SELECT 'device_a sees ' || count(*) || ' tasks' FROM tasks"
@@ -100,10 +101,10 @@ UPDATE tasks SET description = 'Draft the sync design carefully. Review it with 
 UPDATE tasks SET title = 'Fix login timeout', points = points + 2, tags = '["bug","auth"]' WHERE id = 't2';
 INSERT INTO comments (id, task_id, body) VALUES ('c2', 't2', 'Session cookie expires too early.');
 SQL
-echo "   device_b: edits the last sentence of t1's description, marks t2 done, +1 point on t2, deletes t3, creates t4"
+echo "   device_b: edits the last sentence of t1's description, renames t2 too (a conflict), marks it done, +1 point, deletes t3, creates t4"
 sql_ device_b <<'SQL'
 UPDATE tasks SET description = 'Draft the sync design. Review it with the whole team.' WHERE id = 't1';
-UPDATE tasks SET done = 1, points = points + 1, tags = '["bug","p1"]' WHERE id = 't2';
+UPDATE tasks SET title = 'Fix session timeout', done = 1, points = points + 1, tags = '["bug","p1"]' WHERE id = 't2';
 DELETE FROM tasks WHERE id = 't3';
 INSERT INTO tasks (id, title, done, points, tags) VALUES ('t4', 'Write release notes', 0, 2, '[]');
 SQL
@@ -140,7 +141,8 @@ for dev in device_a device_b; do
     diff -u "$WORK/server_tasks.txt" "$WORK/${dev}_tasks.txt" || ok=false
     diff -u "$WORK/server_comments.txt" "$WORK/${dev}_comments.txt" || ok=false
 done
-psql_ -c "SELECT table_name, pk, column_name, strategy, outcome FROM pg_sync.conflicts ORDER BY id"
+echo "-- server: conflict log"
+psql_ -c "SELECT table_name, pk, column_name, strategy, outcome, server_value, client_value FROM pg_sync.conflicts ORDER BY id"
 if $ok; then
     echo "== all three databases agree"
 else
