@@ -92,6 +92,15 @@ fn enable(relid: pg_sys::Oid, options_json: &str) -> Result<bool> {
         ),
         &[],
     )?;
+    // Fire also under session_replication_role = replica (logical
+    // replication, pg_restore --disable-triggers aside): every write is tracked.
+    exec(
+        &format!(
+            "ALTER TABLE {t} ENABLE ALWAYS TRIGGER zz_pg_sync_track, \
+             ENABLE ALWAYS TRIGGER zz_pg_sync_delete, ENABLE ALWAYS TRIGGER zz_pg_sync_truncate"
+        ),
+        &[],
+    )?;
     exec(
         "INSERT INTO pg_sync.tables (relid, name, options) VALUES ($1, $2, $3::jsonb)",
         &[
