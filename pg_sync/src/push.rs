@@ -42,15 +42,21 @@ fn push(json: &str) -> Result<PushResult> {
         "SELECT pg_sync._client_begin($1)",
         &[batch.client_id.clone().into()],
     )?;
+    let seqs: Vec<i64> = batch.changes.iter().map(|c| c.seq).collect();
+    let mut stored: HashMap<i64, ChangeResult> = HashMap::new();
+    for row in crate::spi_util::rows_cached(
+        "SELECT seq::text, result::text FROM pg_sync._results_get($1, $2)",
+        &[batch.client_id.clone().into(), seqs.into()],
+    )? {
+        let seq: i64 = row[0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let r: ChangeResult = serde_json::from_str(row[1].as_deref().unwrap_or("{}"))
+            .map_err(|e| SyncError::MalformedJson(format!("stored result: {e}")))?;
+        stored.insert(seq, r);
+    }
     let mut results = Vec::with_capacity(batch.changes.len());
+    let mut to_store: Vec<Value> = Vec::new();
     for c in &batch.changes {
-        let stored = one_cached(
-            "SELECT pg_sync._result_get($1, $2)::text",
-            &[batch.client_id.clone().into(), c.seq.into()],
-        )?;
-        if let Some(stored) = stored {
-            let r: ChangeResult = serde_json::from_str(&stored)
-                .map_err(|e| SyncError::MalformedJson(format!("stored result: {e}")))?;
+        if let Some(r) = stored.remove(&c.seq) {
             results.push(r);
             continue;
         }
@@ -62,18 +68,20 @@ fn push(json: &str) -> Result<PushResult> {
             clamps: Default::default(),
         }
         .apply()?;
-        let mut stored = r.clone();
-        stored.row = None;
-        stored.ver = None;
+        let mut kept = r.clone();
+        kept.row = None;
+        kept.ver = None;
+        to_store.push(serde_json::to_value(&kept).unwrap_or_default());
+        results.push(r);
+    }
+    if !to_store.is_empty() {
         crate::spi_util::one_cached(
-            "SELECT pg_sync._result_put($1, $2, $3::jsonb)::text",
+            "SELECT pg_sync._results_put($1, $2::jsonb)::text",
             &[
                 batch.client_id.clone().into(),
-                c.seq.into(),
-                serde_json::to_string(&stored).unwrap_or_default().into(),
+                Value::Array(to_store).to_string().into(),
             ],
         )?;
-        results.push(r);
     }
     Ok(PushResult {
         format: FORMAT,
@@ -139,7 +147,38 @@ enum Tried {
     },
 }
 
+/// Runs one statement of a change (parameters `$1 jsonb, $2 bigint[], $3
+/// jsonb`, one jsonb column out) in its own subtransaction, through a plan
+/// cached per backend. When it fails, it is run once more through the
+/// PL/pgSQL helper `pg_sync._try`, which reports the violated constraint's
+/// name (not exposed to Rust error handlers).
 fn try_sql(sql: &str, a: Option<String>, b: Option<&[i64]>, c: Option<String>) -> Result<Tried> {
+    let json_arg = |v: &Option<String>| -> DatumWithOid<'static> {
+        match v.as_deref().map(serde_json::from_str::<Value>) {
+            Some(Ok(v)) => pgrx::JsonB(v).into(),
+            _ => DatumWithOid::null::<pgrx::JsonB>(),
+        }
+    };
+    let args = [
+        json_arg(&a),
+        match b {
+            Some(v) => v.to_vec().into(),
+            None => DatumWithOid::null::<Vec<i64>>(),
+        },
+        json_arg(&c),
+    ];
+    if let Ok(out) = crate::spi_util::subxact(|| crate::spi_util::json_cached(sql, &args)) {
+        return Ok(Tried::Ok(out?.unwrap_or(Value::Null)));
+    }
+    try_sql_diagnosed(sql, a, b, c)
+}
+
+fn try_sql_diagnosed(
+    sql: &str,
+    a: Option<String>,
+    b: Option<&[i64]>,
+    c: Option<String>,
+) -> Result<Tried> {
     let text_or_null = |v: Option<String>| -> DatumWithOid<'static> {
         match v {
             Some(s) => s.into(),

@@ -49,28 +49,7 @@ thread_local! {
 /// Like [`rows`], through a plan prepared once per backend.
 pub fn rows_cached(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
     Spi::connect_mut(|client| {
-        let oids: Vec<pgrx::pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
-        let key: PlanKey = (
-            sql.to_string(),
-            oids.iter().map(|o| u32::from(*o)).collect(),
-        );
-        let cached = PLANS.with(|p| p.borrow().get(&key).cloned());
-        let stmt = match cached {
-            Some(s) => s,
-            None => {
-                let pg_oids: Vec<pgrx::PgOid> =
-                    oids.iter().map(|o| pgrx::PgOid::from(*o)).collect();
-                let s = Rc::new(client.prepare_mut(sql, &pg_oids)?.keep());
-                PLANS.with(|p| {
-                    let mut p = p.borrow_mut();
-                    if p.len() >= MAX_CACHED_PLANS {
-                        p.clear();
-                    }
-                    p.insert(key, s.clone());
-                });
-                s
-            }
-        };
+        let stmt = cached_plan(client, sql, args)?;
         let table = client.update(&*stmt, None, args)?;
         let ncols = if table.is_empty() {
             0
@@ -87,6 +66,82 @@ pub fn rows_cached(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
         }
         Ok(out)
     })
+}
+
+/// Prepares `sql` once per backend (keyed by text and argument types).
+fn cached_plan(
+    client: &pgrx::spi::SpiClient<'_>,
+    sql: &str,
+    args: &[DatumWithOid],
+) -> Result<Rc<OwnedPreparedStatement>> {
+    let oids: Vec<pgrx::pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+    let key: PlanKey = (
+        sql.to_string(),
+        oids.iter().map(|o| u32::from(*o)).collect(),
+    );
+    if let Some(s) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
+        return Ok(s);
+    }
+    let pg_oids: Vec<pgrx::PgOid> = oids.iter().map(|o| pgrx::PgOid::from(*o)).collect();
+    let s = Rc::new(client.prepare_mut(sql, &pg_oids)?.keep());
+    PLANS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() >= MAX_CACHED_PLANS {
+            p.clear();
+        }
+        p.insert(key, s.clone());
+    });
+    Ok(s)
+}
+
+/// The first column of the first row as JSON (the column must be jsonb),
+/// through a cached plan.
+pub fn json_cached(sql: &str, args: &[DatumWithOid]) -> Result<Option<serde_json::Value>> {
+    Spi::connect_mut(|client| {
+        let stmt = cached_plan(client, sql, args)?;
+        let table = client.update(&*stmt, None, args)?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        Ok(table.first().get::<pgrx::JsonB>(1)?.map(|j| j.0))
+    })
+}
+
+/// Runs `f` in a subtransaction: its effects are kept when it returns and
+/// rolled back when it raises an error, which is returned as its message.
+pub fn subxact<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    use pgrx::pg_sys;
+    use pgrx::pg_sys::panic::CaughtError;
+    let message = |e: CaughtError| match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
+        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    };
+    // SAFETY: the standard internal-subtransaction protocol (as PL/pgSQL's
+    // exception blocks use it), restoring memory context and resource owner.
+    unsafe {
+        let old_context = pg_sys::CurrentMemoryContext;
+        let old_owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(old_context);
+        let result = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
+            .catch_others(|e| Err(message(e)))
+            .execute();
+        match result {
+            Ok(v) => {
+                pg_sys::ReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(old_context);
+                pg_sys::CurrentResourceOwner = old_owner;
+                Ok(v)
+            }
+            Err(e) => {
+                pg_sys::MemoryContextSwitchTo(old_context);
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(old_context);
+                pg_sys::CurrentResourceOwner = old_owner;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Like [`one`], through a cached plan.
