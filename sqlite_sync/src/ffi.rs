@@ -232,6 +232,19 @@ impl Stmt {
         self.db.check(rc, "bind")
     }
 
+    pub fn bind_blob(&mut self, idx: usize, v: &[u8]) -> Result<()> {
+        let rc = unsafe {
+            call!(bind_blob(
+                self.raw,
+                idx as c_int,
+                v.as_ptr().cast::<c_void>(),
+                c_int::try_from(v.len()).map_err(|_| Error::msg("blob value too long"))?,
+                transient()
+            ))
+        };
+        self.db.check(rc, "bind")
+    }
+
     /// Binds each value to parameters 1.. in order.
     pub fn bind_all(&mut self, vals: &[Value]) -> Result<()> {
         for (i, v) in vals.iter().enumerate() {

@@ -13,6 +13,7 @@ mod ffi;
 mod init;
 mod model;
 mod ops;
+mod page;
 mod pull;
 mod push;
 mod state;

@@ -28,6 +28,17 @@ pub struct Stashed {
     pub val: Value,
 }
 
+/// A value that can be bound to a statement parameter.
+pub trait Bind {
+    fn bind_to(&self, st: &mut Stmt, idx: usize) -> Result<()>;
+}
+
+impl Bind for Value {
+    fn bind_to(&self, st: &mut Stmt, idx: usize) -> Result<()> {
+        st.bind(idx, self)
+    }
+}
+
 pub struct TableOps<'a> {
     db: Db,
     pub t: &'a TableInfo,
@@ -110,20 +121,26 @@ impl<'a> TableOps<'a> {
     /// Inserts or replaces a server row. With `full` the values are kept in
     /// `T_synced` (the row has pending local writes); without, only the key
     /// and versions are (the local row holds the values).
-    pub fn upsert_synced(&mut self, vals: &[Value], ver: &[Hlc], full: bool) -> Result<()> {
-        let n = vals.len();
-        let pk_mask = self.t.pk_mask;
-        let st = self.stmt("upsert_synced")?;
-        for (i, v) in vals.iter().enumerate() {
-            if full || pk_mask & (1i64 << i) != 0 {
-                st.bind(i + 1, v)?;
-            } else {
-                st.bind(i + 1, &Value::Null)?;
+    pub fn upsert_synced<V: Bind>(&mut self, vals: &[V], ver: &[Hlc], full: bool) -> Result<()> {
+        let ver = ver_to_blob(ver);
+        if full {
+            let n = vals.len();
+            let st = self.stmt("upsert_synced")?;
+            for (i, v) in vals.iter().enumerate() {
+                v.bind_to(st, i + 1)?;
             }
+            st.bind_blob(n + 1, &ver)?;
+            st.bind(n + 2, &Value::Int(1))?;
+            st.run()
+        } else {
+            let pk_idx = self.t.pk_idx.clone();
+            let st = self.stmt("upsert_synced_key")?;
+            for (j, &i) in pk_idx.iter().enumerate() {
+                vals[i].bind_to(st, j + 1)?;
+            }
+            st.bind_blob(pk_idx.len() + 1, &ver)?;
+            st.run()
         }
-        st.bind(n + 1, &Value::Blob(ver_to_blob(ver)))?;
-        st.bind(n + 2, &Value::Int(i64::from(full)))?;
-        st.run()
     }
 
     /// Marks a server row clean again: its values are the local row's.
@@ -140,9 +157,11 @@ impl<'a> TableOps<'a> {
     }
 
     /// Writes all columns of a row to the state table (insert or update).
-    pub fn upsert_state(&mut self, vals: &[Value]) -> Result<()> {
+    pub fn upsert_state<V: Bind>(&mut self, vals: &[V]) -> Result<()> {
         let st = self.stmt("upsert_state")?;
-        st.bind_all(vals)?;
+        for (i, v) in vals.iter().enumerate() {
+            v.bind_to(st, i + 1)?;
+        }
         st.run()
     }
 
@@ -169,7 +188,7 @@ impl<'a> TableOps<'a> {
 
     /// Sets the columns in `mask` of an existing local row to `vals`
     /// (a full row in schema order).
-    pub fn update_state_cols(&mut self, key: &Key, mask: i64, vals: &[Value]) -> Result<()> {
+    pub fn update_state_cols<V: Bind>(&mut self, key: &Key, mask: i64, vals: &[V]) -> Result<()> {
         let t = self.t;
         let cols: Vec<usize> = (0..t.ncols())
             .filter(|&i| mask & (1i64 << i) != 0 && t.pk_mask & (1i64 << i) == 0)
@@ -196,7 +215,7 @@ impl<'a> TableOps<'a> {
             }
         };
         for (j, &i) in cols.iter().enumerate() {
-            st.bind(j + 1, &vals[i])?;
+            vals[i].bind_to(st, j + 1)?;
         }
         Self::bind_key(st, key, cols.len() + 1)?;
         st.run()
@@ -338,6 +357,18 @@ fn build_sql(t: &TableInfo, name: &str) -> String {
             n + 1,
             n + 2
         ),
+        "upsert_synced_key" => {
+            let np = t.def.pk.len();
+            let params = (1..=np)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "INSERT OR REPLACE INTO {synced}({pk_cols}, \"_ver\", \"_full\") \
+                 VALUES ({params}, ?{}, 0)",
+                np + 1
+            )
+        }
         "thin_synced" => {
             let nulls: Vec<String> = t
                 .def

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use serde_json::json;
-use sync_core::wire::{PullOp, PullPage};
+use sync_core::wire::PullOp;
 use sync_core::Hlc;
 
 use crate::changes::{self, Filter};
@@ -11,11 +11,12 @@ use crate::ddl;
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
 use crate::model::{now_iso, q, validate_schema};
-use crate::ops::{check_ver, row_values, TableOps};
+use crate::ops::{check_ver, TableOps};
+use crate::page::{self, key_from_obj};
 use crate::state::{in_savepoint, meta_delete, meta_set, schema_version, ConnState, Loaded};
 
 pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
-    let page = PullPage::parse(text)?;
+    let page = page::parse(text)?;
     // Fails early when sync_init was never called.
     st.loaded(db)?;
     let out = in_savepoint(db, "sync_apply", || {
@@ -68,12 +69,18 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         let (mut upserts, mut deletes) = (0usize, 0usize);
         let mut max_seen = Hlc::ZERO;
         for rc in &page.changes {
-            let (ti, t) = loaded.require(&rc.table)?;
+            let (ti, t) = loaded.require(&rc.table.0)?;
             let o = ops.entry(ti).or_insert_with(|| TableOps::new(db, t));
-            let key = t.key_from_json(&rc.pk)?;
             let overlay = if pending.is_empty() {
-                None
+                // Still validate the key, as for a pending row.
+                if rc.op == PullOp::Delete {
+                    None
+                } else {
+                    validate_pk(t, &rc.pk)?;
+                    None
+                }
             } else {
+                let key = key_from_obj(t, &rc.pk)?;
                 pending.get(ti, &key).and_then(|g| g.pending_overlay(t))
             };
             match rc.op {
@@ -81,12 +88,13 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                     let (Some(row), Some(ver)) = (&rc.row, &rc.ver) else {
                         return Err(Error::msg(format!(
                             "upsert of {} {} has no row or no ver",
-                            rc.table,
-                            serde_json::Value::Object(rc.pk.clone())
+                            rc.table.0,
+                            serde_json::Value::Object(rc.pk.to_map())
                         )));
                     };
+                    let ver = &ver.0;
                     check_ver(t, ver)?;
-                    let vals = row_values(t, row, &rc.pk)?;
+                    let vals = page::row_values(t, row, &rc.pk)?;
                     if let Some(m) = ver.iter().max() {
                         max_seen = max_seen.max(*m);
                     }
@@ -96,6 +104,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                             o.upsert_state(&vals)?;
                         }
                         Some((keep, deleted)) => {
+                            let key = key_from_obj(t, &rc.pk)?;
                             let stash_cols = if deleted { t.all_mask } else { keep };
                             o.stash_before_server_change(&key, stash_cols)?;
                             o.upsert_synced(&vals, ver, true)?;
@@ -107,6 +116,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                     upserts += 1;
                 }
                 PullOp::Delete => {
+                    let key = key_from_obj(t, &rc.pk)?;
                     match overlay {
                         None => {
                             o.delete_synced(&key)?;
@@ -127,12 +137,12 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
             st.observe(db, max_seen)?;
             st.save_clock(db)?;
         }
-        meta_set(db, "cursor", &Value::Text(page.cursor.clone()))?;
+        meta_set(db, "cursor", &Value::Text(page.cursor.0.to_string()))?;
         meta_set(db, "last_pull", &Value::Text(now_iso()))?;
         Ok(json!({
             "upserts": upserts,
             "deletes": deletes,
-            "cursor": page.cursor,
+            "cursor": page.cursor.0,
             "has_more": page.has_more,
         })
         .to_string())
@@ -180,4 +190,30 @@ fn resync(db: Db, loaded: &Loaded) -> Result<usize> {
     }
     meta_delete(db, "cursor")?;
     Ok(dropped)
+}
+
+/// Checks a pulled primary key object: only key columns, none missing.
+fn validate_pk(t: &crate::model::TableInfo, pk: &page::Obj<'_>) -> Result<()> {
+    for (k, _) in &pk.0 {
+        if !t.def.is_pk(k) {
+            return Err(if t.def.column_index(k).is_some() {
+                Error::msg(format!(
+                    "column {k:?} is not part of the primary key of table {:?}",
+                    t.name()
+                ))
+            } else {
+                Error::msg(format!("table {:?} has no synced column {k:?}", t.name()))
+            });
+        }
+    }
+    for &ci in &t.pk_idx {
+        if pk.get(t.col_name(ci)).is_none() {
+            return Err(Error::msg(format!(
+                "primary key of table {:?} is missing column {:?}",
+                t.name(),
+                t.col_name(ci)
+            )));
+        }
+    }
+    Ok(())
 }

@@ -318,14 +318,8 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                         Value::Text(c.table.clone()),
                         Value::Text(Json::Object(c.pk.clone()).to_string()),
                         Value::Text(op_name(c.op).into()),
-                        r.reason
-                            .clone()
-                            .map(Value::Text)
-                            .unwrap_or(Value::Null),
-                        r.constraint
-                            .clone()
-                            .map(Value::Text)
-                            .unwrap_or(Value::Null),
+                        r.reason.clone().map(Value::Text).unwrap_or(Value::Null),
+                        r.constraint.clone().map(Value::Text).unwrap_or(Value::Null),
                         Value::Text(now_iso()),
                     ])?;
                 }

@@ -1,0 +1,459 @@
+//! Fast reading of pull pages.
+//!
+//! A page can hold tens of thousands of rows; parsing it into
+//! `sync_core::wire::PullPage` (a map of `serde_json::Value` per row) costs
+//! more than writing the rows. This module reads the same document with
+//! borrowed strings and raw values, converting each value straight to what
+//! SQLite stores. The accepted shape is exactly `PullPage`'s.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sync_core::schema::{ColumnType, Schema};
+use sync_core::wire::PullOp;
+use sync_core::Hlc;
+
+use crate::error::{Error, Result};
+use crate::ffi::Value;
+use crate::model::{hex_decode, TableInfo};
+
+/// A string that borrows from the input when it has no escapes.
+#[derive(Debug, Clone)]
+pub struct CowStr<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(
+                self,
+                v: &'de str,
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A JSON object as (key, raw value) pairs in document order.
+#[derive(Debug, Default)]
+pub struct Obj<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Obj<'a> {
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// The object as a `serde_json` map (for error messages and slow paths).
+    pub fn to_map(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    serde_json::from_str(v.get()).unwrap_or(serde_json::Value::Null),
+                )
+            })
+            .collect()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Obj<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Obj<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> std::result::Result<Self::Value, M::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                while let Some(k) = m.next_key::<CowStr<'de>>()? {
+                    let v: &'de RawValue = m.next_value()?;
+                    out.push((k.0, v));
+                }
+                Ok(Obj(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A list of HLC stamps parsed without allocating.
+#[derive(Debug)]
+pub struct Vers(pub Vec<Hlc>);
+
+impl<'de> Deserialize<'de> for Vers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of 16-hex-digit HLC stamps")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(
+                self,
+                mut s: S,
+            ) -> std::result::Result<Self::Value, S::Error> {
+                let mut out = Vec::with_capacity(s.size_hint().unwrap_or(8));
+                while let Some(x) = s.next_element::<CowStr<'de>>()? {
+                    out.push(x.0.parse::<Hlc>().map_err(de::Error::custom)?);
+                }
+                Ok(Vers(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// One row change of a page.
+#[derive(Debug, Deserialize)]
+pub struct RowIn<'a> {
+    #[serde(borrow)]
+    pub table: CowStr<'a>,
+    pub op: PullOp,
+    #[serde(borrow)]
+    pub pk: Obj<'a>,
+    #[serde(borrow, default)]
+    pub row: Option<Obj<'a>>,
+    #[serde(default)]
+    pub ver: Option<Vers>,
+}
+
+/// A pull page.
+#[derive(Debug, Deserialize)]
+pub struct PageIn<'a> {
+    pub format: u32,
+    pub schema_version: i64,
+    #[serde(default)]
+    pub schema: Option<Schema>,
+    #[serde(borrow)]
+    pub cursor: CowStr<'a>,
+    pub has_more: bool,
+    #[serde(default)]
+    pub resync_required: bool,
+    #[serde(borrow)]
+    pub changes: Vec<RowIn<'a>>,
+}
+
+/// Parses and validates a page.
+pub fn parse(text: &str) -> Result<PageIn<'_>> {
+    let p: PageIn = serde_json::from_str(text)
+        .map_err(|e| Error::msg(format!("malformed JSON in pull page: {e}")))?;
+    sync_core::wire::check_format(p.format)?;
+    Ok(p)
+}
+
+/// A value ready to bind, borrowing text from the page where possible.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VRef<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(Cow<'a, str>),
+    Blob(Vec<u8>),
+}
+
+impl crate::ops::Bind for VRef<'_> {
+    fn bind_to(&self, st: &mut crate::ffi::Stmt, idx: usize) -> Result<()> {
+        match self {
+            VRef::Null => st.bind(idx, &Value::Null),
+            VRef::Int(i) => st.bind(idx, &Value::Int(*i)),
+            VRef::Real(f) => st.bind(idx, &Value::Real(*f)),
+            VRef::Text(t) => st.bind_text(idx, t),
+            VRef::Blob(b) => st.bind_blob(idx, b),
+        }
+    }
+}
+
+impl VRef<'_> {
+    pub fn to_value(&self) -> Value {
+        match self {
+            VRef::Null => Value::Null,
+            VRef::Int(i) => Value::Int(*i),
+            VRef::Real(f) => Value::Real(*f),
+            VRef::Text(s) => Value::Text(s.to_string()),
+            VRef::Blob(b) => Value::Blob(b.clone()),
+        }
+    }
+}
+
+/// JSON text without insignificant whitespace (borrowed when there is none).
+pub fn minify(s: &str) -> Cow<'_, str> {
+    let b = s.as_bytes();
+    let mut in_str = false;
+    let mut esc = false;
+    let needs = b.iter().any(|&c| {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if c == b'\\' {
+                esc = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+            false
+        } else if c == b'"' {
+            in_str = true;
+            false
+        } else {
+            c.is_ascii_whitespace()
+        }
+    });
+    if !needs {
+        return Cow::Borrowed(s.trim());
+    }
+    let mut out = String::with_capacity(s.len());
+    let (mut in_str, mut esc) = (false, false);
+    for ch in s.chars() {
+        if in_str {
+            out.push(ch);
+            if esc {
+                esc = false;
+            } else if ch == '\\' {
+                esc = true;
+            } else if ch == '"' {
+                in_str = false;
+            }
+        } else if ch == '"' {
+            in_str = true;
+            out.push(ch);
+        } else if !ch.is_ascii_whitespace() {
+            out.push(ch);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn bad(table: &str, col: &str, ty: ColumnType, raw: &str) -> Error {
+    let mut shown = raw.to_string();
+    if shown.len() > 60 {
+        let mut end = 60;
+        while !shown.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown.truncate(end);
+        shown.push_str("...");
+    }
+    Error::msg(format!(
+        "column {col:?} of table {table:?} ({}) cannot hold the value {shown}",
+        serde_json::to_string(&ty)
+            .unwrap_or_default()
+            .trim_matches('"')
+    ))
+}
+
+enum Num {
+    Int(i64),
+    Real(f64),
+}
+
+fn parse_num(s: &str) -> Option<Num> {
+    if !s.contains(['.', 'e', 'E']) {
+        if let Ok(i) = s.parse::<i64>() {
+            return Some(Num::Int(i));
+        }
+    }
+    s.parse::<f64>().ok().map(Num::Real)
+}
+
+/// Converts a raw wire value to the SQLite value stored for a column type
+/// (the same rules as `model::json_to_sql`).
+pub fn raw_to_sql<'a>(
+    ty: ColumnType,
+    raw: &'a RawValue,
+    table: &str,
+    col: &str,
+) -> Result<VRef<'a>> {
+    let s = raw.get().trim();
+    let first = s.as_bytes().first().copied().unwrap_or(b'n');
+    match first {
+        b'n' => Ok(VRef::Null),
+        b'"' => {
+            let v: CowStr<'a> =
+                serde_json::from_str(raw.get()).map_err(|_| bad(table, col, ty, s))?;
+            let text = v.0;
+            Ok(match ty {
+                ColumnType::Blob => {
+                    let hex = text
+                        .strip_prefix("\\x")
+                        .or_else(|| text.strip_prefix("\\X"))
+                        .ok_or_else(|| bad(table, col, ty, s))?;
+                    VRef::Blob(hex_decode(hex).ok_or_else(|| bad(table, col, ty, s))?)
+                }
+                ColumnType::Boolean => match text.to_ascii_lowercase().as_str() {
+                    "true" | "t" | "1" | "yes" | "on" => VRef::Int(1),
+                    "false" | "f" | "0" | "no" | "off" => VRef::Int(0),
+                    _ => return Err(bad(table, col, ty, s)),
+                },
+                ColumnType::Real => match text.as_ref() {
+                    "NaN" => VRef::Real(f64::NAN),
+                    "Infinity" => VRef::Real(f64::INFINITY),
+                    "-Infinity" => VRef::Real(f64::NEG_INFINITY),
+                    _ => VRef::Text(text),
+                },
+                ColumnType::Json => VRef::Text(Cow::Borrowed(s)),
+                _ => VRef::Text(text),
+            })
+        }
+        b't' | b'f' => {
+            let b = first == b't';
+            Ok(match ty {
+                ColumnType::Boolean | ColumnType::Integer => VRef::Int(i64::from(b)),
+                ColumnType::Json
+                | ColumnType::Text
+                | ColumnType::Timestamptz
+                | ColumnType::Timestamp
+                | ColumnType::Date => VRef::Text(Cow::Borrowed(s)),
+                _ => return Err(bad(table, col, ty, s)),
+            })
+        }
+        b'{' | b'[' => Ok(match ty {
+            ColumnType::Json
+            | ColumnType::Text
+            | ColumnType::Timestamptz
+            | ColumnType::Timestamp
+            | ColumnType::Date => VRef::Text(minify(s)),
+            _ => return Err(bad(table, col, ty, s)),
+        }),
+        _ => {
+            let n = parse_num(s).ok_or_else(|| bad(table, col, ty, s))?;
+            Ok(match (ty, n) {
+                (ColumnType::Boolean, Num::Int(i)) => VRef::Int(i64::from(i != 0)),
+                (ColumnType::Boolean, Num::Real(f)) => VRef::Int(i64::from(f != 0.0)),
+                (ColumnType::Integer, Num::Int(i)) => VRef::Int(i),
+                (ColumnType::Integer, Num::Real(f)) => {
+                    if f.fract() == 0.0 && f.abs() < 9.2e18 {
+                        VRef::Int(f as i64)
+                    } else {
+                        VRef::Real(f)
+                    }
+                }
+                (ColumnType::Real, Num::Int(i)) => VRef::Real(i as f64),
+                (ColumnType::Real, Num::Real(f)) => VRef::Real(f),
+                (ColumnType::Numeric, Num::Int(i)) => VRef::Int(i),
+                (ColumnType::Numeric, Num::Real(f)) => VRef::Real(f),
+                (ColumnType::Blob, _) => return Err(bad(table, col, ty, s)),
+                // text, timestamps, json: the number's JSON text
+                _ => VRef::Text(Cow::Borrowed(s)),
+            })
+        }
+    }
+}
+
+/// Values of all columns of a pulled row in schema order. Key columns
+/// missing from `row` come from `pk`; other missing columns are NULL; a
+/// column the table does not have is an error.
+pub fn row_values<'a>(t: &TableInfo, row: &Obj<'a>, pk: &Obj<'a>) -> Result<Vec<VRef<'a>>> {
+    let n = t.ncols();
+    let mut out: Vec<VRef<'a>> = vec![VRef::Null; n];
+    let mut seen = 0u64;
+    for (k, raw) in &row.0 {
+        let i = t.def.column_index(k).ok_or_else(|| {
+            Error::msg(format!("table {:?} has no synced column {k:?}", t.name()))
+        })?;
+        out[i] = raw_to_sql(t.col_type(i), raw, t.name(), k)?;
+        seen |= 1 << i;
+    }
+    for &i in &t.pk_idx {
+        if seen & (1 << i) == 0 {
+            if let Some(raw) = pk.get(t.col_name(i)) {
+                out[i] = raw_to_sql(t.col_type(i), raw, t.name(), t.col_name(i))?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The key of a pulled row's primary key object.
+pub fn key_from_obj(t: &TableInfo, pk: &Obj<'_>) -> Result<crate::model::Key> {
+    for (k, _) in &pk.0 {
+        if !t.def.is_pk(k) {
+            return Err(if t.def.column_index(k).is_some() {
+                Error::msg(format!(
+                    "column {k:?} is not part of the primary key of table {:?}",
+                    t.name()
+                ))
+            } else {
+                Error::msg(format!("table {:?} has no synced column {k:?}", t.name()))
+            });
+        }
+    }
+    let mut parts = Vec::with_capacity(t.pk_idx.len());
+    for &ci in &t.pk_idx {
+        let name = t.col_name(ci);
+        let raw = pk.get(name).ok_or_else(|| {
+            Error::msg(format!(
+                "primary key of table {:?} is missing column {name:?}",
+                t.name()
+            ))
+        })?;
+        let v = raw_to_sql(t.col_type(ci), raw, t.name(), name)?.to_value();
+        if v.is_null() {
+            return Err(Error::msg(format!(
+                "primary key column {name:?} of table {:?} is null",
+                t.name()
+            )));
+        }
+        parts.push(crate::model::KeyPart::from_value(
+            &crate::model::normalize_affinity(t.col_type(ci), v),
+        ));
+    }
+    Ok(crate::model::Key(parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn minify_keeps_strings() {
+        assert_eq!(
+            minify(r#"{"a": [1, 2], "b c": "x y"}"#),
+            r#"{"a":[1,2],"b c":"x y"}"#
+        );
+        assert!(matches!(minify(r#"{"a":1}"#), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn agrees_with_json_to_sql() {
+        let cases = [
+            (ColumnType::Boolean, json!(true)),
+            (ColumnType::Integer, json!(42)),
+            (ColumnType::Integer, json!(4.0)),
+            (ColumnType::Real, json!(0.1)),
+            (ColumnType::Real, json!(3)),
+            (ColumnType::Numeric, json!(12.5)),
+            (ColumnType::Text, json!("héllo \"q\" \\ x")),
+            (ColumnType::Json, json!({"a": [1, null]})),
+            (ColumnType::Json, json!("s")),
+            (ColumnType::Blob, json!("\\x00ff")),
+            (ColumnType::Date, json!("2024-01-02")),
+        ];
+        for (ty, v) in cases {
+            let text = v.to_string();
+            let raw: &RawValue = serde_json::from_str(&text).unwrap();
+            let fast = raw_to_sql(ty, raw, "t", "c").unwrap().to_value();
+            let slow = crate::model::json_to_sql(ty, &v, "t", "c").unwrap();
+            assert_eq!(fast, slow, "{ty:?} {v}");
+        }
+    }
+}
