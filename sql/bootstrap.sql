@@ -228,3 +228,31 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
        SET last_seq = greatest(last_seq, (SELECT max((e->>'seq')::bigint) FROM jsonb_array_elements(p_results) e))
      WHERE client_id = p_client;
 $$;
+
+-- 0.2.0: the visibility epoch. Rows can leave a client's visible set without
+-- being written (a policy or a grant changes, a membership table changes):
+-- bumping the epoch makes every client resync, so it drops what it may no
+-- longer see. Policy commands on synced tables bump it automatically;
+-- sync_resync_all() bumps it on demand.
+ALTER TABLE pg_sync.meta ADD COLUMN epoch bigint NOT NULL DEFAULT 1;
+
+CREATE FUNCTION pg_sync._bump_epoch() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE pg_sync.meta SET epoch = epoch + 1 RETURNING epoch;
+$$;
+
+CREATE FUNCTION pg_sync._on_access_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_TAG = 'DROP POLICY' AND EXISTS (SELECT 1 FROM pg_sync.tables)
+       OR EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
+                  JOIN pg_policy p ON p.oid = c.objid
+                  JOIN pg_sync.tables t ON t.relid = p.polrelid) THEN
+        PERFORM pg_sync._bump_epoch();
+    END IF;
+END;
+$$;
+REVOKE ALL ON FUNCTION pg_sync._bump_epoch() FROM PUBLIC;
+CREATE EVENT TRIGGER pg_sync_access_ddl ON ddl_command_end
+    WHEN TAG IN ('CREATE POLICY', 'ALTER POLICY', 'DROP POLICY')
+    EXECUTE FUNCTION pg_sync._on_access_ddl();

@@ -315,3 +315,21 @@ pub fn schema(tables: &[TableInfo]) -> Result<Schema> {
 pub fn field<'a>(row: &'a serde_json::Map<String, Value>, name: &str) -> &'a Value {
     row.get(name).unwrap_or(&Value::Null)
 }
+
+/// Fails with an actionable message when the database's pg_sync catalog is
+/// older than the installed binaries (ALTER EXTENSION pg_sync UPDATE not run).
+pub fn require_current_catalog() -> Result<()> {
+    let installed = crate::spi_util::one_cached(
+        "SELECT extversion FROM pg_extension WHERE extname = 'pg_sync'",
+        &[],
+    )?
+    .unwrap_or_default();
+    let built = env!("CARGO_PKG_VERSION");
+    if installed != built {
+        return Err(PgSyncError::BadArgument(format!(
+            "this database has the pg_sync {installed} catalog but the {built} binaries are installed; \
+             run ALTER EXTENSION pg_sync UPDATE"
+        )));
+    }
+    Ok(())
+}

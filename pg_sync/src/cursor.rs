@@ -49,6 +49,9 @@ pub struct Cursor {
     pub s: i64,
     /// Positions by table name.
     pub t: BTreeMap<String, TablePos>,
+    /// Visibility epoch the client's state was built in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<i64>,
 }
 
 const PREFIX: &str = "c1.";

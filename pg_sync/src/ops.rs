@@ -19,6 +19,20 @@ fn sync_compact(retain: pgrx::datum::Interval) -> JsonB {
     JsonB(serde_json::from_str(&out).unwrap_or_default())
 }
 
+/// Makes every client resync on its next pull (`resync_required`), so that
+/// rows it may no longer see are dropped. Run it after changing what
+/// row-level security lets clients see without writing the rows (e.g. a
+/// membership table, or a REVOKE). Policy commands on synced tables do it
+/// automatically.
+/// Returns the new visibility epoch.
+#[pg_extern]
+fn sync_resync_all() -> i64 {
+    or_raise(
+        one("SELECT pg_sync._bump_epoch()::text", &[])
+            .map(|v| v.and_then(|s| s.parse().ok()).unwrap_or(0)),
+    )
+}
+
 /// Resolves a conflict: `keep_server` leaves the row as it is,
 /// `use_client` writes the client's value, `use_value` writes `value`. The
 /// write is an ordinary, tracked UPDATE run as the caller.

@@ -78,10 +78,23 @@ fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Resu
         None
     };
 
-    let compacted: u64 = one("SELECT compacted_xid::text FROM pg_sync.meta", &[])?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if cursor.is_some() && cur.oldest_tombstone_xid().is_some_and(|x| x < compacted) {
+    // Read through to_jsonb so a catalog not yet updated (no epoch column)
+    // still serves pulls between installing new binaries and ALTER EXTENSION.
+    let meta = rows_cached(
+        "SELECT compacted_xid::text, to_jsonb(m)->>'epoch' FROM pg_sync.meta m",
+        &[],
+    )?;
+    let field = |i: usize| {
+        meta.first()
+            .and_then(|r| r[i].as_deref())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let compacted = field(0).unwrap_or(0) as u64;
+    let epoch = field(1).unwrap_or(1);
+    let stale_epoch = cur.e.is_some_and(|e| e != epoch);
+    if cursor.is_some()
+        && (stale_epoch || cur.oldest_tombstone_xid().is_some_and(|x| x < compacted))
+    {
         return Ok(page_json(
             version,
             schema_json.as_deref(),
@@ -119,6 +132,7 @@ fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Resu
         .retain(|name, _| tables.iter().any(|t| &t.name == name));
     cur.v = 1;
     cur.s = version;
+    cur.e = Some(epoch);
     let encoded = cur.encode();
     if let Some(id) = client_id {
         exec(

@@ -38,6 +38,7 @@ fn push(json: &str) -> Result<PushResult> {
     for c in &batch.changes {
         validate(&tables, c)?;
     }
+    crate::catalog::require_current_catalog()?;
     exec(
         "SELECT pg_sync._client_begin($1)",
         &[batch.client_id.clone().into()],

@@ -210,7 +210,7 @@ pub fn pg_json(
 ) -> serde_json::Value {
     let row = c
         .query_one(sql, params)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
     row.get::<_, serde_json::Value>(0)
 }
 

@@ -12,6 +12,7 @@ struct Tenant {
     cursor: Option<String>,
     rows: BTreeMap<String, Value>,
     deletes_seen: Vec<String>,
+    resyncs: usize,
 }
 
 impl Tenant {
@@ -24,12 +25,20 @@ impl Tenant {
             cursor: None,
             rows: BTreeMap::new(),
             deletes_seen: Vec::new(),
+            resyncs: 0,
         }
     }
 
     fn pull(&mut self) {
         loop {
             let p = pg_json(&mut self.c, "SELECT sync_pull($1, 1000)", &[&self.cursor]);
+            if p["resync_required"] == true {
+                // Drop the server state and download what is visible now.
+                self.resyncs += 1;
+                self.rows.clear();
+                self.cursor = None;
+                continue;
+            }
             for ch in p["changes"].as_array().unwrap() {
                 let id = ch["pk"]["id"].as_str().unwrap().to_string();
                 if ch["op"] == "upsert" {
