@@ -21,6 +21,12 @@ mod track;
 
 pgrx::pg_module_magic!();
 
+/// Called when the library is loaded.
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    track::register_gucs();
+}
+
 pgrx::extension_sql_file!("../../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -44,6 +44,22 @@ fn delete_stamp() -> Hlc {
         .unwrap_or_else(|| clock::tick_after(Hlc::ZERO))
 }
 
+/// `pg_sync.notify`: whether commits of tracked changes send a NOTIFY.
+pub static NOTIFY: pgrx::GucSetting<bool> = pgrx::GucSetting::<bool>::new(true);
+
+/// Registers pg_sync's settings.
+pub fn register_gucs() {
+    pgrx::GucRegistry::define_bool_guc(
+        c"pg_sync.notify",
+        c"Send NOTIFY pg_sync, '<table>' when a transaction that wrote a synced table commits.",
+        c"Postgres serialises the commits of notifying transactions on a database-wide lock; \
+turn this off where nobody LISTENs for pg_sync and write throughput matters.",
+        &NOTIFY,
+        pgrx::GucContext::Userset,
+        pgrx::GucFlags::default(),
+    );
+}
+
 /// Channel on which a commit of tracked changes is announced; the payload
 /// is the table's wire name. Clients waiting to pull can LISTEN on it.
 pub const NOTIFY_CHANNEL: &str = "pg_sync";
@@ -51,6 +67,9 @@ pub const NOTIFY_CHANNEL: &str = "pg_sync";
 /// Queues `NOTIFY pg_sync, '<table>'` once per transaction and table; it is
 /// delivered only if the transaction commits.
 unsafe fn notify_once(rel: pg_sys::Relation) {
+    if !NOTIFY.get() {
+        return;
+    }
     let xid = pg_sys::GetTopFullTransactionId().value;
     let relid = u32::from((*rel).rd_id);
     if NOTIFIED.with(|n| n.get()) == (xid, relid) {
