@@ -26,15 +26,17 @@ CREATE TABLE pg_sync.meta (
 INSERT INTO pg_sync.meta DEFAULT VALUES;
 
 -- Deleted rows: what a client needs to remove the row, kept until compaction.
+-- pk is the key as canonical JSON text (jsonb_build_object(...)::text), in
+-- the C collation: plain, fast btree keys.
 CREATE TABLE pg_sync.tombstones (
     relid oid NOT NULL,
-    pk    jsonb NOT NULL,
+    pk    text COLLATE "C" NOT NULL,
     xid   xid8 NOT NULL,
     hlc   bigint NOT NULL,
     old   jsonb,
     at    timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX tombstones_pull_idx ON pg_sync.tombstones (relid, xid, (pk::text));
+CREATE INDEX tombstones_pull_idx ON pg_sync.tombstones (relid, xid, pk);
 CREATE INDEX tombstones_pk_idx ON pg_sync.tombstones (relid, pk);
 
 -- Clients that pushed: last push and the highest sequence number seen.

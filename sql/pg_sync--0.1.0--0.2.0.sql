@@ -51,3 +51,11 @@ CREATE FUNCTION "sync_resync_all"() RETURNS bigint
 STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'sync_resync_all_wrapper';
+
+-- 0.2.0: tombstone keys as canonical JSON text in the C collation: cheaper
+-- index entries and comparisons on every delete.
+DROP INDEX pg_sync.tombstones_pull_idx;
+DROP INDEX pg_sync.tombstones_pk_idx;
+ALTER TABLE pg_sync.tombstones ALTER COLUMN pk TYPE text COLLATE "C" USING pk::text;
+CREATE INDEX tombstones_pull_idx ON pg_sync.tombstones (relid, xid, pk);
+CREATE INDEX tombstones_pk_idx ON pg_sync.tombstones (relid, pk);

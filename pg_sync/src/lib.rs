@@ -76,7 +76,7 @@ mod tests {
         setup();
         Spi::run("INSERT INTO t_unit VALUES ('a', 'x', 1)").unwrap();
         Spi::run("DELETE FROM t_unit").unwrap();
-        let pk = Spi::get_one::<pgrx::JsonB>("SELECT pk FROM pg_sync.tombstones")
+        let pk = Spi::get_one::<pgrx::JsonB>("SELECT pk::jsonb FROM pg_sync.tombstones")
             .unwrap()
             .unwrap();
         assert_eq!(pk.0, serde_json::json!({"id": "a"}));

@@ -225,13 +225,13 @@ fn rows_query(t: &TableInfo, pos: &Pos, limit: usize) -> (String, Vec<String>) {
 /// re-insert can carry a lower xid than the delete it followed; the live
 /// row's own state is what the client must end with.
 fn tombs_query(t: &TableInfo, pos: &Pos, limit: usize) -> Result<(String, Vec<String>)> {
-    let (cond, params) = after_clause(pos, "d.xid", "d.pk::text", "$3");
+    let (cond, params) = after_clause(pos, "d.xid", "d.pk", "$3");
     let visible = crate::rls::old_row_visible(t, "d.old")?.unwrap_or_else(|| "true".into());
     let sql = format!(
-        "SELECT d.xid::text, d.pk::text FROM pg_sync.tombstones d \
+        "SELECT d.xid::text, d.pk FROM pg_sync.tombstones d \
          WHERE d.relid = {relid} AND {cond} AND d.xid < $1::xid8 \
            AND NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {live} = {key}) AND {visible} \
-         ORDER BY d.xid, d.pk::text LIMIT {limit}",
+         ORDER BY d.xid, d.pk LIMIT {limit}",
         relid = u32::from(t.relid),
         tbl = t.qualified,
         live = t.pk_tuple("t"),

@@ -626,5 +626,5 @@ fn jsonb_pk_from_param(t: &TableInfo, param: &str) -> String {
                 )
             })
             .collect();
-    format!("jsonb_build_object({})", parts.join(", "))
+    format!("jsonb_build_object({})::text", parts.join(", "))
 }

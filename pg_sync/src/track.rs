@@ -394,13 +394,13 @@ fn tomb_insert_sql(relid: pg_sys::Oid, from_rows: bool, with_old: bool) -> Strin
             .unwrap_or_default();
         format!(
             "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc, old) \
-             SELECT $1, jsonb_build_object({}), pg_current_xact_id(), $2, {old} FROM ONLY {t} r",
+             SELECT $1, jsonb_build_object({})::text, pg_current_xact_id(), $2, {old} FROM ONLY {t} r",
             parts.join(", ")
         )
     } else {
         format!(
             "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc, old) \
-             SELECT $1, jsonb_build_object({}), pg_current_xact_id(), $3, {old} FROM (SELECT ($2).*) r",
+             SELECT $1, jsonb_build_object({})::text, pg_current_xact_id(), $3, {old} FROM (SELECT ($2).*) r",
             parts.join(", ")
         )
     }
