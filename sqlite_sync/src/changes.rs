@@ -223,6 +223,31 @@ pub fn load(db: Db, loaded: &Loaded, filter: Filter) -> Result<Groups> {
     Ok(out)
 }
 
+/// Drops the queued writes of rows whose writes amount to nothing (and of
+/// tables no longer synced): such a row shows the server's state again, and
+/// the bases recorded for it go. The caller must have capture turned off.
+pub fn purge(db: Db, loaded: &Loaded, groups: &Groups, keys: &[usize]) -> Result<()> {
+    let mut all: Vec<i64> = groups.orphans.clone();
+    let mut ops: HashMap<usize, crate::ops::TableOps> = HashMap::new();
+    for &gi in keys {
+        let g = &groups.groups[gi];
+        all.extend(g.rows.iter().map(|r| r.seq));
+        let t = &loaded.tables[g.table];
+        let o = ops
+            .entry(g.table)
+            .or_insert_with(|| crate::ops::TableOps::new(db, t));
+        o.state_from_synced(&g.key)?;
+        o.stash_clear(&g.key)?;
+    }
+    drop(ops);
+    if all.is_empty() {
+        return Ok(());
+    }
+    let high_water = max_seq(db)?;
+    delete_seqs(db, &all)?;
+    keep_high_water(db, high_water)
+}
+
 /// The highest seq in the queue (0 when empty).
 pub fn max_seq(db: Db) -> Result<i64> {
     let mut st = db.prepare(&format!("SELECT max(seq) FROM {}", q(CHANGES)))?;

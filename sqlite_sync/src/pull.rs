@@ -54,17 +54,13 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         let pending = changes::load(db, &loaded, Filter::All)?;
         // Queued writes that amount to nothing (an insert and delete never
         // sent) must not hide the server's row: drop them now.
-        let mut purge: Vec<i64> = pending.orphans.clone();
-        for g in &pending.groups {
-            if !g.is_pending(&loaded.tables[g.table]) {
-                purge.extend(g.rows.iter().map(|r| r.seq));
-            }
-        }
-        if !purge.is_empty() {
-            let high_water = changes::max_seq(db)?;
-            changes::delete_seqs(db, &purge)?;
-            changes::keep_high_water(db, high_water)?;
-        }
+        let nothing: Vec<usize> = (0..pending.groups.len())
+            .filter(|&gi| {
+                let g = &pending.groups[gi];
+                !g.is_pending(&loaded.tables[g.table])
+            })
+            .collect();
+        changes::purge(db, &loaded, &pending, &nothing)?;
         let mut ops: HashMap<usize, TableOps> = HashMap::new();
         let (mut upserts, mut deletes) = (0usize, 0usize);
         let mut max_seen = Hlc::ZERO;

@@ -21,18 +21,18 @@ pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
     let max = (max as usize).min(sync_core::wire::MAX_BATCH_CHANGES);
     let loaded = st.loaded(db)?;
     in_savepoint(db, "sync_changes", || {
+        let _nc = st.no_capture();
         if let Some(Value::Text(j)) = meta_get(db, "inflight")? {
             return Ok(j);
         }
         let client = client_id(db)?;
         let groups = changes::load(db, &loaded, Filter::Unsent)?;
-        let high_water = changes::max_seq(db)?;
-        let mut purge: Vec<i64> = groups.orphans.clone();
+        let mut purge: Vec<usize> = Vec::new();
         let mut candidates: Vec<(i64, usize, Net)> = Vec::new();
         for (gi, g) in groups.groups.iter().enumerate() {
             let t = &loaded.tables[g.table];
             match g.net(t) {
-                Net::Nothing => purge.extend(g.rows.iter().map(|r| r.seq)),
+                Net::Nothing => purge.push(gi),
                 net => {
                     let wire_seq = g.rows.last().map(|r| r.seq).unwrap_or(0);
                     candidates.push((wire_seq, gi, net));
@@ -58,15 +58,12 @@ pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
                     }
                     out.push(c);
                 }
-                None => purge.extend(g.rows.iter().map(|r| r.seq)),
+                None => purge.push(gi),
             }
         }
         drop(mark);
         drop(ops);
-        if !purge.is_empty() {
-            changes::delete_seqs(db, &purge)?;
-            changes::keep_high_water(db, high_water)?;
-        }
+        changes::purge(db, &loaded, &groups, &purge)?;
         let batch = PushBatch {
             format: FORMAT,
             client_id: client,
