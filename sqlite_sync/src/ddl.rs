@@ -205,7 +205,7 @@ fn create_local_view(db: Db, info: &TableInfo) -> Result<()> {
     db.exec(&format!(
         "CREATE VIEW {view} AS
          SELECT {cols}, g._mask AS \"_mask\", (s.{first_pk} IS NULL) AS \"_deleted\",
-                y.\"_ver\" AS \"_base\", g._seq AS \"_seq\", g._in_flight AS \"_in_flight\"
+                sync_ver_json(y.\"_ver\", {ncols}) AS \"_base\", g._seq AS \"_seq\", g._in_flight AS \"_in_flight\"
          FROM (SELECT pk AS k, max(seq) AS _seq, max(batch IS NOT NULL) AS _in_flight,
                       {mask} AS _mask
                FROM {changes} WHERE tbl = {tbl} AND op <> 'mark' GROUP BY pk) g
@@ -220,6 +220,7 @@ fn create_local_view(db: Db, info: &TableInfo) -> Result<()> {
         synced = q(&info.synced),
         on_s = join_on("s"),
         on_y = join_on("y"),
+        ncols = t.columns.len(),
     ))
 }
 
@@ -270,13 +271,14 @@ fn create_triggers(db: Db, info: &TableInfo) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" OR ")
     };
+    // True while writes are captured (false while the extension writes).
+    let capturing = "EXISTS (SELECT 1 FROM sync_clock)";
     // Copies the old values of a clean row into the server copy.
     let save_from = |src: &str| -> String {
         let mut sets = vec!["\"_full\" = 1".to_string()];
         sets.extend(non_pk.iter().map(|(_, c)| format!("{0} = {src}.{0}", q(c))));
         format!(
-            "UPDATE {synced} SET {} WHERE {} AND \"_full\" = 0 \
-             AND EXISTS (SELECT 1 FROM sync_clock);",
+            "UPDATE {synced} SET {} WHERE {} AND \"_full\" = 0 AND {capturing};",
             sets.join(", "),
             key_match("OLD")
         )
@@ -302,8 +304,8 @@ fn create_triggers(db: Db, info: &TableInfo) -> Result<()> {
             .collect();
         db.exec(&format!(
             "CREATE TRIGGER {name} BEFORE INSERT ON {state}
-             WHEN EXISTS (SELECT 1 FROM {synced} WHERE {km} AND \"_full\" = 0) BEGIN
-               UPDATE {synced} SET {sets} WHERE {km} AND EXISTS (SELECT 1 FROM sync_clock);
+             WHEN EXISTS (SELECT 1 FROM {synced} WHERE {km} AND \"_full\" = 0) AND {capturing} BEGIN
+               UPDATE {synced} SET {sets} WHERE {km};
              END",
             name = q(&trigger_name(&t.name, "save")),
             km = key_match("NEW"),

@@ -116,9 +116,14 @@ fn f_capture(st: &ConnState, _db: Db, _args: &[Value]) -> Result<Ret> {
 }
 
 fn f_ver_json(_st: &ConnState, _db: Db, args: &[Value]) -> Result<Ret> {
+    let n = match args.get(1) {
+        Some(Value::Int(n)) if *n > 0 && *n <= 64 => Some(*n as usize),
+        _ => None,
+    };
     Ok(match args.first() {
         Some(Value::Blob(b)) => {
-            Ret::Text(model::ver_to_json(&model::ver_from_blob(b, b.len() / 8)))
+            let n = n.unwrap_or(b.len() / 8);
+            Ret::Text(model::ver_to_json(&model::ver_from_blob(b, n)))
         }
         _ => Ret::Null,
     })
@@ -145,6 +150,7 @@ fn register_all(db: *mut sqlite3) -> Result<()> {
     ffi::register(db, "sync_hlc", 0, FLAG_INNOCUOUS, &st, f_hlc)?;
     ffi::register(db, "sync_capture", 0, FLAG_INNOCUOUS, &st, f_capture)?;
     ffi::register(db, "sync_ver_json", 1, FLAG_INNOCUOUS, &st, f_ver_json)?;
+    ffi::register(db, "sync_ver_json", 2, FLAG_INNOCUOUS, &st, f_ver_json)?;
     ffi::register_clock(db, &st)?;
     Ok(())
 }

@@ -278,11 +278,53 @@ impl KeyPart {
     }
 }
 
+impl KeyPart {
+    fn class(&self) -> u8 {
+        match self {
+            KeyPart::Null => 0,
+            KeyPart::Int(_) | KeyPart::Real(_) => 1,
+            KeyPart::Text(_) => 2,
+            KeyPart::Blob(_) => 3,
+        }
+    }
+
+    /// SQLite's order of values (NULL, numbers, text, blobs; BINARY collation).
+    pub fn sqlite_cmp(&self, other: &KeyPart) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        match (self, other) {
+            (KeyPart::Int(a), KeyPart::Int(b)) => a.cmp(b),
+            (KeyPart::Int(a), KeyPart::Real(b)) => (*a as f64)
+                .partial_cmp(&f64::from_bits(*b))
+                .unwrap_or(Ordering::Equal),
+            (KeyPart::Real(a), KeyPart::Int(b)) => f64::from_bits(*a)
+                .partial_cmp(&(*b as f64))
+                .unwrap_or(Ordering::Equal),
+            (KeyPart::Real(a), KeyPart::Real(b)) => f64::from_bits(*a)
+                .partial_cmp(&f64::from_bits(*b))
+                .unwrap_or(Ordering::Equal),
+            (KeyPart::Text(a), KeyPart::Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+            (KeyPart::Blob(a), KeyPart::Blob(b)) => a.cmp(b),
+            _ => self.class().cmp(&other.class()),
+        }
+    }
+}
+
 /// A row's primary key values, in key order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key(pub Vec<KeyPart>);
 
 impl Key {
+    /// SQLite's order of keys (column by column).
+    pub fn sqlite_cmp(&self, other: &Key) -> std::cmp::Ordering {
+        for (a, b) in self.0.iter().zip(other.0.iter()) {
+            let o = a.sqlite_cmp(b);
+            if o != std::cmp::Ordering::Equal {
+                return o;
+            }
+        }
+        self.0.len().cmp(&other.0.len())
+    }
+
     /// A canonical text form, used as the key of `_sync_base`.
     pub fn canonical(&self) -> String {
         let parts: Vec<Json> = self
@@ -657,8 +699,14 @@ pub fn sql_to_json(ty: ColumnType, v: &Value) -> Json {
 }
 
 /// Column versions as stored in `_ver`: 8 bytes per column, big-endian,
-/// in schema column order (compact; `sync_ver_json(_ver)` shows them).
+/// in schema column order, or a single 8-byte stamp when every column has
+/// the same version (`sync_ver_json(_ver)` shows them as JSON).
 pub fn ver_to_blob(ver: &[Hlc]) -> Vec<u8> {
+    if let Some(first) = ver.first() {
+        if ver.iter().all(|h| h == first) {
+            return first.0.to_be_bytes().to_vec();
+        }
+    }
     let mut b = Vec::with_capacity(ver.len() * 8);
     for h in ver {
         b.extend_from_slice(&h.0.to_be_bytes());
@@ -668,6 +716,11 @@ pub fn ver_to_blob(ver: &[Hlc]) -> Vec<u8> {
 
 /// Reads a `_ver` blob; missing entries read as zero.
 pub fn ver_from_blob(b: &[u8], n: usize) -> Vec<Hlc> {
+    if b.len() == 8 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        return vec![Hlc(u64::from_be_bytes(a)); n];
+    }
     let mut out: Vec<Hlc> = b
         .chunks_exact(8)
         .map(|c| {
@@ -766,6 +819,9 @@ mod tests {
         let b = ver_to_blob(&v);
         assert_eq!(b.len(), 16);
         assert_eq!(ver_from_blob(&b, 3), vec![Hlc(1), Hlc(0xabc), Hlc::ZERO]);
+        let same = ver_to_blob(&[Hlc(7), Hlc(7), Hlc(7)]);
+        assert_eq!(same.len(), 8);
+        assert_eq!(ver_from_blob(&same, 3), vec![Hlc(7); 3]);
         assert_eq!(
             ver_to_json(&v),
             r#"["0000000000000001","0000000000000abc"]"#

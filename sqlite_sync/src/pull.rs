@@ -64,20 +64,22 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         let mut ops: HashMap<usize, TableOps> = HashMap::new();
         let (mut upserts, mut deletes) = (0usize, 0usize);
         let mut max_seen = Hlc::ZERO;
-        for rc in &page.changes {
+        // Apply in key order (stable, so changes of one row keep their
+        // order): b-tree writes in order touch each page once.
+        let mut order: Vec<(usize, crate::model::Key, usize)> = Vec::with_capacity(page.changes.len());
+        for (i, rc) in page.changes.iter().enumerate() {
             let (ti, t) = loaded.require(&rc.table.0)?;
-            let o = ops.entry(ti).or_insert_with(|| TableOps::new(db, t));
+            order.push((ti, key_from_obj(t, &rc.pk)?, i));
+        }
+        order.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.sqlite_cmp(&b.1)));
+        for (ti, key, i) in &order {
+            let rc = &page.changes[*i];
+            let t = &loaded.tables[*ti];
+            let o = ops.entry(*ti).or_insert_with(|| TableOps::new(db, t));
             let overlay = if pending.is_empty() {
-                // Still validate the key, as for a pending row.
-                if rc.op == PullOp::Delete {
-                    None
-                } else {
-                    validate_pk(t, &rc.pk)?;
-                    None
-                }
+                None
             } else {
-                let key = key_from_obj(t, &rc.pk)?;
-                pending.get(ti, &key).and_then(|g| g.pending_overlay(t))
+                pending.get(*ti, key).and_then(|g| g.pending_overlay(t))
             };
             match rc.op {
                 PullOp::Upsert => {
@@ -100,28 +102,26 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                             o.upsert_state(&vals)?;
                         }
                         Some((keep, deleted)) => {
-                            let key = key_from_obj(t, &rc.pk)?;
                             let stash_cols = if deleted { t.all_mask } else { keep };
-                            o.stash_before_server_change(&key, stash_cols)?;
+                            o.stash_before_server_change(key, stash_cols)?;
                             o.upsert_synced(&vals, ver, true)?;
                             if !deleted {
-                                o.update_state_cols(&key, t.all_mask & !keep, &vals)?;
+                                o.update_state_cols(key, t.all_mask & !keep, &vals)?;
                             }
                         }
                     }
                     upserts += 1;
                 }
                 PullOp::Delete => {
-                    let key = key_from_obj(t, &rc.pk)?;
                     match overlay {
                         None => {
-                            o.delete_synced(&key)?;
-                            o.delete_state(&key)?;
+                            o.delete_synced(key)?;
+                            o.delete_state(key)?;
                         }
                         Some((keep, deleted)) => {
                             let stash_cols = if deleted { t.all_mask } else { keep };
-                            o.stash_before_server_change(&key, stash_cols)?;
-                            o.delete_synced(&key)?;
+                            o.stash_before_server_change(key, stash_cols)?;
+                            o.delete_synced(key)?;
                         }
                     }
                     deletes += 1;
@@ -188,28 +188,3 @@ fn resync(db: Db, loaded: &Loaded) -> Result<usize> {
     Ok(dropped)
 }
 
-/// Checks a pulled primary key object: only key columns, none missing.
-fn validate_pk(t: &crate::model::TableInfo, pk: &page::Obj<'_>) -> Result<()> {
-    for (k, _) in &pk.0 {
-        if !t.def.is_pk(k) {
-            return Err(if t.def.column_index(k).is_some() {
-                Error::msg(format!(
-                    "column {k:?} is not part of the primary key of table {:?}",
-                    t.name()
-                ))
-            } else {
-                Error::msg(format!("table {:?} has no synced column {k:?}", t.name()))
-            });
-        }
-    }
-    for &ci in &t.pk_idx {
-        if pk.get(t.col_name(ci)).is_none() {
-            return Err(Error::msg(format!(
-                "primary key of table {:?} is missing column {:?}",
-                t.name(),
-                t.col_name(ci)
-            )));
-        }
-    }
-    Ok(())
-}

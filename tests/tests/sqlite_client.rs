@@ -40,7 +40,9 @@ fn init_creates_the_objects_and_is_idempotent() {
     assert_eq!(id.len(), 36);
     assert_eq!(&id[14..15], "4", "a UUID v4: {id}");
     assert_eq!(
-        c.try_text("SELECT sync_client_id()", None).unwrap().unwrap(),
+        c.try_text("SELECT sync_client_id()", None)
+            .unwrap()
+            .unwrap(),
         id
     );
 
@@ -65,7 +67,10 @@ fn init_creates_the_objects_and_is_idempotent() {
         "trigger tasks__sync_pk",
         "trigger tasks__sync_save",
     ] {
-        assert!(names.contains(&want.to_string()), "{want} missing: {names:?}");
+        assert!(
+            names.contains(&want.to_string()),
+            "{want} missing: {names:?}"
+        );
     }
     let types = c.rows("SELECT name, type FROM pragma_table_info('tasks') ORDER BY cid");
     assert_eq!(
@@ -156,17 +161,15 @@ fn local_writes_show_at_once_and_are_queued() {
     assert_eq!(local[2], vec![json!("t2"), json!(511), json!(1)]);
 
     // A duplicate key is an ordinary UNIQUE error.
-    let e = c
-        .db
-        .execute("INSERT INTO tasks (id, title) VALUES ('t1', 'dup')", [])
-        .unwrap_err()
-        .to_string();
+    let e =
+        c.db.execute("INSERT INTO tasks (id, title) VALUES ('t1', 'dup')", [])
+            .unwrap_err()
+            .to_string();
     assert!(e.contains("UNIQUE"), "{e}");
-    let e = c
-        .db
-        .execute("INSERT INTO tasks (id, title) VALUES ('s1', 'dup')", [])
-        .unwrap_err()
-        .to_string();
+    let e =
+        c.db.execute("INSERT INTO tasks (id, title) VALUES ('s1', 'dup')", [])
+            .unwrap_err()
+            .to_string();
     assert!(e.contains("UNIQUE"), "{e}");
     // An update that changes nothing queues nothing.
     let n = c.int("SELECT count(*) FROM _changes");
@@ -259,7 +262,10 @@ fn many_writes_to_a_row_coalesce_into_one_change() {
     let ch = b["changes"].as_array().unwrap();
     assert_eq!(ch.len(), 4, "{b}");
     let seqs: Vec<i64> = ch.iter().map(|x| x["seq"].as_i64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq increases: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq increases: {seqs:?}"
+    );
     let by_id = |id: &str| ch.iter().find(|x| x["pk"]["id"] == id).unwrap().clone();
 
     let n1 = by_id("n1");
@@ -380,12 +386,21 @@ fn ack_confirms_applied_changes_and_rolls_back_rejected_ones() {
     let view = c.tasks("tasks");
     assert_eq!(view["a"]["title"], "local a");
     assert_eq!(view["a"]["priority"], 42, "the later local write stays");
-    assert_eq!(view["b"]["title"], "server b", "rejected: back to server state");
+    assert_eq!(
+        view["b"]["title"], "server b",
+        "rejected: back to server state"
+    );
     assert_eq!(view["b"]["priority"], 1);
-    assert_eq!(view["b"]["done"], false, "later writes of a rejected row go too");
+    assert_eq!(
+        view["b"]["done"], false,
+        "later writes of a rejected row go too"
+    );
     assert!(!view.contains_key("c"));
     assert_eq!(view["d"]["title"], "new d");
-    assert_eq!(view["e"]["title"], "server e", "a rejected delete brings the row back");
+    assert_eq!(
+        view["e"]["title"], "server e",
+        "a rejected delete brings the row back"
+    );
     let synced = c.rows("SELECT id, _full FROM tasks_synced ORDER BY id");
     assert_eq!(
         synced,
@@ -437,7 +452,11 @@ fn ack_confirms_applied_changes_and_rolls_back_rejected_ones() {
     assert_eq!(c.status()["pending"], 0);
     // Every server row matches the client.
     c.apply(&s.pull(None));
-    let server: Vec<Value> = s.rows.values().map(|(m, _)| Value::Object(m.clone())).collect();
+    let server: Vec<Value> = s
+        .rows
+        .values()
+        .map(|(m, _)| Value::Object(m.clone()))
+        .collect();
     let client: Vec<Value> = c.tasks("tasks").into_values().collect();
     assert_eq!(client, server);
 }
@@ -476,14 +495,24 @@ fn apply_upserts_deletes_is_idempotent_and_keeps_local_writes_on_top() {
         r,
         json!({"upserts": 3, "deletes": 0, "cursor": "c1", "has_more": true})
     );
-    assert_eq!(c.try_text("SELECT sync_cursor()", None).unwrap().unwrap(), "c1");
+    assert_eq!(
+        c.try_text("SELECT sync_cursor()", None).unwrap().unwrap(),
+        "c1"
+    );
     assert_eq!(c.tasks("tasks")["t1"], task("t1", "one"));
-    assert_eq!(c.int("SELECT count(*) FROM _changes"), 0, "pulled rows are not queued");
+    assert_eq!(
+        c.int("SELECT count(*) FROM _changes"),
+        0,
+        "pulled rows are not queued"
+    );
     assert_eq!(c.int("SELECT sum(_full) FROM tasks_synced"), 0);
     assert_eq!(
-        c.try_text("SELECT sync_ver_json(_ver) FROM tasks_synced WHERE id = 't1'", None)
-            .unwrap()
-            .unwrap(),
+        c.try_text(
+            "SELECT sync_ver_json(_ver, 9) FROM tasks_synced WHERE id = 't1'",
+            None
+        )
+        .unwrap()
+        .unwrap(),
         serde_json::to_string(&ver_all(&h1)).unwrap()
     );
     let tables = |c: &TestClient| {
@@ -548,7 +577,10 @@ fn apply_upserts_deletes_is_idempotent_and_keeps_local_writes_on_top() {
     let p3 = page(1, "c3", false, vec![delete("tasks", "t2")]);
     c.apply(&p3);
     assert_eq!(c.tasks("tasks")["t2"]["priority"], 5);
-    assert_eq!(c.int("SELECT count(*) FROM tasks_synced WHERE id = 't2'"), 0);
+    assert_eq!(
+        c.int("SELECT count(*) FROM tasks_synced WHERE id = 't2'"),
+        0
+    );
     // Values and versions of pulled rows feed the clock: later local stamps
     // are newer than anything seen.
     c.exec("UPDATE tasks SET title = 'after' WHERE id = 't1'");
@@ -564,7 +596,11 @@ fn a_local_insert_then_delete_does_not_hide_a_pulled_row() {
         1,
         "c1",
         false,
-        vec![upsert("tasks", task("x", "theirs"), &ver_all(&hlc(5, 0, 1)))],
+        vec![upsert(
+            "tasks",
+            task("x", "theirs"),
+            &ver_all(&hlc(5, 0, 1)),
+        )],
     ));
     assert_eq!(c.tasks("tasks")["x"]["title"], "theirs");
     assert_eq!(c.status()["pending"], 0);
@@ -638,13 +674,19 @@ fn a_newer_schema_migrates_in_place_and_keeps_pending_changes() {
     );
     // Versions follow the new column order.
     let ver: Vec<String> = serde_json::from_str(
-        &c.try_text("SELECT sync_ver_json(_ver) FROM tasks_synced WHERE id = 'b'", None)
-            .unwrap()
-            .unwrap(),
+        &c.try_text(
+            "SELECT sync_ver_json(_ver, 9) FROM tasks_synced WHERE id = 'b'",
+            None,
+        )
+        .unwrap()
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(ver.len(), 9);
-    assert_eq!(ver[2], "0000000000000000", "the new column has no version yet");
+    assert_eq!(
+        ver[2], "0000000000000000",
+        "the new column has no version yet"
+    );
     // Pending changes survive, masks remapped by name.
     let b = c.changes();
     let ch = b["changes"].as_array().unwrap();
@@ -657,7 +699,10 @@ fn a_newer_schema_migrates_in_place_and_keeps_pending_changes() {
     // New writes use the new columns.
     c.exec("UPDATE tasks SET notes = 'hello' WHERE id = 'b'");
     c.exec("INSERT INTO tags_catalog VALUES ('red', 1)");
-    assert_eq!(c.int("SELECT count(*) FROM _changes WHERE mask = 4 AND pk = 'b'"), 1);
+    assert_eq!(
+        c.int("SELECT count(*) FROM _changes WHERE mask = 4 AND pk = 'b'"),
+        1
+    );
     // Same or older schema: no-op.
     let before = c.snapshot();
     assert_eq!(c.init(&v2)["changed"], false);
@@ -675,9 +720,11 @@ fn a_newer_schema_migrates_in_place_and_keeps_pending_changes() {
         3,
         "c9",
         false,
-        vec![json!({"table": "tags_catalog", "op": "upsert", "pk": {"name": "blue"},
+        vec![
+            json!({"table": "tags_catalog", "op": "upsert", "pk": {"name": "blue"},
                      "row": {"name": "blue", "color": 2, "rank": 0.5},
-                     "ver": ver_all(&hlc(9, 0, 1))[..3].to_vec()})],
+                     "ver": ver_all(&hlc(9, 0, 1))[..3].to_vec()}),
+        ],
     );
     p["schema"] = v3;
     c.apply(&p);
@@ -823,7 +870,9 @@ fn values_of_every_type_round_trip_exactly() {
     let exact = "SELECT estimate = 0.1, priority = 9223372036854775807, data = ?1 FROM tasks WHERE id = 'k1'";
     let row: (bool, bool, bool) = other
         .db
-        .query_row(exact, [data.clone()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row(exact, [data.clone()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .unwrap();
     assert_eq!(row, (true, true, true));
     // And the round trip back out gives the same wire values.
@@ -1046,7 +1095,10 @@ fn composite_and_integer_keys() {
     assert_eq!(ch[0]["pk"], json!({"sheet": "s", "pos": 1, "raw": "\\x01"}));
     assert_eq!(ch[0]["cols"], json!({"v": 2.5}));
     assert_eq!(ch[1]["op"], "insert");
-    assert_eq!(ch[1]["pk"], json!({"sheet": "s", "pos": 2, "raw": "\\xff00"}));
+    assert_eq!(
+        ch[1]["pk"],
+        json!({"sheet": "s", "pos": 2, "raw": "\\xff00"})
+    );
     assert_eq!(ch[2]["pk"], json!({"n": 7}));
     assert_eq!(ch[2]["cols"], json!({"counter": 15}));
     assert_eq!(ch[2]["base_values"], json!({"counter": 10}));
