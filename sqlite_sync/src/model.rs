@@ -493,7 +493,7 @@ pub fn hex_encode(b: &[u8]) -> String {
 /// Decodes hex (either case); `None` when not valid hex.
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     fn nib(c: u8) -> Option<u8> {

@@ -66,7 +66,8 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         let mut max_seen = Hlc::ZERO;
         // Apply in key order (stable, so changes of one row keep their
         // order): b-tree writes in order touch each page once.
-        let mut order: Vec<(usize, crate::model::Key, usize)> = Vec::with_capacity(page.changes.len());
+        let mut order: Vec<(usize, crate::model::Key, usize)> =
+            Vec::with_capacity(page.changes.len());
         for (i, rc) in page.changes.iter().enumerate() {
             let (ti, t) = loaded.require(&rc.table.0)?;
             order.push((ti, key_from_obj(t, &rc.pk)?, i));
@@ -187,4 +188,3 @@ fn resync(db: Db, loaded: &Loaded) -> Result<usize> {
     meta_delete(db, "cursor")?;
     Ok(dropped)
 }
-

@@ -329,6 +329,9 @@ pub enum Verdict {
     Reject,
 }
 
+/// A server row: values by column and column versions in schema order.
+pub type ServerRow = (Map<String, Value>, Vec<String>);
+
 /// A minimal in-memory stand-in for Postgres + pg_sync, for client tests:
 /// one table keyed by `id`, changes applied as sent, a change log for pulls.
 pub struct FakeServer {
@@ -337,9 +340,9 @@ pub struct FakeServer {
     /// Column names in schema order.
     pub cols: Vec<String>,
     /// Rows by id: values and column versions.
-    pub rows: BTreeMap<String, (Map<String, Value>, Vec<String>)>,
+    pub rows: BTreeMap<String, ServerRow>,
     /// Change log: (id, row after the change or None for a delete).
-    pub log: Vec<(String, Option<(Map<String, Value>, Vec<String>)>)>,
+    pub log: Vec<(String, Option<ServerRow>)>,
     /// Schema version pages are tagged with.
     pub schema_version: i64,
     clock: u64,

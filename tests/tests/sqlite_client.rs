@@ -967,7 +967,7 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
         ),
         (
             "SELECT sync_apply(?1)",
-            page(1, "x", false, vec![upsert("tasks", task("z", "z"), &[h.clone()])]).to_string(),
+            page(1, "x", false, vec![upsert("tasks", task("z", "z"), std::slice::from_ref(&h))]).to_string(),
             "ver",
         ),
         (

@@ -243,13 +243,13 @@ impl World {
         };
         let mut row = Map::new();
         let mut params: Vec<Sql> = Vec::new();
-        for i in 0..TASK_COLS.len() {
+        for (i, (name, _)) in TASK_COLS.iter().enumerate() {
             let (w, sql) = if i == 0 {
                 (json!(id), Sql::Text(id.clone()))
             } else {
                 random_value(&mut self.rng, i)
             };
-            row.insert(TASK_COLS[i].0.to_string(), w);
+            row.insert(name.to_string(), w);
             params.push(sql);
         }
         let cols: Vec<&str> = TASK_COLS.iter().map(|c| c.0).collect();
@@ -280,15 +280,14 @@ impl World {
         let mut sets = Vec::new();
         let mut params: Vec<Sql> = Vec::new();
         let mut changed = Map::new();
-        for i in 1..TASK_COLS.len() {
+        for (i, (name, _)) in TASK_COLS.iter().enumerate().skip(1) {
             if !self.rng.chance(35) {
                 continue;
             }
             let (w, sql) = random_value(&mut self.rng, i);
-            let name = TASK_COLS[i].0;
             sets.push(format!("{name} = ?{}", params.len() + 1));
             params.push(sql);
-            if cur.get(name) != Some(&w) {
+            if cur.get(*name) != Some(&w) {
                 changed.insert(name.to_string(), w);
             }
         }
@@ -344,9 +343,9 @@ impl World {
             format!("s{}", self.next_id)
         };
         let mut cols = Map::new();
-        for i in 1..TASK_COLS.len() {
+        for (i, (name, _)) in TASK_COLS.iter().enumerate().skip(1) {
             if !self.s.rows.contains_key(&id) || self.rng.chance(40) {
-                cols.insert(TASK_COLS[i].0.to_string(), random_value(&mut self.rng, i).0);
+                cols.insert(name.to_string(), random_value(&mut self.rng, i).0);
             }
         }
         self.s.write(&id, cols);
