@@ -67,7 +67,7 @@ pull() { # device
         local cursor
         cursor=$(sql_ "$dev" "SELECT coalesce(sync_cursor(), '')")
         psql_ -At -v cursor="$cursor" > "$WORK/page.json" <<'SQL'
-SELECT sync_pull(nullif(:'cursor', ''), 1000);
+SELECT sync_pull_json(nullif(:'cursor', ''), 1000);
 SQL
         local res
         res=$(sql_ "$dev" "SELECT sync_apply(CAST(readfile('$WORK/page.json') AS TEXT))")

@@ -59,3 +59,7 @@ DROP INDEX pg_sync.tombstones_pk_idx;
 ALTER TABLE pg_sync.tombstones ALTER COLUMN pk TYPE text COLLATE "C" USING pk::text;
 CREATE INDEX tombstones_pull_idx ON pg_sync.tombstones (relid, xid, pk);
 CREATE INDEX tombstones_pk_idx ON pg_sync.tombstones (relid, pk);
+
+-- 0.2.0: the pull page as JSON text, never parsed on the server.
+CREATE FUNCTION sync_pull_json(cursor text DEFAULT NULL, max_changes int DEFAULT 10000, client_id text DEFAULT NULL)
+RETURNS json VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_pull_json';

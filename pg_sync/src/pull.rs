@@ -1,14 +1,11 @@
 //! `sync_pull`: commit-order-safe, paged changes for a client.
 
-use std::fmt::Write as _;
-
 use pgrx::prelude::*;
-use sync_core::Hlc;
 
 use crate::catalog::{self, TableInfo};
 use crate::cursor::{Cursor, Pos, TablePos};
 use crate::error::{or_raise, PgSyncError, Result};
-use crate::spi_util::{exec, one, one_cached, rows_cached, TextRow};
+use crate::spi_util::{exec, ident, literal, one, one_cached, rows, rows_cached, TextRow};
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
@@ -17,34 +14,57 @@ pgrx::extension_sql!(
     r#"
 CREATE FUNCTION sync_pull(cursor text DEFAULT NULL, max_changes int DEFAULT 10000, client_id text DEFAULT NULL)
 RETURNS jsonb VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_pull';
+CREATE FUNCTION sync_pull_json(cursor text DEFAULT NULL, max_changes int DEFAULT 10000, client_id text DEFAULT NULL)
+RETURNS json VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_pull_json';
 "#,
     name = "sync_pull",
     requires = ["bootstrap"]
 );
 
-#[no_mangle]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_pg_sync_pull() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
+macro_rules! finfo_v1 {
+    ($name:ident) => {
+        #[no_mangle]
+        #[doc(hidden)]
+        pub extern "C" fn $name() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
 }
+finfo_v1!(pg_finfo_pg_sync_pull);
+finfo_v1!(pg_finfo_pg_sync_pull_json);
 
-/// `sync_pull(cursor, max_changes, client_id)`: the changes after `cursor`
-/// (all rows when NULL), at most `max_changes`, as a pull page
-/// `{format, schema_version, schema?, cursor, has_more, resync_required,
-/// changes}`. Written against the C API so the page, assembled as text, is
-/// parsed into jsonb exactly once.
-#[pg_guard]
-#[no_mangle]
-pub unsafe extern "C-unwind" fn pg_sync_pull(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+unsafe fn pull_args(fcinfo: pg_sys::FunctionCallInfo, as_jsonb: bool) -> pg_sys::Datum {
     let cursor: Option<String> = pgrx::pg_getarg::<String>(fcinfo, 0);
     let max_changes: i32 = pgrx::pg_getarg::<i32>(fcinfo, 1).unwrap_or(10000);
     let client_id: Option<String> = pgrx::pg_getarg::<String>(fcinfo, 2);
-    let page = or_raise(pull(cursor.as_deref(), max_changes, client_id.as_deref()));
-    let page =
-        std::ffi::CString::new(page).unwrap_or_else(|_| error!("pg_sync: page contains NUL"));
-    pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[page.as_c_str().into_datum()])
-        .unwrap_or_else(|| error!("pg_sync: jsonb_in returned NULL"))
+    or_raise(pull(
+        cursor.as_deref(),
+        max_changes,
+        client_id.as_deref(),
+        as_jsonb,
+    ))
+}
+
+/// `sync_pull(cursor, max_changes, client_id) RETURNS jsonb`: the changes
+/// after `cursor` (all rows when NULL), at most `max_changes`, as a pull
+/// page `{format, schema_version, schema?, cursor, has_more,
+/// resync_required, changes}`.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pg_sync_pull(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    pull_args(fcinfo, true)
+}
+
+/// `sync_pull_json(...) RETURNS json`: the same page as JSON text that the
+/// server never parses: the fast path for apps that forward the page to a
+/// device as it is.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pg_sync_pull_json(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    pull_args(fcinfo, false)
 }
 
 /// The xid below which every transaction has finished, as seen now.
@@ -54,7 +74,23 @@ fn horizon() -> Result<u64> {
         .ok_or_else(|| PgSyncError::Spi("could not read the snapshot horizon".into()))
 }
 
-fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Result<String> {
+/// Everything `sync_pull` computed before building the page.
+struct Page {
+    version: i64,
+    schema: Option<String>,
+    cursor: String,
+    has_more: bool,
+    resync: bool,
+    /// Statements each yielding a JSON array of changes as text.
+    segments: Vec<String>,
+}
+
+fn pull(
+    cursor: Option<&str>,
+    max_changes: i32,
+    client_id: Option<&str>,
+    as_jsonb: bool,
+) -> Result<pg_sys::Datum> {
     if !(1..=MAX_PAGE).contains(&max_changes) {
         return Err(PgSyncError::BadArgument(format!(
             "max_changes must be between 1 and {MAX_PAGE}, got {max_changes}"
@@ -72,7 +108,7 @@ fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Resu
     let tables = catalog::synced_tables()?;
     let version = catalog::schema_version()?;
     let send_schema = cursor.is_none() || cur.s != version;
-    let schema_json = if send_schema {
+    let schema = if send_schema {
         Some(serde_json::to_string(&catalog::schema(&tables)?).unwrap_or_default())
     } else {
         None
@@ -95,17 +131,20 @@ fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Resu
     if cursor.is_some()
         && (stale_epoch || cur.oldest_tombstone_xid().is_some_and(|x| x < compacted))
     {
-        return Ok(page_json(
-            version,
-            schema_json.as_deref(),
-            "",
-            false,
-            true,
-            "",
-        ));
+        return build_page(
+            &Page {
+                version,
+                schema,
+                cursor: String::new(),
+                has_more: false,
+                resync: true,
+                segments: Vec::new(),
+            },
+            as_jsonb,
+        );
     }
 
-    let mut changes = String::new();
+    let mut segments = Vec::new();
     let mut emitted = 0usize;
     let mut has_more = false;
     let budget_total = max_changes as usize;
@@ -123,9 +162,10 @@ fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Resu
             continue;
         }
         let budget = budget_total - emitted;
-        let (n, more) = pull_table(t, pos, h, budget, &mut changes)?;
+        let (n, more, segment) = plan_table(t, pos, h, budget)?;
         emitted += n;
         has_more |= more;
+        segments.extend(segment);
     }
     // Forget tables that are no longer synced.
     cur.t
@@ -140,198 +180,260 @@ fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Resu
             &[id.to_string().into(), encoded.clone().into()],
         )?;
     }
-    Ok(page_json(
-        version,
-        schema_json.as_deref(),
-        &encoded,
-        has_more,
-        false,
-        &changes,
-    ))
+    build_page(
+        &Page {
+            version,
+            schema,
+            cursor: encoded,
+            has_more,
+            resync: false,
+            segments,
+        },
+        as_jsonb,
+    )
 }
 
-fn page_json(
-    version: i64,
-    schema: Option<&str>,
-    cursor: &str,
-    has_more: bool,
-    resync: bool,
-    changes: &str,
-) -> String {
-    let mut s = String::with_capacity(changes.len() + 256);
-    let _ = write!(
-        s,
-        "{{\"format\":{},\"schema_version\":{version},",
-        sync_core::wire::FORMAT
-    );
-    if let Some(schema) = schema {
-        let _ = write!(s, "\"schema\":{schema},");
+/// Builds the page as JSON text: each segment statement renders its rows
+/// with `json_build_object`/`json_agg` (the same work as `to_json` of the
+/// rows), and the arrays are spliced, never parsed.
+fn page_text(p: &Page) -> Result<String> {
+    let mut changes = String::new();
+    for sql in &p.segments {
+        let Some(arr) = one(sql, &[])? else { continue };
+        let inner = arr.trim();
+        let inner = inner
+            .strip_prefix('[')
+            .and_then(|x| x.strip_suffix(']'))
+            .unwrap_or("");
+        if inner.trim().is_empty() {
+            continue;
+        }
+        if !changes.is_empty() {
+            changes.push_str(", ");
+        }
+        changes.push_str(inner);
     }
-    let _ = write!(
-        s,
-        "\"cursor\":{},\"has_more\":{has_more},\"resync_required\":{resync},\"changes\":[{changes}]}}",
-        serde_json::to_string(cursor).unwrap_or_default()
-    );
-    s
+    let mut out = String::with_capacity(changes.len() + 512);
+    out.push_str(&format!(
+        "{{\"format\": {}, \"schema_version\": {}, ",
+        sync_core::wire::FORMAT,
+        p.version
+    ));
+    if let Some(schema) = &p.schema {
+        out.push_str(&format!("\"schema\": {schema}, "));
+    }
+    out.push_str(&format!(
+        "\"cursor\": {}, \"has_more\": {}, \"resync_required\": {}, \"changes\": [{changes}]}}",
+        serde_json::to_string(&p.cursor).unwrap_or_default(),
+        p.has_more,
+        p.resync,
+    ));
+    Ok(out)
 }
 
-/// Condition and parameters selecting a stream's rows after `pos`.
-fn after_clause(
+/// The page as a datum of the requested type.
+fn build_page(p: &Page, as_jsonb: bool) -> Result<pg_sys::Datum> {
+    let text = page_text(p)?;
+    let c = std::ffi::CString::new(text)
+        .map_err(|_| PgSyncError::Spi("the page contains a NUL byte".into()))?;
+    // SAFETY: json's representation is text; jsonb_in parses the C string.
+    unsafe {
+        if as_jsonb {
+            pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[c.as_c_str().into_datum()])
+                .ok_or_else(|| PgSyncError::Spi("jsonb_in returned NULL".into()))
+        } else {
+            Ok(pg_sys::Datum::from(pg_sys::cstring_to_text(c.as_ptr())))
+        }
+    }
+}
+
+/// A condition selecting a stream's entries strictly after `pos`
+/// (`op` = ">") or up to and including it (`op` = "<=").
+fn pos_cond(
     pos: &Pos,
+    op: &str,
     xid_expr: &str,
     key_tuple: &str,
-    key_param: &str,
-) -> (String, Vec<String>) {
-    match pos {
-        Pos::Start => ("true".into(), vec![]),
-        Pos::Below([x]) => (format!("{xid_expr} >= $2::xid8"), vec![x.to_string()]),
-        Pos::After(x, key) => {
+    key_of: &dyn Fn(&str) -> String,
+) -> String {
+    match (pos, op) {
+        (Pos::Start, _) => "true".into(),
+        (Pos::Below([x]), ">") => format!("{xid_expr} >= '{x}'::xid8"),
+        (Pos::Below([x]), _) => format!("{xid_expr} < '{x}'::xid8"),
+        (Pos::After(x, key), _) => {
             let k = match key {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            (
-                format!("({xid_expr}, {key_tuple}) > ($2::xid8, {key_param})"),
-                vec![x.to_string(), k],
+            format!(
+                "({xid_expr}, {key_tuple}) {op} ('{x}'::xid8, {})",
+                key_of(&literal(&k))
             )
         }
     }
 }
 
-fn rows_query(t: &TableInfo, pos: &Pos, limit: usize) -> (String, Vec<String>) {
-    let key_cols: Vec<String> =
-        t.pk.iter()
-            .map(|k| format!("t.{}", crate::spi_util::ident(k)))
-            .collect();
-    let (cond, params) = after_clause(
-        pos,
-        "t._sync_xid",
-        &format!("({})", key_cols.join(", ")),
-        &t.pk_from_json_param("$3"),
-    );
-    let sql = format!(
-        "SELECT t._sync_xid::text, {pk}::text, {row}::text, t._sync_ver::text FROM {tbl} t \
-         WHERE {cond} AND t._sync_xid < $1::xid8 ORDER BY t._sync_xid, {keys} LIMIT {limit}",
-        pk = t.pk_expr("t"),
-        row = t.row_expr("t"),
-        tbl = t.qualified,
-        keys = key_cols.join(", "),
-    );
-    (sql, params)
+fn key_cols(t: &TableInfo) -> String {
+    let cols: Vec<String> = t.pk.iter().map(|k| format!("t.{}", ident(k))).collect();
+    cols.join(", ")
 }
 
-/// Tombstones after `pos`. A tombstone whose key exists again is skipped:
-/// xids are taken at a transaction's first write, not at commit, so a
-/// re-insert can carry a lower xid than the delete it followed; the live
-/// row's own state is what the client must end with.
-fn tombs_query(t: &TableInfo, pos: &Pos, limit: usize) -> Result<(String, Vec<String>)> {
-    let (cond, params) = after_clause(pos, "d.xid", "d.pk", "$3");
-    let visible = crate::rls::old_row_visible(t, "d.old")?.unwrap_or_else(|| "true".into());
+fn rows_after(t: &TableInfo, pos: &Pos) -> String {
+    pos_cond(
+        pos,
+        ">",
+        "t._sync_xid",
+        &format!("({})", key_cols(t)),
+        &|lit| t.pk_from_json_param(&format!("{lit}::jsonb")),
+    )
+}
+
+fn tombs_after(pos: &Pos) -> String {
+    pos_cond(pos, ">", "d.xid", "d.pk", &|lit| lit.to_string())
+}
+
+/// Keys of the live rows after `pos`, below the horizon, in stream order.
+fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
     let sql = format!(
-        "SELECT d.xid::text, d.pk FROM pg_sync.tombstones d \
-         WHERE d.relid = {relid} AND {cond} AND d.xid < $1::xid8 \
-           AND NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {live} = {key}) AND {visible} \
-         ORDER BY d.xid, d.pk LIMIT {limit}",
+        "SELECT t._sync_xid::text, {pk}::text FROM {tbl} t \
+         WHERE {cond} AND t._sync_xid < '{h}'::xid8 ORDER BY t._sync_xid, {keys} LIMIT {limit}",
+        pk = t.pk_expr("t"),
+        tbl = t.qualified,
+        cond = rows_after(t, pos),
+        keys = key_cols(t),
+    );
+    rows(&sql, &[])
+}
+
+/// The filter every sent tombstone passes. A tombstone whose key exists
+/// again is skipped: xids are taken at a transaction's first write, not at
+/// commit, so a re-insert can carry a lower xid than the delete it
+/// followed; the live row's own state is what the client must end with.
+/// Under row-level security, only callers who could see the old row get it.
+fn tomb_filter(t: &TableInfo, h: u64) -> Result<String> {
+    let visible = crate::rls::old_row_visible(t, "d.old")?.unwrap_or_else(|| "true".into());
+    Ok(format!(
+        "d.relid = {relid} AND d.xid < '{h}'::xid8 \
+         AND NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {live} = {key}) AND {visible}",
         relid = u32::from(t.relid),
         tbl = t.qualified,
         live = t.pk_tuple("t"),
         key = t.pk_from_json_param("d.pk"),
-    );
-    Ok((sql, params))
+    ))
 }
 
-fn run(sql: &str, h: u64, params: Vec<String>) -> Result<Vec<TextRow>> {
-    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![h.to_string().into()];
-    args.extend(params.into_iter().map(Into::into));
-    rows_cached(sql, &args)
+/// Keys of the tombstones after `pos`, in stream order.
+fn tombs_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
+    let sql = format!(
+        "SELECT d.xid::text, d.pk FROM pg_sync.tombstones d WHERE {cond} AND {filter} \
+         ORDER BY d.xid, d.pk LIMIT {limit}",
+        cond = tombs_after(pos),
+        filter = tomb_filter(t, h)?,
+    );
+    rows(&sql, &[])
 }
 
 fn stream_nonempty(t: &TableInfo, pos: &TablePos, h: u64) -> Result<bool> {
-    let (sql, p) = rows_query(t, &pos.r, 1);
-    if !run(&sql, h, p)?.is_empty() {
-        return Ok(true);
-    }
-    let (sql, p) = tombs_query(t, &pos.d, 1)?;
-    Ok(!run(&sql, h, p)?.is_empty())
+    Ok(!rows_keys(t, &pos.r, h, 1)?.is_empty() || !tombs_keys(t, &pos.d, h, 1)?.is_empty())
 }
 
 fn xid_of(r: &TextRow) -> u64 {
     r[0].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// Pulls up to `budget` changes of one table, merging live rows and
-/// tombstones in xid order (a tombstone before a row of the same xid).
-fn pull_table(
+/// Decides which changes of one table go into this page (up to `budget`,
+/// live rows and tombstones merged in xid order, a tombstone before a row of
+/// the same xid), advances the table's positions, and returns the number of
+/// changes, whether more are ready, and the statements producing the
+/// table's changes (each one JSON array as text).
+fn plan_table(
     t: &TableInfo,
     pos: &mut TablePos,
     h: u64,
     budget: usize,
-    out: &mut String,
-) -> Result<(usize, bool)> {
-    let (sql, p) = rows_query(t, &pos.r, budget + 1);
-    let live = run(&sql, h, p)?;
-    let (sql, p) = tombs_query(t, &pos.d, budget + 1)?;
-    let tombs = run(&sql, h, p)?;
-    let name_json = serde_json::to_string(&t.name).unwrap_or_default();
-
-    let (mut i, mut j, mut n) = (0usize, 0usize, 0usize);
-    while n < budget && (i < live.len() || j < tombs.len()) {
+) -> Result<(usize, bool, Vec<String>)> {
+    let live = rows_keys(t, &pos.r, h, budget + 1)?;
+    let tombs = tombs_keys(t, &pos.d, h, budget + 1)?;
+    let (mut i, mut j) = (0usize, 0usize);
+    while i + j < budget && (i < live.len() || j < tombs.len()) {
         let take_tomb = match (live.get(i), tombs.get(j)) {
             (Some(r), Some(d)) => xid_of(d) <= xid_of(r),
             (None, Some(_)) => true,
             _ => false,
         };
-        if !out.is_empty() {
-            out.push(',');
-        }
         if take_tomb {
-            let d = &tombs[j];
-            let pk = d[1].clone().unwrap_or_default();
-            let _ = write!(
-                out,
-                "{{\"table\":{name_json},\"op\":\"delete\",\"pk\":{pk}}}"
-            );
-            pos.d = Pos::After(xid_of(d), serde_json::Value::String(pk));
             j += 1;
         } else {
-            let r = &live[i];
-            let pk = r[1].as_deref().unwrap_or("{}");
-            let row = r[2].as_deref().unwrap_or("{}");
-            let ver = versions_json(t, r[3].as_deref());
-            let _ = write!(
-                out,
-                "{{\"table\":{name_json},\"op\":\"upsert\",\"pk\":{pk},\"row\":{row},\"ver\":{ver}}}"
-            );
-            pos.r = Pos::After(xid_of(r), serde_json::from_str(pk).unwrap_or_default());
             i += 1;
         }
-        n += 1;
+    }
+    let start = pos.clone();
+    if i > 0 {
+        let last = &live[i - 1];
+        pos.r = Pos::After(
+            xid_of(last),
+            serde_json::from_str(last[1].as_deref().unwrap_or("{}")).unwrap_or_default(),
+        );
+    }
+    if j > 0 {
+        let last = &tombs[j - 1];
+        pos.d = Pos::After(
+            xid_of(last),
+            serde_json::Value::String(last[1].clone().unwrap_or_default()),
+        );
     }
     let live_done = i == live.len() && live.len() <= budget;
     let tombs_done = j == tombs.len() && tombs.len() <= budget;
+
+    let mut segments = Vec::new();
+    let name = literal(&t.name);
+    // Tombstones in a page are for keys that do not exist now, rows for keys
+    // that do: the two lists never share a key, so their relative order does
+    // not matter and each keeps its index order.
+    if j > 0 {
+        segments.push(format!(
+            "SELECT json_agg(c)::text FROM (SELECT json_build_object('table', {name}, 'op', 'delete', \
+             'pk', d.pk::json) AS c FROM pg_sync.tombstones d WHERE {after} AND {upto} AND {filter} \
+             ORDER BY d.xid, d.pk) s",
+            after = tombs_after(&start.d),
+            upto = pos_cond(&pos.d, "<=", "d.xid", "d.pk", &|lit| lit.to_string()),
+            filter = tomb_filter(t, h)?,
+        ));
+    }
+    if i > 0 {
+        let ver: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "lpad(to_hex(coalesce(t._sync_ver[{}], 0)), 16, '0')",
+                    c.attnum
+                )
+            })
+            .collect();
+        segments.push(format!(
+            "SELECT json_agg(c)::text FROM (SELECT json_build_object('table', {name}, 'op', 'upsert', \
+             'pk', {pk}, 'row', {row}, 'ver', to_json(ARRAY[{ver}]::text[])) AS c \
+             FROM {tbl} t WHERE {after} AND {upto} AND t._sync_xid < '{h}'::xid8 \
+             ORDER BY t._sync_xid, {keys}) s",
+            pk = t.pk_expr("t"),
+            row = t.row_expr("t"),
+            ver = ver.join(", "),
+            tbl = t.qualified,
+            after = rows_after(t, &start.r),
+            upto = pos_cond(&pos.r, "<=", "t._sync_xid", &format!("({})", key_cols(t)), &|lit| {
+                t.pk_from_json_param(&format!("{lit}::jsonb"))
+            }),
+            keys = key_cols(t),
+        ));
+    }
     if live_done {
         pos.r = Pos::Below([h]);
     }
     if tombs_done {
         pos.d = Pos::Below([h]);
     }
-    Ok((n, !(live_done && tombs_done)))
-}
-
-/// `["<hex>", ...]` in schema column order from an int8[] text.
-pub fn versions_json(t: &TableInfo, arr: Option<&str>) -> String {
-    let by_attnum = parse_int_array(arr.unwrap_or("{}"));
-    let mut s = String::with_capacity(t.columns.len() * 19 + 2);
-    s.push('[');
-    for (k, c) in t.columns.iter().enumerate() {
-        if k > 0 {
-            s.push(',');
-        }
-        let v = by_attnum.get(c.attnum - 1).copied().unwrap_or(0);
-        let _ = write!(s, "\"{}\"", Hlc::from_i64(v));
-    }
-    s.push(']');
-    s
+    Ok((i + j, !(live_done && tombs_done), segments))
 }
 
 /// Parses a Postgres int8[] text form (`{1,2,NULL}`); NULL reads as 0.

@@ -58,7 +58,7 @@ impl Device {
                 .query_row("SELECT sync_cursor()", [], |r| r.get(0))
                 .unwrap();
             let page: Value = server
-                .query_one("SELECT sync_pull($1, 1000)", &[&cursor])
+                .query_one("SELECT sync_pull_json($1, 1000)", &[&cursor])
                 .unwrap_or_else(|e| panic!("sync_pull: {}", err_text(&e)))
                 .get(0);
             n += page["changes"].as_array().map_or(0, |c| c.len());
