@@ -155,6 +155,15 @@ impl Db {
     }
 }
 
+/// Text from SQLite: UTF-8 checked once, copied once (invalid bytes are
+/// replaced).
+fn text_from(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 fn first_line(sql: &str) -> String {
     let s = sql.trim();
     let line = s.lines().next().unwrap_or("");
@@ -313,7 +322,7 @@ impl Stmt {
             }
             let n = call!(column_bytes(self.raw, i as c_int));
             let bytes = std::slice::from_raw_parts(p, n.max(0) as usize);
-            Some(String::from_utf8_lossy(bytes).into_owned())
+            Some(text_from(bytes))
         }
     }
 
@@ -330,7 +339,7 @@ impl Stmt {
                         Value::Text(String::new())
                     } else {
                         let bytes = std::slice::from_raw_parts(p, n.max(0) as usize);
-                        Value::Text(String::from_utf8_lossy(bytes).into_owned())
+                        Value::Text(text_from(bytes))
                     }
                 }
                 SQLITE_BLOB => {
@@ -362,10 +371,7 @@ pub unsafe fn arg_value(v: *mut sqlite3_value) -> Value {
             if p.is_null() {
                 Value::Text(String::new())
             } else {
-                Value::Text(
-                    String::from_utf8_lossy(std::slice::from_raw_parts(p, n.max(0) as usize))
-                        .into_owned(),
-                )
+                Value::Text(text_from(std::slice::from_raw_parts(p, n.max(0) as usize)))
             }
         }
         SQLITE_BLOB => {

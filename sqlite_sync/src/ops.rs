@@ -363,10 +363,18 @@ fn build_sql(t: &TableInfo, name: &str) -> String {
                 .map(|i| format!("?{i}"))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let nulls: Vec<String> = t
+                .def
+                .columns
+                .iter()
+                .filter(|c| !t.def.is_pk(&c.name))
+                .map(|c| format!(", {} = NULL", q(&c.name)))
+                .collect();
             format!(
-                "INSERT OR REPLACE INTO {synced}({pk_cols}, \"_ver\", \"_full\") \
-                 VALUES ({params}, ?{}, 0)",
-                np + 1
+                "INSERT INTO {synced}({pk_cols}, \"_ver\", \"_full\") VALUES ({params}, ?{}, 0) \
+                 ON CONFLICT({pk_cols}) DO UPDATE SET \"_ver\" = excluded.\"_ver\", \"_full\" = 0{}",
+                np + 1,
+                nulls.concat()
             )
         }
         "thin_synced" => {
