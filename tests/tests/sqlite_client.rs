@@ -1130,3 +1130,45 @@ fn composite_and_integer_keys() {
         ]
     );
 }
+
+#[test]
+fn identifiers_are_quoted() {
+    let schema = json!({"format": 1, "version": 1, "tables": [
+        {"name": "odd \"table\" name", "pk": ["key col"], "columns": [
+            {"name": "key col", "type": "text"}, {"name": "select", "type": "integer"},
+            {"name": "it's", "type": "text"}]}]});
+    let c = TestClient::with_schema(&schema);
+    c.exec(
+        r#"INSERT INTO "odd ""table"" name" ("key col", "select", "it's") VALUES ('k', 1, 'v')"#,
+    );
+    c.exec(r#"UPDATE "odd ""table"" name" SET "select" = 2 WHERE "key col" = 'k'"#);
+    let b = c.changes();
+    let ch = &b["changes"][0];
+    assert_eq!(ch["table"], "odd \"table\" name");
+    assert_eq!(
+        ch["cols"],
+        json!({"key col": "k", "select": 2, "it's": "v"})
+    );
+    assert_eq!(c.pending("odd \"table\" name", "k"), 1);
+    let h = hlc(1, 0, 1);
+    c.apply(&page(
+        1,
+        "c",
+        false,
+        vec![
+            json!({"table": "odd \"table\" name", "op": "upsert", "pk": {"key col": "z"},
+                    "row": {"key col": "z", "select": 5, "it's": "w"}, "ver": [h, h, h]}),
+        ],
+    ));
+    assert_eq!(
+        c.rows(r#"SELECT "key col", "select", "it's" FROM "odd ""table"" name" ORDER BY 1"#),
+        vec![
+            vec![json!("k"), json!(2), json!("v")],
+            vec![json!("z"), json!(5), json!("w")],
+        ]
+    );
+    assert_eq!(
+        c.int(r#"SELECT count(*) FROM "odd ""table"" name_local""#),
+        1
+    );
+}

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::types::Value as Sql;
 use serde_json::{json, Map, Value};
-use sync_tests::sqlite::{tasks_schema, FakeServer, TestClient, Verdict, TASK_COLS};
+use sync_tests::sqlite::{tasks_schema_mode, FakeServer, TestClient, Verdict, TASK_COLS};
 
 struct Rng(u64);
 
@@ -183,11 +183,30 @@ struct World {
     next_id: u64,
     step: usize,
     seed: u64,
+    /// The table the app writes: `tasks`, or `tasks_pending` in confirmed
+    /// mode (where `tasks` shows only server-accepted state).
+    table: &'static str,
+    confirmed: bool,
 }
 
 impl World {
     fn check(&self, what: &str) {
-        let got = self.c.tasks("tasks");
+        if self.confirmed {
+            let accepted: BTreeMap<String, Value> = self
+                .m
+                .synced
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::Object(v.clone())))
+                .collect();
+            assert_eq!(
+                self.c.tasks("tasks"),
+                accepted,
+                "seed {} step {} after {what}: the confirmed view shows server state",
+                self.seed,
+                self.step
+            );
+        }
+        let got = self.c.tasks(self.table);
         let want = self.m.visible();
         assert_eq!(
             got, want,
@@ -253,8 +272,14 @@ impl World {
             params.push(sql);
         }
         let cols: Vec<&str> = TASK_COLS.iter().map(|c| c.0).collect();
+        // In confirmed mode, write through the view half of the time.
+        let target = if self.confirmed && self.rng.chance(50) {
+            "tasks"
+        } else {
+            self.table
+        };
         let sql = format!(
-            "INSERT INTO tasks ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO {target} ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             cols.join(", ")
         );
         let r = self.c.db.execute(&sql, rusqlite::params_from_iter(params));
@@ -296,7 +321,8 @@ impl World {
         }
         params.push(Sql::Text(id.clone()));
         let sql = format!(
-            "UPDATE tasks SET {} WHERE id = ?{}",
+            "UPDATE {} SET {} WHERE id = ?{}",
+            self.table,
             sets.join(", "),
             params.len()
         );
@@ -320,7 +346,7 @@ impl World {
         let id = ids[self.rng.below(ids.len() as u64) as usize].clone();
         self.c
             .db
-            .execute("DELETE FROM tasks WHERE id = ?1", [&id])
+            .execute(&format!("DELETE FROM {} WHERE id = ?1", self.table), [&id])
             .unwrap();
         self.m.pending.entry(id).or_default().push(Pend {
             op: Op::Delete,
@@ -460,15 +486,18 @@ impl World {
     }
 }
 
-fn run(seed: u64, steps: usize) {
+fn run(seed: u64, steps: usize, confirmed: bool) {
+    let mode = if confirmed { "confirmed" } else { "optimistic" };
     let mut w = World {
         rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
-        c: TestClient::with_schema(&tasks_schema(1)),
+        c: TestClient::with_schema(&tasks_schema_mode(1, mode)),
         s: FakeServer::tasks(),
         m: Model::default(),
         next_id: 0,
         step: 0,
         seed,
+        table: if confirmed { "tasks_pending" } else { "tasks" },
+        confirmed,
     };
     for step in 0..steps {
         w.step = step;
@@ -520,6 +549,7 @@ fn run(seed: u64, steps: usize) {
             .map(|(k, (m, _))| (k.clone(), Value::Object(m.clone())))
             .collect();
     assert_eq!(w.c.tasks("tasks"), server, "seed {seed}: final state");
+    assert_eq!(w.c.tasks(w.table), server, "seed {seed}: final state");
     assert_eq!(w.c.status()["pending"], 0);
     assert_eq!(
         w.c.int("SELECT count(*) FROM _changes WHERE op <> 'mark'"),
@@ -542,10 +572,21 @@ fn random_writes_acks_and_pulls_match_the_model() {
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        run(one, 250);
+        run(one, 250, std::env::var("SQLITE_MODEL_CONFIRMED").is_ok());
         return;
     }
     for seed in 1..=seeds {
-        run(seed, 250);
+        run(seed, 250, false);
+    }
+}
+
+#[test]
+fn confirmed_mode_matches_the_model() {
+    let seeds: u64 = std::env::var("SQLITE_MODEL_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    for seed in 1..=seeds {
+        run(1000 + seed, 200, true);
     }
 }
