@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 use crate::catalog::{self, TableInfo};
 use crate::cursor::{Cursor, Pos, TablePos};
 use crate::error::{or_raise, PgSyncError, Result};
-use crate::spi_util::{exec, ident, literal, one, one_cached, rows, rows_cached, TextRow};
+use crate::spi_util::{exec, ident, literal, one_cached, rows_cached, rows_ro, TextRow};
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
@@ -67,9 +67,15 @@ pub unsafe extern "C-unwind" fn pg_sync_pull_json(
     pull_args(fcinfo, false)
 }
 
-/// The xid below which every transaction has finished, as seen now.
+/// The xid below which every transaction has finished. All of a pull's
+/// reads run in one snapshot (read-only SPI shares the calling statement's),
+/// the horizon included, so the keys chosen for a page and the rows sent
+/// agree.
 fn horizon() -> Result<u64> {
-    one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])?
+    rows_ro("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")?
+        .into_iter()
+        .next()
+        .and_then(|mut r| r.swap_remove(0))
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| PgSyncError::Spi("could not read the snapshot horizon".into()))
 }
@@ -199,7 +205,13 @@ fn pull(
 fn page_text(p: &Page) -> Result<String> {
     let mut changes = String::new();
     for sql in &p.segments {
-        let Some(arr) = one(sql, &[])? else { continue };
+        let Some(arr) = rows_ro(sql)?
+            .into_iter()
+            .next()
+            .and_then(|mut r| r.swap_remove(0))
+        else {
+            continue;
+        };
         let inner = arr.trim();
         let inner = inner
             .strip_prefix('[')
@@ -302,7 +314,7 @@ fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextR
         cond = rows_after(t, pos),
         keys = key_cols(t),
     );
-    rows(&sql, &[])
+    rows_ro(&sql)
 }
 
 /// The filter every sent tombstone passes. A tombstone whose key exists
@@ -330,7 +342,7 @@ fn tombs_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<Text
         cond = tombs_after(pos),
         filter = tomb_filter(t, h)?,
     );
-    rows(&sql, &[])
+    rows_ro(&sql)
 }
 
 fn stream_nonempty(t: &TableInfo, pos: &TablePos, h: u64) -> Result<bool> {

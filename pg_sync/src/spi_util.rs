@@ -152,6 +152,51 @@ pub fn one_cached(sql: &str, args: &[DatumWithOid]) -> Result<Option<String>> {
         .and_then(|mut r| if r.is_empty() { None } else { r.swap_remove(0) }))
 }
 
+/// Runs a read-only query (no parameters) in the snapshot of the calling
+/// statement: SPI in read-only mode takes no new snapshot per query, so all
+/// of a pull's reads see the same data. Every column comes back as text.
+pub fn rows_ro(sql: &str) -> Result<Vec<TextRow>> {
+    use pgrx::pg_sys;
+    let query = std::ffi::CString::new(sql)
+        .map_err(|_| crate::error::PgSyncError::Spi("query contains a NUL byte".into()))?;
+    // SAFETY: plain SPI protocol; values are copied into Rust strings
+    // before SPI_finish frees SPI's memory.
+    unsafe {
+        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+            return Err(crate::error::PgSyncError::Spi("SPI_connect failed".into()));
+        }
+        let rc = pg_sys::SPI_execute(query.as_ptr(), true, 0);
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            pg_sys::SPI_finish();
+            return Err(crate::error::PgSyncError::Spi(format!(
+                "read-only query failed ({rc})"
+            )));
+        }
+        let table = pg_sys::SPI_tuptable;
+        let n = pg_sys::SPI_processed as usize;
+        let mut out = Vec::with_capacity(n);
+        if !table.is_null() {
+            let tupdesc = (*table).tupdesc;
+            let ncols = (*tupdesc).natts;
+            for i in 0..n {
+                let tuple = *(*table).vals.add(i);
+                let mut r = Vec::with_capacity(ncols as usize);
+                for col in 1..=ncols {
+                    let v = pg_sys::SPI_getvalue(tuple, tupdesc, col);
+                    r.push(if v.is_null() {
+                        None
+                    } else {
+                        Some(std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
+                    });
+                }
+                out.push(r);
+            }
+        }
+        pg_sys::SPI_finish();
+        Ok(out)
+    }
+}
+
 /// Runs a statement, discarding any result.
 pub fn exec(sql: &str, args: &[DatumWithOid]) -> Result<()> {
     Spi::connect_mut(|client| {
