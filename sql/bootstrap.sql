@@ -258,3 +258,19 @@ REVOKE ALL ON FUNCTION pg_sync._bump_epoch() FROM PUBLIC;
 CREATE EVENT TRIGGER pg_sync_access_ddl ON ddl_command_end
     WHEN TAG IN ('CREATE POLICY', 'ALTER POLICY', 'DROP POLICY')
     EXECUTE FUNCTION pg_sync._on_access_ddl();
+
+-- 0.2.0: a push's conflict records are written in one statement; the ids
+-- come back in the order of the records.
+CREATE FUNCTION pg_sync._conflicts_add(p jsonb) RETURNS bigint[]
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH ins AS (
+        INSERT INTO pg_sync.conflicts (table_name, pk, column_name, strategy, outcome, reason,
+                                       server_value, client_value, server_ver, client_ver, client_id, seq)
+        SELECT e->>'table', e->'pk', e->>'column', e->>'strategy', e->>'outcome', e->>'reason',
+               e->'server_value', e->'client_value', e->>'server_ver', e->>'client_ver',
+               e->>'client_id', (e->>'seq')::bigint
+        FROM jsonb_array_elements(p) WITH ORDINALITY AS x(e, ord)
+        ORDER BY ord
+        RETURNING id)
+    SELECT array_agg(id ORDER BY id) FROM ins;
+$$;

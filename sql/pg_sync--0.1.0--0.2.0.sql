@@ -63,3 +63,19 @@ CREATE INDEX tombstones_pk_idx ON pg_sync.tombstones (relid, pk);
 -- 0.2.0: the pull page as JSON text, never parsed on the server.
 CREATE FUNCTION sync_pull_json(cursor text DEFAULT NULL, max_changes int DEFAULT 10000, client_id text DEFAULT NULL)
 RETURNS json VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_pull_json';
+
+-- 0.2.0: a push's conflict records are written in one statement; the ids
+-- come back in the order of the records.
+CREATE FUNCTION pg_sync._conflicts_add(p jsonb) RETURNS bigint[]
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH ins AS (
+        INSERT INTO pg_sync.conflicts (table_name, pk, column_name, strategy, outcome, reason,
+                                       server_value, client_value, server_ver, client_ver, client_id, seq)
+        SELECT e->>'table', e->'pk', e->>'column', e->>'strategy', e->>'outcome', e->>'reason',
+               e->'server_value', e->'client_value', e->>'server_ver', e->>'client_ver',
+               e->>'client_id', (e->>'seq')::bigint
+        FROM jsonb_array_elements(p) WITH ORDINALITY AS x(e, ord)
+        ORDER BY ord
+        RETURNING id)
+    SELECT array_agg(id ORDER BY id) FROM ins;
+$$;

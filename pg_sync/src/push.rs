@@ -54,27 +54,44 @@ fn push(json: &str) -> Result<PushResult> {
             .map_err(|e| SyncError::MalformedJson(format!("stored result: {e}")))?;
         stored.insert(seq, r);
     }
-    let mut results = Vec::with_capacity(batch.changes.len());
-    let mut to_store: Vec<Value> = Vec::new();
-    for c in &batch.changes {
-        if let Some(r) = stored.remove(&c.seq) {
-            results.push(r);
-            continue;
+    let mut results: Vec<Option<ChangeResult>> = vec![None; batch.changes.len()];
+    let mut rest: Vec<usize> = Vec::new();
+    for (i, c) in batch.changes.iter().enumerate() {
+        match stored.remove(&c.seq) {
+            Some(r) => results[i] = Some(r),
+            None => rest.push(i),
         }
-        let t = &tables[&c.table];
-        let r = Applier {
-            t,
-            c,
-            client: &batch.client_id,
-            clamps: Default::default(),
-        }
-        .apply()?;
-        let mut kept = r.clone();
-        kept.row = None;
-        kept.ver = None;
-        to_store.push(serde_json::to_value(&kept).unwrap_or_default());
-        results.push(r);
     }
+    let fresh: Vec<usize> = rest.clone();
+    // Changes are applied in rounds in which each row appears once; a later
+    // change of the same row waits for the next round.
+    while !rest.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let (mut round, mut later) = (Vec::new(), Vec::new());
+        for i in rest {
+            let c = &batch.changes[i];
+            if seen.insert((c.table.as_str(), Value::Object(c.pk.clone()).to_string())) {
+                round.push(i);
+            } else {
+                later.push(i);
+            }
+        }
+        bulk::run_round(&tables, &batch, &round, &mut results)?;
+        rest = later;
+    }
+    let results: Vec<ChangeResult> = results
+        .into_iter()
+        .map(|r| r.expect("every change has a result"))
+        .collect();
+    let to_store: Vec<Value> = fresh
+        .iter()
+        .map(|i| {
+            let mut kept = results[*i].clone();
+            kept.row = None;
+            kept.ver = None;
+            serde_json::to_value(&kept).unwrap_or_default()
+        })
+        .collect();
     if !to_store.is_empty() {
         crate::spi_util::one_cached(
             "SELECT pg_sync._results_put($1, $2::jsonb)::text",
@@ -226,6 +243,45 @@ struct Applier<'a> {
     /// Records of client stamps clamped for clock skew: reported with the
     /// result but not a conflict of the change.
     clamps: std::cell::RefCell<Vec<i64>>,
+    /// Bulk mode: the prefetched state and where writes and conflict
+    /// records are collected; `None` runs everything at once.
+    bulk: Option<Bulk<'a>>,
+}
+
+/// What a bulk-mode Applier reads from and writes to.
+struct Bulk<'a> {
+    /// Index of the change in the batch.
+    index: usize,
+    /// The row as prefetched (taken by `apply`).
+    row: std::cell::RefCell<Option<RowState>>,
+    /// The newest tombstone of the key, when the row is missing.
+    tomb: Option<Hlc>,
+    sink: &'a std::cell::RefCell<Sink>,
+}
+
+/// Writes and conflict records collected in bulk mode.
+#[derive(Default)]
+struct Sink {
+    writes: Vec<(usize, Write)>,
+    /// (change index, record fields); a placeholder id `-(k + 1)` stands
+    /// for entry `k` until the records are inserted.
+    conflicts: Vec<(usize, Value)>,
+}
+
+/// One write of a change.
+struct Write {
+    kind: WriteKind,
+    /// Column values (and the key) as a JSON object.
+    values: Map<String, Value>,
+    /// Column versions by attnum.
+    ver: Vec<i64>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum WriteKind {
+    Insert(Vec<String>),
+    Update(Vec<String>),
+    Delete(Hlc),
 }
 
 /// The row as read or written: values by column and versions by attnum.
@@ -327,6 +383,11 @@ impl Applier<'_> {
             m.insert("client_id".into(), json!(self.client));
             m.insert("seq".into(), json!(self.c.seq));
         }
+        if let Some(b) = &self.bulk {
+            let mut sink = b.sink.borrow_mut();
+            sink.conflicts.push((b.index, fields));
+            return Ok(-(sink.conflicts.len() as i64));
+        }
         Ok(one(
             "SELECT pg_sync._conflict_add($1::jsonb)::text",
             &[fields.to_string().into()],
@@ -342,12 +403,15 @@ impl Applier<'_> {
             self.t.qualified,
             self.where_pk("t")
         );
-        let current = match try_sql(&read, None, None, Some(self.pk_json()))? {
-            Tried::Failed {
-                message,
-                constraint,
-            } => return Ok(self.rejected(message, constraint)),
-            Tried::Ok(v) => RowState::from_json(&v),
+        let current = match &self.bulk {
+            Some(b) => b.row.borrow_mut().take(),
+            None => match try_sql(&read, None, None, Some(self.pk_json()))? {
+                Tried::Failed {
+                    message,
+                    constraint,
+                } => return Ok(self.rejected(message, constraint)),
+                Tried::Ok(v) => RowState::from_json(&v),
+            },
         };
         let mut r = match (current, self.c.op) {
             (None, Op::Delete) => self.result(Status::Applied),
@@ -360,6 +424,9 @@ impl Applier<'_> {
     }
 
     fn tombstone(&self) -> Result<Option<Hlc>> {
+        if let Some(b) = &self.bulk {
+            return Ok(b.tomb);
+        }
         let canonical = format!(
             "SELECT max(hlc)::text FROM pg_sync.tombstones WHERE relid = $1 AND pk = {}",
             jsonb_pk_from_param(self.t, "$2")
@@ -414,8 +481,19 @@ impl Applier<'_> {
             vals = vals.join(", "),
             state = self.state_sql("t"),
         );
-        let values = Value::Object(self.c.cols.clone()).to_string();
-        match try_sql(&sql, Some(values), Some(&ver), Some(self.pk_json()))? {
+        let tried = match &self.bulk {
+            Some(b) => self.defer(
+                b,
+                WriteKind::Insert(self.c.cols.keys().cloned().collect()),
+                self.c.cols.clone(),
+                ver,
+            ),
+            None => {
+                let values = Value::Object(self.c.cols.clone()).to_string();
+                try_sql(&sql, Some(values), Some(&ver), Some(self.pk_json()))?
+            }
+        };
+        match tried {
             Tried::Failed {
                 message,
                 constraint,
@@ -476,8 +554,12 @@ impl Applier<'_> {
                     self.t.qualified,
                     self.where_pk("t")
                 );
-                let tried =
-                    with_delete_hlc(stamp, || try_sql(&sql, None, None, Some(self.pk_json())))?;
+                let tried = match &self.bulk {
+                    Some(b) => self.defer(b, WriteKind::Delete(stamp), Map::new(), Vec::new()),
+                    None => {
+                        with_delete_hlc(stamp, || try_sql(&sql, None, None, Some(self.pk_json())))?
+                    }
+                };
                 match tried {
                     Tried::Failed {
                         message,
@@ -581,12 +663,21 @@ impl Applier<'_> {
             pk = self.where_pk("t"),
             state = self.state_sql("t"),
         );
-        match try_sql(
-            &sql,
-            Some(Value::Object(writes).to_string()),
-            Some(&new_ver),
-            Some(self.pk_json()),
-        )? {
+        let tried = match &self.bulk {
+            Some(b) => self.defer(
+                b,
+                WriteKind::Update(writes.keys().cloned().collect()),
+                writes,
+                new_ver,
+            ),
+            None => try_sql(
+                &sql,
+                Some(Value::Object(writes).to_string()),
+                Some(&new_ver),
+                Some(self.pk_json()),
+            )?,
+        };
+        match tried {
             Tried::Failed {
                 message,
                 constraint,
@@ -600,6 +691,25 @@ impl Applier<'_> {
                 RowState::from_json(&v).as_ref(),
             )),
         }
+    }
+
+    /// Bulk mode: queues a write; its effect (and the row it leaves) is
+    /// filled in when the queue runs.
+    fn defer(
+        &self,
+        b: &Bulk<'_>,
+        kind: WriteKind,
+        mut values: Map<String, Value>,
+        ver: Vec<i64>,
+    ) -> Tried {
+        for (k, v) in &self.c.pk {
+            values.insert(k.clone(), v.clone());
+        }
+        b.sink
+            .borrow_mut()
+            .writes
+            .push((b.index, Write { kind, values, ver }));
+        Tried::Ok(Value::Null)
     }
 
     fn status_result(&self, status: Status, conflicts: Vec<i64>) -> ChangeResult {
@@ -627,4 +737,333 @@ fn jsonb_pk_from_param(t: &TableInfo, param: &str) -> String {
             })
             .collect();
     format!("jsonb_build_object({})::text", parts.join(", "))
+}
+
+/// The statement fragment rendering a row's state (values and versions).
+fn state_sql(t: &TableInfo, alias: &str) -> String {
+    format!(
+        "jsonb_build_object('row', {}, 'ver', {alias}._sync_ver)",
+        t.row_expr(alias)
+    )
+}
+
+/// Bulk application: a round's rows are read (and locked) with one
+/// statement per table, every change is decided by the same `Applier` as
+/// the one-by-one path, and the resulting writes run as one statement per
+/// table and kind of write, each in its own subtransaction. A statement that
+/// fails (a constraint, a bad value) is rolled back and its changes are
+/// applied one by one, so each gets its own exact result.
+mod bulk {
+    use std::cell::RefCell;
+    use std::collections::{HashMap, HashSet};
+
+    use serde_json::{json, Value};
+    use sync_core::wire::{ChangeResult, PushBatch};
+    use sync_core::Hlc;
+
+    use super::{state_sql, Applier, Bulk, RowState, Sink, WriteKind};
+    use crate::catalog::TableInfo;
+    use crate::error::Result;
+    use crate::spi_util::{ident, rows_cached, subxact};
+    use crate::track::with_delete_hlc;
+
+    fn recordset(t: &TableInfo) -> String {
+        format!(
+            "ROWS FROM (jsonb_populate_recordset(NULL::{tbl}, $1)) WITH ORDINALITY AS r",
+            tbl = t.qualified
+        )
+    }
+
+    fn join_on(t: &TableInfo) -> String {
+        format!("{} = {}", t.pk_tuple("t"), t.pk_tuple("r"))
+    }
+
+    fn ordinal(s: &Option<String>) -> usize {
+        s.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    /// Reads and locks the rows of `keys`; for keys without a row, the
+    /// newest tombstone. `None` when the keys cannot even be read (a value
+    /// of the wrong type): the caller applies those changes one by one.
+    #[allow(clippy::type_complexity)]
+    fn prefetch(
+        t: &TableInfo,
+        keys: Vec<Value>,
+    ) -> Result<Option<Vec<(Option<RowState>, Option<Hlc>)>>> {
+        let n = keys.len();
+        let read = format!(
+            "SELECT r.ordinality::text, {state}::text FROM {rs} JOIN {tbl} t ON {on} \
+             ORDER BY {tpk} FOR UPDATE OF t",
+            state = state_sql(t, "t"),
+            rs = recordset(t),
+            tbl = t.qualified,
+            on = join_on(t),
+            tpk = t.pk_tuple("t"),
+        );
+        let arg = pgrx::JsonB(Value::Array(keys.clone()));
+        let found = match subxact(|| rows_cached(&read, &[arg.into()])) {
+            Ok(r) => r?,
+            Err(_) => return Ok(None),
+        };
+        let mut out: Vec<(Option<RowState>, Option<Hlc>)> = (0..n).map(|_| (None, None)).collect();
+        for row in found {
+            let k = ordinal(&row[0]);
+            if (1..=n).contains(&k) {
+                let v: Value =
+                    serde_json::from_str(row[1].as_deref().unwrap_or("{}")).unwrap_or_default();
+                out[k - 1].0 = RowState::from_json(&v);
+            }
+        }
+        let missing: Vec<usize> = (0..n).filter(|i| out[*i].0.is_none()).collect();
+        if !missing.is_empty() {
+            let canonical: Vec<String> =
+                t.pk.iter()
+                    .map(|k| format!("{}, r.{}", crate::spi_util::literal(k), ident(k)))
+                    .collect();
+            let sql = format!(
+                "SELECT r.ordinality::text, max(d.hlc)::text FROM {rs} JOIN pg_sync.tombstones d \
+                 ON d.relid = {relid} AND d.pk = jsonb_build_object({canon})::text GROUP BY r.ordinality",
+                rs = recordset(t),
+                relid = u32::from(t.relid),
+                canon = canonical.join(", "),
+            );
+            let arg = pgrx::JsonB(Value::Array(
+                missing.iter().map(|i| keys[*i].clone()).collect(),
+            ));
+            for row in rows_cached(&sql, &[arg.into()])? {
+                let k = ordinal(&row[0]);
+                if (1..=missing.len()).contains(&k) {
+                    out[missing[k - 1]].1 = row[1]
+                        .as_deref()
+                        .and_then(|v| v.parse().ok())
+                        .map(Hlc::from_i64);
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Runs one kind of write for many rows of a table; returns the row
+    /// state after the write by position, or `None` when the statement failed.
+    fn run_group(
+        t: &TableInfo,
+        kind: &WriteKind,
+        rows: Vec<Value>,
+        delete_hlc: Hlc,
+    ) -> Result<Option<HashMap<usize, RowState>>> {
+        let n = rows.len();
+        let arg = || pgrx::JsonB(Value::Array(rows.clone()));
+        let fetch_states = format!(
+            "SELECT r.ordinality::text, {state}::text FROM {rs} JOIN {tbl} t ON {on}",
+            state = state_sql(t, "t"),
+            rs = recordset(t),
+            tbl = t.qualified,
+            on = join_on(t),
+        );
+        let write = match kind {
+            WriteKind::Update(cols) => {
+                let sets: Vec<String> = cols
+                    .iter()
+                    .map(|c| format!("{} = r.{}", ident(c), ident(c)))
+                    .chain(std::iter::once("_sync_ver = r._sync_ver".to_string()))
+                    .collect();
+                format!(
+                    "UPDATE {tbl} t SET {sets} FROM {rs} WHERE {on} \
+                     RETURNING r.ordinality::text, {state}::text",
+                    tbl = t.qualified,
+                    sets = sets.join(", "),
+                    rs = recordset(t),
+                    on = join_on(t),
+                    state = state_sql(t, "t"),
+                )
+            }
+            WriteKind::Insert(cols) => {
+                let names: Vec<String> = cols.iter().map(|c| ident(c)).collect();
+                let vals: Vec<String> = cols.iter().map(|c| format!("r.{}", ident(c))).collect();
+                format!(
+                    "INSERT INTO {tbl} ({names}, _sync_ver) SELECT {vals}, r._sync_ver FROM {rs} \
+                     ORDER BY r.ordinality RETURNING NULL::text",
+                    tbl = t.qualified,
+                    names = names.join(", "),
+                    vals = vals.join(", "),
+                    rs = recordset(t),
+                )
+            }
+            WriteKind::Delete(_) => format!(
+                "DELETE FROM {tbl} t USING {rs} WHERE {on} RETURNING NULL::text",
+                tbl = t.qualified,
+                rs = recordset(t),
+                on = join_on(t),
+            ),
+        };
+        let outcome = subxact(|| -> Result<Vec<crate::spi_util::TextRow>> {
+            let mut out = with_delete_hlc(delete_hlc, || rows_cached(&write, &[arg().into()]))?;
+            if matches!(kind, WriteKind::Insert(_)) {
+                out = rows_cached(&fetch_states, &[arg().into()])?;
+            }
+            Ok(out)
+        });
+        let got = match outcome {
+            Ok(r) => r?,
+            Err(_) => return Ok(None),
+        };
+        let mut states = HashMap::new();
+        for row in got {
+            let k = ordinal(&row[0]);
+            if (1..=n).contains(&k) {
+                let v: Value =
+                    serde_json::from_str(row[1].as_deref().unwrap_or("{}")).unwrap_or_default();
+                if let Some(s) = RowState::from_json(&v) {
+                    states.insert(k - 1, s);
+                }
+            }
+        }
+        Ok(Some(states))
+    }
+
+    /// Applies one round (each row at most once) and fills `results`.
+    pub(super) fn run_round(
+        tables: &HashMap<String, TableInfo>,
+        batch: &PushBatch,
+        round: &[usize],
+        results: &mut [Option<ChangeResult>],
+    ) -> Result<()> {
+        let sink = RefCell::new(Sink::default());
+        let mut one_by_one: HashSet<usize> = HashSet::new();
+        let mut table_order: Vec<&str> = Vec::new();
+        let mut by_table: HashMap<&str, Vec<usize>> = HashMap::new();
+        for &i in round {
+            let name = batch.changes[i].table.as_str();
+            by_table.entry(name).or_insert_with(|| {
+                table_order.push(name);
+                Vec::new()
+            });
+            by_table.get_mut(name).unwrap().push(i);
+        }
+        for name in &table_order {
+            let t = &tables[*name];
+            let idxs = &by_table[name];
+            let keys: Vec<Value> = idxs
+                .iter()
+                .map(|i| Value::Object(batch.changes[*i].pk.clone()))
+                .collect();
+            let Some(pre) = prefetch(t, keys)? else {
+                one_by_one.extend(idxs.iter().copied());
+                continue;
+            };
+            for (k, (row, tomb)) in pre.into_iter().enumerate() {
+                let i = idxs[k];
+                let a = Applier {
+                    t,
+                    c: &batch.changes[i],
+                    client: &batch.client_id,
+                    clamps: Default::default(),
+                    bulk: Some(Bulk {
+                        index: i,
+                        row: RefCell::new(row),
+                        tomb,
+                        sink: &sink,
+                    }),
+                };
+                results[i] = Some(a.apply()?);
+            }
+        }
+        let sink = sink.into_inner();
+
+        // Writes, grouped by table and kind, in order of first appearance.
+        let mut group_order: Vec<(String, String)> = Vec::new();
+        let mut groups: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (w, (i, write)) in sink.writes.iter().enumerate() {
+            let kind = match &write.kind {
+                WriteKind::Insert(c) => format!("i{c:?}"),
+                WriteKind::Update(c) => format!("u{c:?}"),
+                WriteKind::Delete(_) => "d".to_string(),
+            };
+            let key = (batch.changes[*i].table.clone(), kind);
+            groups.entry(key.clone()).or_insert_with(|| {
+                group_order.push(key.clone());
+                Vec::new()
+            });
+            groups.get_mut(&key).unwrap().push(w);
+        }
+        for key in &group_order {
+            let members = &groups[key];
+            let t = &tables[&key.0];
+            let kind = &sink.writes[members[0]].1.kind;
+            let mut delete_hlc = Hlc::ZERO;
+            let rows: Vec<Value> = members
+                .iter()
+                .map(|w| {
+                    let write = &sink.writes[*w].1;
+                    if let WriteKind::Delete(h) = write.kind {
+                        delete_hlc = delete_hlc.max(h);
+                    }
+                    let mut o = write.values.clone();
+                    if !matches!(write.kind, WriteKind::Delete(_)) {
+                        o.insert("_sync_ver".into(), json!(write.ver));
+                    }
+                    Value::Object(o)
+                })
+                .collect();
+            match run_group(t, kind, rows, delete_hlc)? {
+                None => one_by_one.extend(members.iter().map(|w| sink.writes[*w].0)),
+                Some(states) => {
+                    for (k, w) in members.iter().enumerate() {
+                        let i = sink.writes[*w].0;
+                        if let (Some(r), Some(s)) = (results[i].as_mut(), states.get(&k)) {
+                            r.row = Some(s.row.clone());
+                            r.ver = Some(t.columns.iter().map(|c| s.ver_of(c.attnum)).collect());
+                        }
+                    }
+                }
+            }
+        }
+
+        // Conflict records of the changes that stand, in one statement.
+        let keep: Vec<usize> = (0..sink.conflicts.len())
+            .filter(|k| !one_by_one.contains(&sink.conflicts[*k].0))
+            .collect();
+        let mut ids: HashMap<i64, i64> = HashMap::new();
+        if !keep.is_empty() {
+            let records = Value::Array(keep.iter().map(|k| sink.conflicts[*k].1.clone()).collect());
+            let got = rows_cached(
+                "SELECT id::text FROM unnest(pg_sync._conflicts_add($1)) AS id ORDER BY id",
+                &[pgrx::JsonB(records).into()],
+            )?;
+            for (pos, row) in got.iter().enumerate() {
+                let id: i64 = row[0].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+                ids.insert(-(keep[pos] as i64 + 1), id);
+            }
+        }
+        for &i in round {
+            if one_by_one.contains(&i) {
+                continue;
+            }
+            if let Some(r) = results[i].as_mut() {
+                for c in r.conflicts.iter_mut() {
+                    if *c < 0 {
+                        *c = ids.get(c).copied().unwrap_or(0);
+                    }
+                }
+            }
+        }
+
+        // Changes whose statement failed, one by one, in batch order.
+        let mut redo: Vec<usize> = one_by_one.into_iter().collect();
+        redo.sort_unstable();
+        for i in redo {
+            let c = &batch.changes[i];
+            results[i] = Some(
+                Applier {
+                    t: &tables[&c.table],
+                    c,
+                    client: &batch.client_id,
+                    clamps: Default::default(),
+                    bulk: None,
+                }
+                .apply()?,
+            );
+        }
+        Ok(())
+    }
 }
