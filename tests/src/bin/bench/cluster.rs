@@ -1,5 +1,12 @@
 //! A throwaway Postgres 15 cluster tuned for benchmarking.
 //!
+//! The cluster runs from a private copy of the Postgres installation
+//! (bin, lib and share dirs, pg_sync.so included) taken when it starts:
+//! Postgres finds its lib and share dirs relative to its binary, so another
+//! `cargo pgrx install` on this machine during the run (which rewrites
+//! pg_sync.so in place and crashes backends that have it mapped) cannot
+//! touch the benchmark.
+//!
 //! Unlike the test harness's cluster (`sync_tests::Cluster`, which runs with
 //! `fsync=off` and `synchronous_commit=off` for speed), this one keeps
 //! durability on so that `synchronous_commit` means something, and is sized
@@ -11,16 +18,16 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sync_tests::{Client, NoTls, PG_BIN};
+use sync_tests::{Client, NoTls};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A command running `bin` from the Postgres bin dir, as `postgres` when we are root.
-pub fn pg_command(bin: &str) -> Command {
-    let path = format!("{PG_BIN}/{bin}");
+/// A command running `bin` from `bindir`, as `postgres` when we are root.
+fn pg_command(bindir: &Path, bin: &str) -> Command {
+    let path = bindir.join(bin).display().to_string();
     let mut cmd = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", &path]);
@@ -32,8 +39,8 @@ pub fn pg_command(bin: &str) -> Command {
     cmd
 }
 
-fn run_pg(bin: &str, args: &[&str]) -> std::process::Output {
-    pg_command(bin)
+fn run_pg(bindir: &Path, bin: &str, args: &[&str]) -> std::process::Output {
+    pg_command(bindir, bin)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
@@ -54,10 +61,38 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("jit", "off"),
 ];
 
+/// The system installation the private copy is taken from.
+const SYSTEM_BIN: &str = "/usr/lib/postgresql/15/bin";
+const SYSTEM_LIB: &str = "/usr/lib/postgresql/15/lib";
+const SYSTEM_SHARE: &str = "/usr/share/postgresql/15";
+
+/// Copies the Postgres installation under `root` (same relative layout).
+fn private_install(root: &Path) -> PathBuf {
+    for (from, to) in [
+        (SYSTEM_BIN, "usr/lib/postgresql/15"),
+        (SYSTEM_LIB, "usr/lib/postgresql/15"),
+        (SYSTEM_SHARE, "usr/share/postgresql"),
+    ] {
+        let dest = root.join(to);
+        std::fs::create_dir_all(&dest).unwrap();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(&dest)
+            .status()
+            .expect("cp");
+        assert!(st.success(), "copying {from} failed");
+    }
+    root.join("usr/lib/postgresql/15/bin")
+}
+
 /// The running cluster.
 pub struct BenchCluster {
     dir: PathBuf,
+    bindir: PathBuf,
     port: u16,
+    /// md5 of the pg_sync.so the cluster runs.
+    pub pg_sync_md5: String,
 }
 
 impl BenchCluster {
@@ -72,6 +107,9 @@ impl BenchCluster {
         if let Ok(f) = std::env::var("BENCH_CLUSTER_FILE") {
             let _ = std::fs::write(f, dir.display().to_string());
         }
+        let bindir = private_install(&dir.join("inst"));
+        let pg_sync_md5 =
+            crate::report::file_md5(&dir.join("inst/usr/lib/postgresql/15/lib/pg_sync.so"));
         if is_root() {
             let st = Command::new("chown")
                 .args(["-R", "postgres:postgres", dir.to_str().unwrap()])
@@ -81,6 +119,7 @@ impl BenchCluster {
         }
         let data = dir.join("data");
         let out = run_pg(
+            &bindir,
             "initdb",
             &[
                 "-D",
@@ -107,6 +146,7 @@ impl BenchCluster {
         }
         let log = dir.join("server.log");
         let out = run_pg(
+            &bindir,
             "pg_ctl",
             &[
                 "-D",
@@ -125,7 +165,12 @@ impl BenchCluster {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        BenchCluster { dir, port }
+        BenchCluster {
+            dir,
+            bindir,
+            port,
+            pg_sync_md5,
+        }
     }
 
     /// TCP port on 127.0.0.1.
@@ -151,19 +196,13 @@ impl BenchCluster {
         Client::connect(&self.conn_str(db), NoTls)
             .unwrap_or_else(|e| panic!("connect to {db}: {e}"))
     }
-
-    /// The server log (for error reports).
-    pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-        let start = s.len().saturating_sub(4000);
-        s[s.char_indices().map(|(i, _)| i).find(|&i| i >= start).unwrap_or(0)..].to_string()
-    }
 }
 
 impl Drop for BenchCluster {
     fn drop(&mut self) {
         let data = self.dir.join("data");
         let _ = run_pg(
+            &self.bindir,
             "pg_ctl",
             &[
                 "-D",

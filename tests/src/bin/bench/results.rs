@@ -1,6 +1,8 @@
 //! Figures, targets and the statistics behind them.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use serde_json::{json, Value};
 
 /// Median of a sample (mean of the middle two for an even count).
 pub fn median(v: &[f64]) -> f64 {
@@ -33,11 +35,6 @@ pub fn time<R>(f: impl FnOnce() -> R) -> (f64, R) {
     let t = Instant::now();
     let r = f();
     (t.elapsed().as_secs_f64(), r)
-}
-
-/// Microseconds of a duration.
-pub fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
 
 /// How a bound is compared.
@@ -139,6 +136,8 @@ impl Check {
 pub struct Figure {
     /// `P1`, `P4`, ...
     pub id: String,
+    /// Short label for charts.
+    pub label: String,
     /// What was measured.
     pub what: String,
     /// Median absolute value.
@@ -161,6 +160,8 @@ pub struct Figure {
     pub note: String,
     /// Set when the figure could not be measured.
     pub not_measured: Option<String>,
+    /// Further named medians (e.g. the hand-written trigger's TPS in P1).
+    pub extra: Vec<(String, f64)>,
 }
 
 /// Whether a figure met its target.
@@ -181,6 +182,7 @@ impl Figure {
     pub fn new(id: &str, what: &str, unit: &str) -> Figure {
         Figure {
             id: id.into(),
+            label: id.into(),
             what: what.into(),
             value: None,
             unit: unit.into(),
@@ -192,18 +194,37 @@ impl Figure {
             baseline_runs: Vec::new(),
             note: String::new(),
             not_measured: None,
+            extra: Vec::new(),
         }
     }
 
-    /// Throughput figure: medians of both sides and the ratio of medians.
+    /// Throughput figure: medians of both sides; the ratio is the median of
+    /// the per-run ratios (run i of each side ran back to back, so pairing
+    /// them cancels slow phases of a shared machine), or the ratio of the
+    /// medians when the sides have different run counts.
     pub fn throughput(mut self, runs: Vec<f64>, baseline_runs: Vec<f64>) -> Figure {
         self.value = Some(median(&runs));
         if !baseline_runs.is_empty() {
             self.baseline = Some(median(&baseline_runs));
-            self.ratio = Some(median(&runs) / median(&baseline_runs));
+            self.ratio = Some(if runs.len() == baseline_runs.len() {
+                let r: Vec<f64> = runs
+                    .iter()
+                    .zip(&baseline_runs)
+                    .map(|(a, b)| a / b)
+                    .collect();
+                median(&r)
+            } else {
+                median(&runs) / median(&baseline_runs)
+            });
         }
         self.runs = runs;
         self.baseline_runs = baseline_runs;
+        self
+    }
+
+    /// Sets the chart label.
+    pub fn label(mut self, l: impl Into<String>) -> Figure {
+        self.label = l.into();
         self
     }
 
@@ -264,6 +285,93 @@ impl Figure {
             .map(|c| c.describe(&self.unit))
             .collect::<Vec<_>>()
             .join(" and ")
+    }
+}
+
+fn num_json(v: Option<f64>) -> Value {
+    v.map(Value::from).unwrap_or(Value::Null)
+}
+
+impl Check {
+    fn to_json(self) -> Value {
+        json!({
+            "on": if self.on == On::Ratio { "ratio" } else { "value" },
+            "cmp": match self.cmp { Cmp::Ge => "ge", Cmp::Le => "le", Cmp::Lt => "lt" },
+            "bound": self.bound,
+        })
+    }
+
+    fn from_json(v: &Value) -> Check {
+        Check {
+            on: if v["on"] == "ratio" {
+                On::Ratio
+            } else {
+                On::Value
+            },
+            cmp: match v["cmp"].as_str() {
+                Some("le") => Cmp::Le,
+                Some("lt") => Cmp::Lt,
+                _ => Cmp::Ge,
+            },
+            bound: v["bound"].as_f64().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+impl Figure {
+    /// The figure as JSON (for re-rendering the report without a run).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id, "label": self.label, "what": self.what,
+            "value": num_json(self.value), "unit": self.unit,
+            "baseline": num_json(self.baseline), "baseline_what": self.baseline_what,
+            "ratio": num_json(self.ratio),
+            "target": self.target.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
+            "runs": self.runs, "baseline_runs": self.baseline_runs,
+            "note": self.note, "not_measured": self.not_measured,
+            "extra": self.extra.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Reads what [`Figure::to_json`] wrote.
+    pub fn from_json(v: &Value) -> Figure {
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        let nums = |k: &str| -> Vec<f64> {
+            v[k].as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        };
+        Figure {
+            id: s("id"),
+            label: s("label"),
+            what: s("what"),
+            value: v["value"].as_f64(),
+            unit: s("unit"),
+            baseline: v["baseline"].as_f64(),
+            baseline_what: s("baseline_what"),
+            ratio: v["ratio"].as_f64(),
+            target: v["target"]
+                .as_array()
+                .map(|a| a.iter().map(Check::from_json).collect())
+                .unwrap_or_default(),
+            runs: nums("runs"),
+            baseline_runs: nums("baseline_runs"),
+            note: s("note"),
+            not_measured: v["not_measured"].as_str().map(str::to_string),
+            extra: v["extra"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| {
+                            (
+                                e[0].as_str().unwrap_or_default().to_string(),
+                                e[1].as_f64().unwrap_or(f64::NAN),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
     }
 }
 
