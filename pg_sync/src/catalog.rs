@@ -64,6 +64,8 @@ pub struct Column {
     pub ty: ColumnType,
     /// NOT NULL or not.
     pub nullable: bool,
+    /// Whether the column has a default.
+    pub has_default: bool,
     /// Merge strategy.
     pub strategy: Strategy,
 }
@@ -230,7 +232,7 @@ pub fn describe(relid: pg_sys::Oid, options: TableOptions) -> Result<TableInfo> 
     }
     let cols = rows(
         "SELECT a.attnum::text, a.attname::text, format_type(a.atttypid, a.atttypmod), \
-                bt.typname::text, bt.typcategory::text, a.attnotnull::text \
+                bt.typname::text, bt.typcategory::text, a.attnotnull::text, a.atthasdef::text \
          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
          JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
@@ -251,6 +253,7 @@ pub fn describe(relid: pg_sys::Oid, options: TableOptions) -> Result<TableInfo> 
             ty: column_type(&get(3), &get(4)),
             sql_type: get(2),
             nullable: get(5) != "true",
+            has_default: get(6) == "true",
             strategy,
             name,
         });

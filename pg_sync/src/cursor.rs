@@ -38,6 +38,9 @@ pub struct TablePos {
     /// Tombstones.
     #[serde(default)]
     pub d: Pos,
+    /// Signature of the table's columns when the client last pulled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<u64>,
 }
 
 /// The decoded cursor.
@@ -117,6 +120,7 @@ mod tests {
             TablePos {
                 r: Pos::After(10, serde_json::json!({"id": "a"})),
                 d: Pos::Below([7]),
+                c: None,
             },
         );
         let d = Cursor::decode(&c.encode()).unwrap();

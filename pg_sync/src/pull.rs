@@ -163,6 +163,13 @@ fn pull(
             continue;
         }
         let pos = cur.t.entry(t.name.clone()).or_default();
+        // A changed column list (ALTER TABLE ADD COLUMN ... DEFAULT changes
+        // every row without writing it) re-sends the table's rows.
+        let sig = column_signature(t);
+        if pos.c.is_some_and(|c| c != sig) {
+            pos.r = Pos::Start;
+        }
+        pos.c = Some(sig);
         if emitted >= budget_total {
             has_more |= stream_nonempty(t, pos, h)?;
             continue;
@@ -446,6 +453,24 @@ fn plan_table(
         pos.d = Pos::Below([h]);
     }
     Ok((i + j, !(live_done && tombs_done), segments))
+}
+
+/// A stable hash of a table's synced columns and their types.
+fn column_signature(t: &TableInfo) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for c in &t.columns {
+        for b in c
+            .name
+            .bytes()
+            .chain([0u8])
+            .chain(c.sql_type.bytes())
+            .chain([1u8])
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// Parses a Postgres int8[] text form (`{1,2,NULL}`); NULL reads as 0.

@@ -470,7 +470,22 @@ impl Applier<'_> {
             };
             ver[col.attnum - 1] = s.as_i64();
         }
-        let names: Vec<&String> = self.c.cols.keys().collect();
+        // A NULL for a NOT NULL column with a default (typically a column the
+        // server added after the client wrote the row) takes the default.
+        let cols_in: Map<String, Value> = self
+            .c
+            .cols
+            .iter()
+            .filter(|(k, v)| {
+                !(v.is_null()
+                    && self
+                        .t
+                        .column(k)
+                        .is_some_and(|c| !c.nullable && c.has_default))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let names: Vec<&String> = cols_in.keys().collect();
         let cols: Vec<String> = names.iter().map(|n| ident(n)).collect();
         let vals: Vec<String> = names.iter().map(|n| format!("r.{}", ident(n))).collect();
         let sql = format!(
@@ -484,12 +499,12 @@ impl Applier<'_> {
         let tried = match &self.bulk {
             Some(b) => self.defer(
                 b,
-                WriteKind::Insert(self.c.cols.keys().cloned().collect()),
-                self.c.cols.clone(),
+                WriteKind::Insert(cols_in.keys().cloned().collect()),
+                cols_in.clone(),
                 ver,
             ),
             None => {
-                let values = Value::Object(self.c.cols.clone()).to_string();
+                let values = Value::Object(cols_in.clone()).to_string();
                 try_sql(&sql, Some(values), Some(&ver), Some(self.pk_json()))?
             }
         };
