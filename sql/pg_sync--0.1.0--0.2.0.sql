@@ -79,3 +79,47 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         RETURNING id)
     SELECT array_agg(id ORDER BY id) FROM ins;
 $$;
+
+-- 0.2.0: under row-level security a tombstone carries the old row; it is
+-- visible only to roles whose SELECT policies on the synced table would have
+-- let them see that row (permissive policies OR-ed, restrictive ones AND-ed,
+-- nothing without a permissive policy), so neither sync_pull nor a direct
+-- SELECT on pg_sync.tombstones reveals another tenant's deleted rows.
+CREATE FUNCTION pg_sync._tomb_visible(p_relid oid, p_old jsonb) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_rls boolean; v_bypass boolean; v_table text; v_alias text;
+    v_perm text; v_restr text; v_ok boolean;
+BEGIN
+    SELECT c.relrowsecurity,
+           (r.rolsuper OR r.rolbypassrls OR (c.relowner = r.oid AND NOT c.relforcerowsecurity)),
+           format('%I.%I', n.nspname, c.relname), quote_ident(c.relname)
+      INTO v_rls, v_bypass, v_table, v_alias
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, pg_roles r
+     WHERE c.oid = p_relid AND r.rolname = current_user;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF NOT v_rls OR v_bypass THEN
+        RETURN true;
+    END IF;
+    SELECT string_agg('(' || coalesce(pg_get_expr(p.polqual, p.polrelid), 'true') || ')', ' OR ')
+               FILTER (WHERE p.polpermissive),
+           string_agg('(' || coalesce(pg_get_expr(p.polqual, p.polrelid), 'true') || ')', ' AND ')
+               FILTER (WHERE NOT p.polpermissive)
+      INTO v_perm, v_restr
+      FROM pg_policy p
+     WHERE p.polrelid = p_relid AND p.polcmd IN ('r', '*')
+       AND (p.polroles = '{0}' OR EXISTS (SELECT 1 FROM unnest(p.polroles) pr
+                                          WHERE pg_has_role(current_user, pr, 'MEMBER')));
+    IF v_perm IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM jsonb_populate_record(NULL::%s, $1) AS %s WHERE (%s)%s)',
+                   v_table, v_alias, v_perm, coalesce(' AND ' || v_restr, ''))
+       INTO v_ok USING p_old;
+    RETURN v_ok;
+END;
+$$;
+ALTER POLICY tombstones_readable ON pg_sync.tombstones
+    USING (has_table_privilege(relid, 'SELECT') AND (old IS NULL OR pg_sync._tomb_visible(relid, old)));

@@ -15,7 +15,6 @@ mod error;
 mod ops;
 mod pull;
 mod push;
-mod rls;
 mod spi_util;
 mod track;
 
