@@ -44,8 +44,10 @@ fn delete_stamp() -> Hlc {
         .unwrap_or_else(|| clock::tick_after(Hlc::ZERO))
 }
 
-/// `pg_sync.notify`: whether commits of tracked changes send a NOTIFY.
-pub static NOTIFY: pgrx::GucSetting<bool> = pgrx::GucSetting::<bool>::new(true);
+/// `pg_sync.notify`: whether commits of tracked changes send a NOTIFY
+/// (off by default: Postgres serialises the commits of notifying
+/// transactions on one lock, which costs writers throughput).
+pub static NOTIFY: pgrx::GucSetting<bool> = pgrx::GucSetting::<bool>::new(false);
 
 /// Registers pg_sync's settings.
 pub fn register_gucs() {

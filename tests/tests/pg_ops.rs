@@ -115,6 +115,16 @@ fn status_view_and_notify_on_commit() {
         .unwrap();
     let mut listener = db.connect();
     listener.batch_execute("LISTEN pg_sync").unwrap();
+    // Off by default: nothing is announced.
+    c.batch_execute("INSERT INTO t VALUES (100, 'quiet')")
+        .unwrap();
+    assert!(listener
+        .notifications()
+        .timeout_iter(Duration::from_millis(300))
+        .next()
+        .unwrap()
+        .is_none());
+    c.batch_execute("SET pg_sync.notify = on").unwrap();
     // A rolled-back write notifies nobody; a committed one does, once.
     c.batch_execute("BEGIN; INSERT INTO t VALUES (1, 'x'); ROLLBACK;")
         .unwrap();

@@ -717,6 +717,8 @@ pub fn p9(cluster: &BenchCluster, cfg: &Config, mut client: Box<dyn P9Client>) -
         }
     });
     let mut w = cluster.connect(DB);
+    // The writer's commits announce themselves (pg_sync.notify is off by default).
+    w.batch_execute("SET pg_sync.notify = on").unwrap();
     let upd = w
         .prepare(&format!("UPDATE {BIG} SET title = $1 WHERE id = $2"))
         .unwrap();
