@@ -344,7 +344,7 @@ pub fn page_changes(text: &str) -> usize {
 /// Pulls from `cursor` until `has_more` is false; returns (seconds spent in
 /// sync_pull calls, changes, final cursor).
 pub fn pull_all(c: &mut Client, cursor: Option<String>, page: i32) -> (f64, usize, String) {
-    let stmt = c.prepare("SELECT sync_pull($1, $2)::text").unwrap();
+    let stmt = c.prepare("SELECT sync_pull_json($1, $2)::text").unwrap();
     let mut cursor = cursor;
     let mut secs = 0.0;
     let mut n = 0;
@@ -406,13 +406,13 @@ pub fn p2(c: &mut Client, cfg: &Config) -> (Figure, String) {
     let f = Figure::new(
         "P2",
         &format!(
-            "sync_pull of {} changed rows, pages of {}, to the end",
+            "sync_pull_json of {} changed rows, pages of {}, to the end (the same page as sync_pull, as json text)",
             cfg.big_rows, cfg.page
         ),
         "rows/s",
     )
     .throughput(pull, copy)
-    .label("P2 sync_pull")
+    .label("P2 sync_pull_json")
     .baseline_is("COPY (SELECT to_jsonb(t) FROM t) TO STDOUT")
     .target(Check::ratio_ge(0.8))
     .note(format!(
@@ -658,7 +658,7 @@ pub fn p9(cluster: &BenchCluster, cfg: &Config, mut client: Box<dyn P9Client>) -
     // Catch up to the end before listening.
     let mut cursor = client.cursor();
     {
-        let stmt = lc.prepare("SELECT sync_pull($1, $2)::text").unwrap();
+        let stmt = lc.prepare("SELECT sync_pull_json($1, $2)::text").unwrap();
         loop {
             let text: String = lc.query_one(&stmt, &[&cursor, &cfg.page]).unwrap().get(0);
             client.apply(&text);
@@ -674,7 +674,9 @@ pub fn p9(cluster: &BenchCluster, cfg: &Config, mut client: Box<dyn P9Client>) -
     let (to_listener, from_writer) = mpsc::channel::<(String, String, Instant)>();
     let (to_writer, from_listener) = mpsc::channel::<f64>();
     let listener = std::thread::spawn(move || {
-        let stmt = lc.prepare("SELECT sync_pull($1, 10000)::text").unwrap();
+        let stmt = lc
+            .prepare("SELECT sync_pull_json($1, 10000)::text")
+            .unwrap();
         while let Ok((id, marker, t0)) = from_writer.recv() {
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut seen = false;

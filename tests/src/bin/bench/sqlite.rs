@@ -210,7 +210,7 @@ pub fn cleanup() {
 /// Pulls everything from `cursor` and applies it; returns (pull seconds,
 /// apply seconds, upserts, pages).
 fn pull_apply_all(pgc: &mut Client, conn: &Connection, page: i32) -> (f64, f64, u64, usize) {
-    let stmt = pgc.prepare("SELECT sync_pull($1, $2)::text").unwrap();
+    let stmt = pgc.prepare("SELECT sync_pull_json($1, $2)::text").unwrap();
     let mut cursor: Option<String> = conn
         .query_row("SELECT sync_cursor()", [], |r| r.get(0))
         .optional()
@@ -587,7 +587,7 @@ pub fn p6(pgc: &mut Client, cfg: &Config, c: &mut ClientDb) -> Figure {
         .collect();
     let kf = rows.len() as f64;
     let (mut sync, mut base) = (Vec::new(), Vec::new());
-    let stmt = pgc.prepare("SELECT sync_pull($1, $2)::text").unwrap();
+    let stmt = pgc.prepare("SELECT sync_pull_json($1, $2)::text").unwrap();
     for rep in 0..cfg.runs {
         let edit = 100 + rep as u64;
         server_edit(pgc, &rows, edit);
