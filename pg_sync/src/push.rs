@@ -754,14 +754,6 @@ fn jsonb_pk_from_param(t: &TableInfo, param: &str) -> String {
     format!("jsonb_build_object({})::text", parts.join(", "))
 }
 
-/// The statement fragment rendering a row's state (values and versions).
-fn state_sql(t: &TableInfo, alias: &str) -> String {
-    format!(
-        "jsonb_build_object('row', {}, 'ver', {alias}._sync_ver)",
-        t.row_expr(alias)
-    )
-}
-
 /// Bulk application: a round's rows are read (and locked) with one
 /// statement per table, every change is decided by the same `Applier` as
 /// the one-by-one path, and the resulting writes run as one statement per
@@ -776,17 +768,32 @@ mod bulk {
     use sync_core::wire::{ChangeResult, PushBatch};
     use sync_core::Hlc;
 
-    use super::{state_sql, Applier, Bulk, RowState, Sink, WriteKind};
+    use super::{Applier, Bulk, RowState, Sink, WriteKind};
     use crate::catalog::TableInfo;
     use crate::error::Result;
     use crate::spi_util::{ident, rows_cached, subxact};
     use crate::track::with_delete_hlc;
 
+    /// The rows of parameter `$1` (a JSON array as text) as records of the
+    /// table, numbered. `json` is lexed once as it is read; `jsonb` would be
+    /// built into a tree first.
     fn recordset(t: &TableInfo) -> String {
         format!(
-            "ROWS FROM (jsonb_populate_recordset(NULL::{tbl}, $1)) WITH ORDINALITY AS r",
+            "ROWS FROM (json_populate_recordset(NULL::{tbl}, $1::json)) WITH ORDINALITY AS r",
             tbl = t.qualified
         )
+    }
+
+    /// A row's state (values and versions) as JSON text.
+    fn state_text(t: &TableInfo) -> String {
+        format!(
+            "json_build_object('row', {}, 'ver', t._sync_ver)::text",
+            t.row_expr("t")
+        )
+    }
+
+    fn text_arg(v: Value) -> pgrx::datum::DatumWithOid<'static> {
+        v.to_string().into()
     }
 
     fn join_on(t: &TableInfo) -> String {
@@ -807,16 +814,16 @@ mod bulk {
     ) -> Result<Option<Vec<(Option<RowState>, Option<Hlc>)>>> {
         let n = keys.len();
         let read = format!(
-            "SELECT r.ordinality::text, {state}::text FROM {rs} JOIN {tbl} t ON {on} \
+            "SELECT r.ordinality::text, {state} FROM {rs} JOIN {tbl} t ON {on} \
              ORDER BY {tpk} FOR UPDATE OF t",
-            state = state_sql(t, "t"),
+            state = state_text(t),
             rs = recordset(t),
             tbl = t.qualified,
             on = join_on(t),
             tpk = t.pk_tuple("t"),
         );
-        let arg = pgrx::JsonB(Value::Array(keys.clone()));
-        let found = match subxact(|| rows_cached(&read, &[arg.into()])) {
+        let arg = Value::Array(keys.clone());
+        let found = match subxact(|| rows_cached(&read, &[text_arg(arg)])) {
             Ok(r) => r?,
             Err(_) => return Ok(None),
         };
@@ -867,10 +874,11 @@ mod bulk {
         delete_hlc: Hlc,
     ) -> Result<Option<HashMap<usize, RowState>>> {
         let n = rows.len();
-        let arg = || pgrx::JsonB(Value::Array(rows.clone()));
+        let payload = Value::Array(rows).to_string();
+        let arg = || -> pgrx::datum::DatumWithOid<'static> { payload.clone().into() };
         let fetch_states = format!(
-            "SELECT r.ordinality::text, {state}::text FROM {rs} JOIN {tbl} t ON {on}",
-            state = state_sql(t, "t"),
+            "SELECT r.ordinality::text, {state} FROM {rs} JOIN {tbl} t ON {on}",
+            state = state_text(t),
             rs = recordset(t),
             tbl = t.qualified,
             on = join_on(t),
@@ -884,12 +892,12 @@ mod bulk {
                     .collect();
                 format!(
                     "UPDATE {tbl} t SET {sets} FROM {rs} WHERE {on} \
-                     RETURNING r.ordinality::text, {state}::text",
+                     RETURNING r.ordinality::text, {state}",
                     tbl = t.qualified,
                     sets = sets.join(", "),
                     rs = recordset(t),
                     on = join_on(t),
-                    state = state_sql(t, "t"),
+                    state = state_text(t),
                 )
             }
             WriteKind::Insert(cols) => {
@@ -912,9 +920,9 @@ mod bulk {
             ),
         };
         let outcome = subxact(|| -> Result<Vec<crate::spi_util::TextRow>> {
-            let mut out = with_delete_hlc(delete_hlc, || rows_cached(&write, &[arg().into()]))?;
+            let mut out = with_delete_hlc(delete_hlc, || rows_cached(&write, &[arg()]))?;
             if matches!(kind, WriteKind::Insert(_)) {
-                out = rows_cached(&fetch_states, &[arg().into()])?;
+                out = rows_cached(&fetch_states, &[arg()])?;
             }
             Ok(out)
         });
