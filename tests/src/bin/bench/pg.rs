@@ -327,18 +327,36 @@ pub fn p1(cluster: &BenchCluster, c: &mut Client, cfg: &Config) -> Vec<Figure> {
 /// `"cursor": "..."` and `"has_more": ...` out of a pull page's jsonb text
 /// without parsing the whole page.
 pub fn page_meta(text: &str) -> (String, bool) {
-    let key = "\"cursor\": \"";
-    let at = text.find(key).expect("page has a cursor") + key.len();
-    let end = at + text[at..].find('"').expect("cursor ends");
-    let cursor = text[at..end].to_string();
-    let hm = "\"has_more\": ";
-    let at = text.rfind(hm).expect("page has has_more") + hm.len();
-    (cursor, text[at..].starts_with("true"))
+    // Works on jsonb output (`"key": value`, keys ordered by length) and on
+    // the json text of sync_pull_json (`"key":value`, `"key" : value`). The
+    // tasks table has no column named cursor or has_more.
+    let v = *key_values(text, "cursor")
+        .first()
+        .expect("page has a cursor");
+    let v = v.strip_prefix('"').expect("cursor is a string");
+    let cursor = v[..v.find('"').expect("cursor ends")].to_string();
+    let more = key_values(text, "has_more")
+        .last()
+        .expect("page has has_more")
+        .starts_with("true");
+    (cursor, more)
 }
 
-/// Number of changes in a page's jsonb text.
+/// The text after `"key"`, optional blanks and `:` (and blanks), for every
+/// occurrence of the key as an object key.
+fn key_values<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    let quoted = format!("\"{key}\"");
+    text.match_indices(quoted.as_str())
+        .filter_map(|(at, _)| {
+            let rest = text[at + quoted.len()..].trim_start();
+            rest.strip_prefix(':').map(str::trim_start)
+        })
+        .collect()
+}
+
+/// Number of changes in a page's JSON text.
 pub fn page_changes(text: &str) -> usize {
-    text.matches("\"op\": \"").count()
+    key_values(text, "op").len()
 }
 
 /// Pulls from `cursor` until `has_more` is false; returns (seconds spent in
