@@ -182,7 +182,7 @@ fn concurrent_writers_never_lose_a_change() {
                     }
                 }
                 written += batch;
-                if w < 2 && i % 40 == 0 {
+                if w < 2 && i.is_multiple_of(40) {
                     std::thread::sleep(Duration::from_millis(500 + (i * 37 % 2000)));
                 }
                 tx.commit().unwrap();
