@@ -7,6 +7,20 @@
 //! committed change is ever skipped, and `sync_push` applies client changes
 //! through the merge rules of `sync_core`, once per `(client, seq)`.
 
+/// Declares the version-1 calling convention of a C-API function
+/// (`PG_FUNCTION_INFO_V1`), for the functions written against it directly.
+macro_rules! finfo_v1 {
+    ($name:ident) => {
+        #[no_mangle]
+        #[doc(hidden)]
+        pub extern "C" fn $name() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            const V1: pgrx::pg_sys::Pg_finfo_record =
+                pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+
 mod catalog;
 mod clock;
 mod cursor;

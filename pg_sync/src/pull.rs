@@ -21,16 +21,6 @@ RETURNS json VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_pull_json';
     requires = ["bootstrap"]
 );
 
-macro_rules! finfo_v1 {
-    ($name:ident) => {
-        #[no_mangle]
-        #[doc(hidden)]
-        pub extern "C" fn $name() -> &'static pg_sys::Pg_finfo_record {
-            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-    };
-}
 finfo_v1!(pg_finfo_pg_sync_pull);
 finfo_v1!(pg_finfo_pg_sync_pull_json);
 

@@ -97,16 +97,6 @@ CREATE FUNCTION pg_sync.track_truncate() RETURNS trigger LANGUAGE c AS 'MODULE_P
     requires = ["bootstrap"]
 );
 
-macro_rules! finfo_v1 {
-    ($name:ident) => {
-        #[no_mangle]
-        #[doc(hidden)]
-        pub extern "C" fn $name() -> &'static pg_sys::Pg_finfo_record {
-            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-    };
-}
 finfo_v1!(pg_finfo_pg_sync_track);
 finfo_v1!(pg_finfo_pg_sync_track_delete);
 finfo_v1!(pg_finfo_pg_sync_track_truncate);
