@@ -512,6 +512,10 @@ fn migrate_table(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
     for c in &nt.columns {
         if ot.column_index(&c.name).is_none() {
             for t in [&new_state, &synced] {
+                // A local-only column of the same name becomes the synced one.
+                if t == &new_state && crate::local::has_column(db, t, &c.name)? {
+                    continue;
+                }
                 db.exec(&format!(
                     "ALTER TABLE {} ADD COLUMN {} {}",
                     q(t),

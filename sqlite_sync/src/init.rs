@@ -6,6 +6,7 @@ use sync_core::schema::Schema;
 use crate::ddl;
 use crate::error::Result;
 use crate::ffi::{Db, Value};
+use crate::local;
 use crate::model::parse_schema;
 use crate::state::{in_savepoint, meta_set, meta_text, schema_version, ConnState};
 
@@ -15,7 +16,9 @@ pub fn store_schema(db: Db, schema: &Schema) -> Result<()> {
     meta_set(db, "schema_version", &Value::Int(schema.version))
 }
 
-pub fn sync_init(st: &ConnState, db: Db, text: &str) -> Result<String> {
+/// `sync_init(schema [, local])`: `local` is the local-only column spec
+/// (see `local.rs`); without it the stored spec is kept.
+pub fn sync_init(st: &ConnState, db: Db, text: &str, local: Option<&str>) -> Result<String> {
     let schema = parse_schema(text)?;
     let out = in_savepoint(db, "sync_init", || {
         let _nc = st.no_capture();
@@ -46,6 +49,18 @@ pub fn sync_init(st: &ConnState, db: Db, text: &str) -> Result<String> {
                 true
             }
         };
+        // The schema in force after this call (an older document is ignored).
+        let effective: Schema = if changed {
+            schema.clone()
+        } else {
+            st.invalidate();
+            st.loaded(db)?.schema.clone()
+        };
+        let mut spec = local::stored(db)?;
+        if let Some(l) = local {
+            local::merge(&mut spec, local::parse(l, &effective)?);
+        }
+        local::apply(db, &effective, spec)?;
         let version = schema_version(db)?.unwrap_or(schema.version);
         Ok(json!({
             "client_id": client,

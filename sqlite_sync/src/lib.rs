@@ -11,6 +11,7 @@ mod ddl;
 mod error;
 mod ffi;
 mod init;
+mod local;
 mod model;
 mod ops;
 mod page;
@@ -38,7 +39,16 @@ fn text_arg<'a>(args: &'a [Value], i: usize, what: &str) -> Result<&'a str> {
 
 fn f_init(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
     let schema = text_arg(args, 0, "schema").map_err(|e| e.prefixed("sync_init"))?;
-    init::sync_init(st, db, schema)
+    let local = match args.get(1) {
+        None | Some(Value::Null) => None,
+        Some(Value::Text(s)) => Some(s.as_str()),
+        Some(_) => {
+            return Err(Error::msg(
+                "sync_init: local must be text (a JSON document) or NULL",
+            ))
+        }
+    };
+    init::sync_init(st, db, schema, local)
         .map(Ret::Text)
         .map_err(|e| e.prefixed("sync_init"))
 }
@@ -137,6 +147,7 @@ fn register_all(db: *mut sqlite3) -> Result<()> {
     let st = Rc::new(ConnState::new());
     let direct = FLAG_DIRECTONLY;
     ffi::register(db, "sync_init", 1, direct, &st, f_init)?;
+    ffi::register(db, "sync_init", 2, direct, &st, f_init)?;
     ffi::register(db, "sync_changes", 0, direct, &st, f_changes)?;
     ffi::register(db, "sync_changes", 1, direct, &st, f_changes)?;
     ffi::register(db, "sync_ack", 1, direct, &st, f_ack)?;

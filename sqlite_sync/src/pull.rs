@@ -28,6 +28,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                 let old = st.loaded(db)?;
                 ddl::migrate(db, &old.schema, schema)?;
                 crate::init::store_schema(db, schema)?;
+                crate::local::apply(db, schema, crate::local::stored(db)?)?;
                 st.invalidate();
             }
         }

@@ -1172,3 +1172,295 @@ fn identifiers_are_quoted() {
         1
     );
 }
+
+const LOCAL_SPEC: &str =
+    r#"{"columns": {"tasks": {"local_notes": "TEXT", "starred": "INTEGER DEFAULT 0"}}}"#;
+
+/// `sync_init(schema, local)`; `Err` carries SQLite's message.
+fn init_local(c: &TestClient, schema: &Value, local: Option<&str>) -> Result<Value, String> {
+    c.db.query_row(
+        "SELECT sync_init(?1, ?2)",
+        rusqlite::params![schema.to_string(), local],
+        |r| r.get::<_, String>(0),
+    )
+    .map(|s| serde_json::from_str(&s).unwrap())
+    .map_err(|e| e.to_string())
+}
+
+/// A client with the local spec holding server rows `ids` (pulled, clean).
+fn client_with_local(ids: &[&str]) -> (TestClient, FakeServer) {
+    let c = TestClient::new();
+    init_local(&c, &tasks_schema(1), Some(LOCAL_SPEC)).unwrap();
+    let mut s = FakeServer::tasks();
+    for id in ids {
+        s.write(id, obj(task(id, &format!("server {id}"))));
+    }
+    c.apply(&s.pull(None));
+    (c, s)
+}
+
+fn table_cols(c: &TestClient, table: &str) -> Vec<String> {
+    c.rows(&format!("SELECT name FROM pragma_table_info('{table}')"))
+        .into_iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn local_vals(c: &TestClient, id: &str) -> Vec<Vec<Value>> {
+    c.rows(&format!(
+        "SELECT local_notes, starred FROM tasks WHERE id = '{id}'"
+    ))
+}
+
+#[test]
+fn local_columns_exist_and_are_never_pushed() {
+    let (c, mut s) = client_with_local(&["a", "b"]);
+    let cols = table_cols(&c, "tasks");
+    assert!(cols.contains(&"local_notes".to_string()));
+    assert!(cols.contains(&"starred".to_string()));
+    assert!(!table_cols(&c, "tasks_synced").contains(&"local_notes".to_string()));
+    // Pulled rows get the default.
+    assert_eq!(local_vals(&c, "a"), vec![vec![Value::Null, json!(0)]]);
+    // A write of local columns only queues nothing.
+    c.exec("UPDATE tasks SET local_notes = 'mine', starred = 1 WHERE id = 'a'");
+    assert!(changes_rows(&c).is_empty());
+    assert_eq!(c.pending("tasks", "a"), 0);
+    assert_eq!(c.changes()["changes"], json!([]));
+    // Mixed writes push only the synced columns.
+    c.exec("UPDATE tasks SET title = 'x', starred = 2 WHERE id = 'b'");
+    c.exec("INSERT INTO tasks (id, title, local_notes, starred) VALUES ('n', 'new', 'ln', 5)");
+    let b = c.changes();
+    let text = b.to_string();
+    assert!(
+        !text.contains("local_notes") && !text.contains("starred"),
+        "{text}"
+    );
+    let ch = b["changes"].as_array().unwrap();
+    assert_eq!(ch.len(), 2);
+    let bc = ch.iter().find(|x| x["pk"]["id"] == "b").unwrap();
+    assert_eq!(bc["cols"], json!({"title": "x"}));
+    let r = s.push(&b, |_| Verdict::Apply);
+    c.ack(&r);
+    assert_eq!(local_vals(&c, "b"), vec![vec![Value::Null, json!(2)]]);
+    assert_eq!(local_vals(&c, "n"), vec![vec![json!("ln"), json!(5)]]);
+    assert_eq!(local_vals(&c, "a"), vec![vec![json!("mine"), json!(1)]]);
+}
+
+#[test]
+fn pulls_and_rejections_keep_local_values() {
+    let (c, mut s) = client_with_local(&["a", "b", "d"]);
+    c.exec("UPDATE tasks SET local_notes = 'keep a', starred = 1 WHERE id IN ('a', 'b', 'd')");
+    // A pull updating clean row a keeps its local values.
+    s.write("a", obj(json!({"title": "server changed"})));
+    let cursor = c.try_text("SELECT sync_cursor()", None).unwrap();
+    c.apply(&s.pull(cursor.as_deref()));
+    assert_eq!(
+        c.rows("SELECT title, local_notes, starred FROM tasks WHERE id = 'a'"),
+        vec![vec![json!("server changed"), json!("keep a"), json!(1)]]
+    );
+    // A pull under a pending write (rebase) keeps them too.
+    c.exec("UPDATE tasks SET priority = 7 WHERE id = 'd'");
+    s.write("d", obj(json!({"title": "server d"})));
+    let cursor = c.try_text("SELECT sync_cursor()", None).unwrap();
+    c.apply(&s.pull(cursor.as_deref()));
+    assert_eq!(
+        c.rows("SELECT title, priority, local_notes, starred FROM tasks WHERE id = 'd'"),
+        vec![vec![json!("server d"), json!(7), json!("keep a"), json!(1)]]
+    );
+    // A rejected update and a rejected delete roll back, keeping them.
+    c.exec("UPDATE tasks SET title = 'doomed' WHERE id = 'b'");
+    c.exec("DELETE FROM tasks WHERE id = 'd'");
+    let b = c.changes();
+    let r = s.push(&b, |_| Verdict::Reject);
+    let out = c.ack(&r);
+    assert_eq!(out["rejected"], 2);
+    assert_eq!(
+        c.rows("SELECT title, local_notes, starred FROM tasks WHERE id = 'b'"),
+        vec![vec![json!("server b"), json!("keep a"), json!(1)]]
+    );
+    assert_eq!(c.int("SELECT count(*) FROM tasks WHERE id = 'd'"), 1);
+    assert!(changes_rows(&c).is_empty());
+    // An accepted change with a server row keeps them as well.
+    c.exec("UPDATE tasks SET title = 'ok' WHERE id = 'b'");
+    let b = c.changes();
+    c.ack(&s.push(&b, |_| Verdict::Apply));
+    assert_eq!(
+        c.rows("SELECT title, local_notes FROM tasks WHERE id = 'b'"),
+        vec![vec![json!("ok"), json!("keep a")]]
+    );
+}
+
+#[test]
+fn local_columns_survive_migrations_and_reinit() {
+    let (c, _s) = client_with_local(&["a"]);
+    c.exec("UPDATE tasks SET local_notes = 'n', starred = 3 WHERE id = 'a'");
+    // Same schema, no second argument: nothing changes.
+    let r = c.init(&tasks_schema(1));
+    assert_eq!(r["changed"], false);
+    // Same spec again: idempotent.
+    init_local(&c, &tasks_schema(1), Some(LOCAL_SPEC)).unwrap();
+    assert_eq!(local_vals(&c, "a"), vec![vec![json!("n"), json!(3)]]);
+    // Newer schema through sync_init, without the second argument.
+    let mut v2 = tasks_schema(2);
+    v2["tables"][0]["columns"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "notes", "type": "text"}));
+    assert_eq!(c.init(&v2)["changed"], true);
+    assert_eq!(local_vals(&c, "a"), vec![vec![json!("n"), json!(3)]]);
+    // A migration through a pull page that drops a synced column.
+    let mut v3 = v2.clone();
+    v3["version"] = json!(3);
+    v3["tables"][0]["columns"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["name"] != "estimate");
+    let mut p = page(3, "c3", false, vec![]);
+    p["schema"] = v3;
+    c.apply(&p);
+    assert_eq!(local_vals(&c, "a"), vec![vec![json!("n"), json!(3)]]);
+    c.exec("UPDATE tasks SET starred = 4 WHERE id = 'a'");
+    assert!(changes_rows(&c).is_empty());
+    // A later spec adds columns; the old ones stay.
+    init_local(
+        &c,
+        &tasks_schema(1),
+        Some(r#"{"columns": {"tasks": {"color": "TEXT DEFAULT 'red'"}}}"#),
+    )
+    .unwrap();
+    assert_eq!(
+        c.rows("SELECT local_notes, starred, color FROM tasks WHERE id = 'a'"),
+        vec![vec![json!("n"), json!(4), json!("red")]]
+    );
+    let stored: Value = serde_json::from_str(
+        &c.try_text("SELECT value FROM _sync_meta WHERE key = 'local'", None)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        stored,
+        json!({"tasks": {"local_notes": "TEXT", "starred": "INTEGER DEFAULT 0",
+                         "color": "TEXT DEFAULT 'red'"}})
+    );
+    // A newer schema that adds a synced column named like a local one takes
+    // the local column over (its values become synced, it leaves the spec).
+    let mut v4 = tasks_schema(4);
+    v4["tables"][0]["columns"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "starred", "type": "integer"}));
+    assert_eq!(c.init(&v4)["changed"], true);
+    assert_eq!(local_vals(&c, "a"), vec![vec![json!("n"), json!(4)]]);
+    c.exec("UPDATE tasks SET starred = 5, local_notes = 'm' WHERE id = 'a'");
+    assert_eq!(c.changes()["changes"][0]["cols"], json!({"starred": 5}));
+    assert!(!c
+        .try_text("SELECT value FROM _sync_meta WHERE key = 'local'", None)
+        .unwrap()
+        .unwrap()
+        .contains("starred"));
+}
+
+#[test]
+fn a_bad_local_spec_is_a_clear_error_and_changes_nothing() {
+    // On a fresh database: nothing is created.
+    let fresh = TestClient::new();
+    let e = init_local(&fresh, &tasks_schema(1), Some("{nope")).unwrap_err();
+    assert!(e.contains("invalid local spec: malformed JSON"), "{e}");
+    assert_eq!(fresh.int("SELECT count(*) FROM sqlite_master"), 0);
+    let (c, _s) = client_with_local(&["a"]);
+    let before = c.snapshot();
+    let cases: Vec<(&str, &str)> = vec![
+        ("{nope", "malformed JSON"),
+        ("[]", "expected a JSON object"),
+        (r#"{"cols": {}}"#, "unknown key"),
+        (r#"{"columns": []}"#, "must be an object"),
+        (
+            r#"{"columns": {"other": {"x": "TEXT"}}}"#,
+            "not a synced table",
+        ),
+        (r#"{"columns": {"tasks": []}}"#, "must be an object"),
+        (
+            r#"{"columns": {"tasks": {"title": "TEXT"}}}"#,
+            "synced column",
+        ),
+        (
+            r#"{"columns": {"tasks": {"TITLE": "TEXT"}}}"#,
+            "synced column",
+        ),
+        (r#"{"columns": {"tasks": {"x": 1}}}"#, "must be a string"),
+        (
+            r#"{"columns": {"tasks": {"x": "TEXT; DROP TABLE tasks"}}}"#,
+            "may not contain",
+        ),
+        (
+            r#"{"columns": {"tasks": {"x": "TEXT NOT NULL"}}}"#,
+            "cannot add local column",
+        ),
+        (
+            r#"{"columns": {"tasks": {"ok": "TEXT", "y": "BOGUS((("}}}"#,
+            "cannot add local column",
+        ),
+    ];
+    for (spec, want) in cases {
+        let e = init_local(&c, &tasks_schema(1), Some(spec)).unwrap_err();
+        assert!(e.contains(want), "{spec}: {e}");
+        assert_eq!(c.snapshot(), before, "{spec} changed something");
+        assert!(!table_cols(&c, "tasks").contains(&"ok".to_string()));
+    }
+    let e =
+        c.db.query_row(
+            "SELECT sync_init(?1, 5)",
+            [tasks_schema(1).to_string()],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("local must be text"), "{e}");
+}
+
+#[test]
+fn app_tables_outside_the_schema_are_never_touched() {
+    let (c, mut s) = client_with(&["a"]);
+    c.exec(
+        "CREATE TABLE drafts(id TEXT PRIMARY KEY, body TEXT);
+         INSERT INTO drafts VALUES ('a', 'draft a'), ('z', 'draft z');",
+    );
+    let drafts = c.rows("SELECT * FROM drafts ORDER BY id");
+    c.exec("UPDATE drafts SET body = 'edited' WHERE id = 'z'");
+    c.exec("UPDATE tasks SET title = 'x' WHERE id = 'a'");
+    let b = c.changes();
+    assert!(!b.to_string().contains("drafts"));
+    assert_eq!(b["changes"].as_array().unwrap().len(), 1);
+    c.ack(&s.push(&b, |_| Verdict::Apply));
+    s.write("a", obj(json!({"title": "server"})));
+    s.remove("a");
+    let cursor = c.try_text("SELECT sync_cursor()", None).unwrap();
+    c.apply(&s.pull(cursor.as_deref()));
+    let mut resync = page(1, "c9", false, vec![]);
+    resync["resync_required"] = json!(true);
+    c.apply(&resync);
+    assert_eq!(
+        c.rows("SELECT * FROM drafts ORDER BY id"),
+        vec![drafts[0].clone(), vec![json!("z"), json!("edited")]]
+    );
+    let e = c
+        .try_text(
+            "SELECT sync_apply(?1)",
+            Some(
+                &page(
+                    1,
+                    "c",
+                    false,
+                    vec![upsert("drafts", json!({"id": "a"}), &[])],
+                )
+                .to_string(),
+            ),
+        )
+        .unwrap_err();
+    assert!(e.contains("is not synced"), "{e}");
+    assert_eq!(
+        c.int("SELECT count(*) FROM _changes WHERE tbl = 'drafts'"),
+        0
+    );
+}
