@@ -271,3 +271,105 @@ fn a_process_killed_mid_apply_leaves_the_database_as_before() {
     assert_eq!(server_body, "local");
     let _ = std::fs::remove_file(page_file);
 }
+
+/// Runs `sql` on the device file in a separate sqlite3 shell process and
+/// kills it while it works; returns whether it was killed mid-way.
+fn kill_mid_way(path: &std::path::Path, sql: &str) -> bool {
+    for delay_ms in [150u64, 60, 20, 400] {
+        let mut child = Command::new("sqlite3")
+            .arg(path)
+            .arg(format!(
+                ".load {}",
+                sync_tests::sqlite::lib_path().with_extension("").display()
+            ))
+            .arg(sql)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sqlite3 shell");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_process_killed_mid_ack_or_mid_write_leaves_the_database_as_before() {
+    let db = TestDb::new("e2e_kill_ack");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, body text); SELECT sync_enable('items');",
+    )
+    .unwrap();
+    let d = Device::new(&mut c, "kill_ack");
+    d.pull(&mut c);
+    // Many offline inserts, pushed in one batch; the answer is acknowledged
+    // by a process that is killed while it works.
+    d.db.execute_batch(
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 30000)
+         INSERT INTO items (id, body) SELECT n, 'offline ' || n FROM g;",
+    )
+    .unwrap();
+    let batch = d.call("SELECT sync_changes(30000)", None);
+    assert_eq!(batch["changes"].as_array().unwrap().len(), 30000);
+    let result: Value = c
+        .query_one("SELECT sync_push($1)", &[&batch])
+        .unwrap()
+        .get(0);
+    let result_file = d.path.with_extension("result.json");
+    std::fs::write(&result_file, result.to_string()).unwrap();
+    let before = (
+        d.call("SELECT sync_status()", None)["pending"].clone(),
+        d.rows("SELECT count(*) FROM items"),
+    );
+    assert_eq!(before.0, 30000);
+    let killed = kill_mid_way(
+        &d.path,
+        &format!(
+            "SELECT sync_ack(CAST(readfile('{}') AS TEXT))",
+            result_file.display()
+        ),
+    );
+    assert!(killed, "sync_ack finished before it could be killed");
+    let d2 = Device {
+        db: sync_tests::sqlite::open(&d.path),
+        path: d.path.clone(),
+    };
+    assert_eq!(d2.call("SELECT sync_status()", None)["pending"], before.0);
+    assert_eq!(d2.rows("SELECT count(*) FROM items"), before.1);
+    // The batch is still in flight and the same; acknowledging again works.
+    assert_eq!(d2.call("SELECT sync_changes(30000)", None), batch);
+    d2.call("SELECT sync_ack(?1)", Some(&result.to_string()));
+    assert_eq!(d2.call("SELECT sync_status()", None)["pending"], 0);
+
+    // A local write killed mid-way leaves no trace, in the table or the queue.
+    let rows_before = d2.rows("SELECT count(*), coalesce(sum(id), 0) FROM items");
+    let queued_before = d2.rows("SELECT count(*) FROM _changes");
+    let killed = kill_mid_way(
+        &d2.path,
+        "WITH RECURSIVE g(n) AS (SELECT 100001 UNION ALL SELECT n + 1 FROM g WHERE n < 400000) \
+         INSERT INTO items (id, body) SELECT n, 'doomed ' || n FROM g;",
+    );
+    assert!(killed, "the write finished before it could be killed");
+    let d3 = Device {
+        db: sync_tests::sqlite::open(&d.path),
+        path: d.path.clone(),
+    };
+    assert_eq!(
+        d3.rows("SELECT count(*), coalesce(sum(id), 0) FROM items"),
+        rows_before
+    );
+    assert_eq!(d3.rows("SELECT count(*) FROM _changes"), queued_before);
+    // And the device converges with the server.
+    d3.sync(&mut c);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM items", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 30000);
+    let _ = std::fs::remove_file(result_file);
+}
