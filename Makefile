@@ -8,7 +8,7 @@ PG_CONFIG ?= /usr/bin/pg_config
 PGRX_VERSION := 0.18.1
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install test unit pgrx-test integration demo bench lint clean-clusters
+.PHONY: all deps build install test unit pgrx-test integration test-node demo bench lint clean-clusters
 
 all: build
 
@@ -44,6 +44,13 @@ test: deps
 	$(MAKE) unit
 	$(MAKE) pgrx-test
 	$(MAKE) integration
+
+# The extension from Node's better-sqlite3 (fetched from the npm registry and
+# built on first use, about 2 minutes). Not part of `make test`, which needs
+# no network beyond apt and crates.io.
+test-node:
+	cargo build -p sqlite_sync
+	SQLITE_SYNC_LIB=$(CURDIR)/target/debug/libsqlite_sync.so bash tests/node/run.sh
 
 lint:
 	cargo fmt --all -- --check
