@@ -71,27 +71,26 @@ fn enable(relid: pg_sys::Oid, options_json: &str) -> Result<bool> {
         ),
         &[],
     )?;
-    exec(
-        &format!(
-            "CREATE TRIGGER zz_pg_sync_track BEFORE INSERT OR UPDATE ON {t} \
-             FOR EACH ROW EXECUTE FUNCTION pg_sync.track()"
+    for (name, when, each, function) in [
+        (
+            "zz_pg_sync_track",
+            "BEFORE INSERT OR UPDATE",
+            "ROW",
+            "track",
         ),
-        &[],
-    )?;
-    exec(
-        &format!(
-            "CREATE TRIGGER zz_pg_sync_delete AFTER DELETE ON {t} \
-             FOR EACH ROW EXECUTE FUNCTION pg_sync.track_delete()"
+        ("zz_pg_sync_delete", "AFTER DELETE", "ROW", "track_delete"),
+        (
+            "zz_pg_sync_truncate",
+            "BEFORE TRUNCATE",
+            "STATEMENT",
+            "track_truncate",
         ),
-        &[],
-    )?;
-    exec(
-        &format!(
-            "CREATE TRIGGER zz_pg_sync_truncate BEFORE TRUNCATE ON {t} \
-             FOR EACH STATEMENT EXECUTE FUNCTION pg_sync.track_truncate()"
-        ),
-        &[],
-    )?;
+    ] {
+        exec(
+            &format!("CREATE TRIGGER {name} {when} ON {t} FOR EACH {each} EXECUTE FUNCTION pg_sync.{function}()"),
+            &[],
+        )?;
+    }
     // Fire also under session_replication_role = replica (logical
     // replication, pg_restore --disable-triggers aside): every write is tracked.
     exec(

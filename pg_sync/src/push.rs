@@ -508,25 +508,7 @@ impl Applier<'_> {
                 try_sql(&sql, Some(values), Some(&ver), Some(self.pk_json()))?
             }
         };
-        match tried {
-            Tried::Failed {
-                message,
-                constraint,
-            } => {
-                let mut r = self.rejected(message, constraint);
-                r.conflicts = conflicts;
-                Ok(r)
-            }
-            Tried::Ok(v) => {
-                let mut r = self.result(if conflicts.is_empty() {
-                    Status::Applied
-                } else {
-                    Status::Conflict
-                });
-                r.conflicts = conflicts;
-                Ok(self.with_state(r, RowState::from_json(&v).as_ref()))
-            }
-        }
+        Ok(self.written(tried, self.applied_or_conflict(conflicts)))
     }
 
     fn delete(&self, cur: RowState) -> Result<ChangeResult> {
@@ -575,25 +557,7 @@ impl Applier<'_> {
                         with_delete_hlc(stamp, || try_sql(&sql, None, None, Some(self.pk_json())))?
                     }
                 };
-                match tried {
-                    Tried::Failed {
-                        message,
-                        constraint,
-                    } => {
-                        let mut r = self.rejected(message, constraint);
-                        r.conflicts = conflicts;
-                        Ok(r)
-                    }
-                    Tried::Ok(_) => {
-                        let mut r = self.result(if conflicts.is_empty() {
-                            Status::Applied
-                        } else {
-                            Status::Conflict
-                        });
-                        r.conflicts = conflicts;
-                        Ok(r)
-                    }
-                }
+                Ok(self.written(tried, self.applied_or_conflict(conflicts)))
             }
         }
     }
@@ -692,20 +656,35 @@ impl Applier<'_> {
                 Some(self.pk_json()),
             )?,
         };
+        Ok(self.written(tried, self.status_result(status, conflicts)))
+    }
+
+    /// The result of a change whose write ran as `tried`: rejected with the
+    /// failure (keeping the conflicts recorded), else `ok` with the row the
+    /// write returned, if any.
+    fn written(&self, tried: Tried, ok: ChangeResult) -> ChangeResult {
         match tried {
             Tried::Failed {
                 message,
                 constraint,
             } => {
                 let mut r = self.rejected(message, constraint);
-                r.conflicts = conflicts;
-                Ok(r)
+                r.conflicts = ok.conflicts;
+                r
             }
-            Tried::Ok(v) => Ok(self.with_state(
-                self.status_result(status, conflicts),
-                RowState::from_json(&v).as_ref(),
-            )),
+            Tried::Ok(v) => self.with_state(ok, RowState::from_json(&v).as_ref()),
         }
+    }
+
+    /// `applied`, or `conflict` when conflicts were recorded.
+    fn applied_or_conflict(&self, conflicts: Vec<i64>) -> ChangeResult {
+        let mut r = self.result(if conflicts.is_empty() {
+            Status::Applied
+        } else {
+            Status::Conflict
+        });
+        r.conflicts = conflicts;
+        r
     }
 
     /// Bulk mode: queues a write; its effect (and the row it leaves) is

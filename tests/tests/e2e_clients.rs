@@ -212,30 +212,13 @@ fn a_process_killed_mid_apply_leaves_the_database_as_before() {
     std::fs::write(&page_file, page.to_string()).unwrap();
     let before_rows = d.rows("SELECT count(*), sum(id) FROM items");
     // Apply in a separate sqlite3 process and kill it while it works.
-    let mut killed_mid_way = false;
-    for delay_ms in [150u64, 60, 20, 300] {
-        let mut child = Command::new("sqlite3")
-            .arg(&d.path)
-            .arg(format!(
-                ".load {}",
-                sync_tests::sqlite::lib_path().with_extension("").display()
-            ))
-            .arg(format!(
-                "SELECT sync_apply(CAST(readfile('{}') AS TEXT))",
-                page_file.display()
-            ))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("sqlite3 shell");
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            killed_mid_way = true;
-            break;
-        }
-    }
+    let killed_mid_way = kill_mid_way(
+        &d.path,
+        &format!(
+            "SELECT sync_apply(CAST(readfile('{}') AS TEXT))",
+            page_file.display()
+        ),
+    );
     assert!(
         killed_mid_way,
         "sync_apply finished before it could be killed"
