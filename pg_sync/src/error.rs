@@ -20,9 +20,6 @@ pub enum PgSyncError {
     /// Bad `sync_enable` options.
     #[error("invalid sync_enable options: {0}")]
     BadOptions(String),
-    /// The cursor is not one sync_pull produced.
-    #[error("invalid cursor: {0}")]
-    BadCursor(String),
     /// A bad argument.
     #[error("{0}")]
     BadArgument(String),
@@ -52,11 +49,12 @@ pub fn raise(e: PgSyncError) -> ! {
         PgSyncError::AlreadySynced(_) | PgSyncError::DuplicateName(_) => {
             C::ERRCODE_DUPLICATE_OBJECT
         }
-        PgSyncError::BadOptions(_) | PgSyncError::BadArgument(_) | PgSyncError::BadCursor(_) => {
+        PgSyncError::BadOptions(_) | PgSyncError::BadArgument(_) => {
             C::ERRCODE_INVALID_PARAMETER_VALUE
         }
         PgSyncError::Sync(SyncError::MalformedJson(_)) => C::ERRCODE_INVALID_TEXT_REPRESENTATION,
         PgSyncError::Sync(SyncError::UnknownTable(_)) => C::ERRCODE_UNDEFINED_TABLE,
+        PgSyncError::Sync(SyncError::BadCursor(_)) => C::ERRCODE_INVALID_PARAMETER_VALUE,
         PgSyncError::Sync(SyncError::UnknownColumn { .. }) => C::ERRCODE_UNDEFINED_COLUMN,
         PgSyncError::Sync(_) => C::ERRCODE_INVALID_PARAMETER_VALUE,
         PgSyncError::Spi(_) => C::ERRCODE_INTERNAL_ERROR,

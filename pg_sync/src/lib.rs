@@ -23,7 +23,6 @@ macro_rules! finfo_v1 {
 
 mod catalog;
 mod clock;
-mod cursor;
 mod enable;
 mod error;
 mod ops;

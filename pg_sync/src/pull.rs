@@ -3,7 +3,7 @@
 use pgrx::prelude::*;
 
 use crate::catalog::{self, TableInfo};
-use crate::cursor::{Cursor, Pos, TablePos};
+use sync_core::cursor::{Cursor, Pos, TablePos};
 use crate::error::{or_raise, PgSyncError, Result};
 use crate::spi_util::{exec, ident, literal, one_cached, rows_cached, rows_ro, TextRow};
 

@@ -4,8 +4,10 @@
 //! - [`wire`]: the versioned JSON documents exchanged by the two sides;
 //! - [`schema`]: the synced schema a client is built from;
 //! - [`hlc`]: hybrid logical clocks packed into 64 bits;
-//! - [`merge`]: the per-column merge rules (the only place they live).
+//! - [`merge`]: the per-column merge rules (the only place they live);
+//! - [`cursor`]: the opaque pull cursor the server hands out.
 
+pub mod cursor;
 pub mod hlc;
 pub mod merge;
 pub mod schema;
@@ -31,6 +33,9 @@ pub enum SyncError {
     /// The document is well-formed but breaks a rule.
     #[error("{0}")]
     Invalid(String),
+    /// A pull cursor that this server did not produce.
+    #[error("invalid cursor: {0}")]
+    BadCursor(String),
     /// A table that is not synced.
     #[error("table {0:?} is not synced")]
     UnknownTable(String),

@@ -14,7 +14,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{PgSyncError, Result};
+use crate::SyncError;
+
+/// Result of decoding a cursor.
+pub type Result<T> = std::result::Result<T, SyncError>;
 
 /// A position in one stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -63,7 +66,7 @@ impl Cursor {
     /// Decodes a cursor string.
     pub fn decode(s: &str) -> Result<Cursor> {
         let bad = |why: &str| {
-            PgSyncError::BadCursor(format!(
+            SyncError::BadCursor(format!(
                 "{why}; pass a cursor returned by sync_pull, or NULL to start over"
             ))
         };
