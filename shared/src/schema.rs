@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::merge::Strategy;
 use crate::wire::FORMAT;
+use crate::SyncError;
 
 /// Logical column types, mapped faithfully on both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,5 +146,117 @@ impl Schema {
     /// Looks a table up by name.
     pub fn table(&self, name: &str) -> Option<&TableDef> {
         self.tables.iter().find(|t| t.name == name)
+    }
+}
+
+/// Longest table or column name, in bytes (Postgres' identifier limit).
+pub const MAX_NAME_BYTES: usize = 63;
+
+/// Most synced columns a table may have (the device keeps one bit per
+/// column in its change mask).
+pub const MAX_SYNCED_COLUMNS: usize = 63;
+
+/// Names the device keeps for itself: its clock, queue and bookkeeping
+/// tables. No synced table may take one.
+pub const RESERVED_TABLE_NAMES: &[&str] = &["sync_clock", "_changes"];
+
+/// Prefix of every name the extensions keep for themselves.
+pub const RESERVED_PREFIX: &str = "_sync_";
+
+/// Suffixes of the objects the device derives from a synced table `t`.
+pub const DERIVED_SUFFIXES: &[&str] = &["_synced", "_local", "_pending"];
+
+/// Checks that `name` may be a synced table next to the synced tables
+/// `others`: not empty, at most [`MAX_NAME_BYTES`], not reserved, and not
+/// equal (up to ASCII case, as SQLite compares names) to another synced
+/// table or to an object the device derives from one (`<t>_synced`,
+/// `<t>_local`, `<t>_pending`), in either direction. Both extensions call
+/// it: the server when a table is enabled, the device when it builds one.
+pub fn check_table_name<'a>(
+    name: &str,
+    others: impl IntoIterator<Item = &'a str>,
+) -> Result<(), SyncError> {
+    let bad = |why: String| Err(SyncError::Invalid(format!("table name {name:?}: {why}")));
+    if name.is_empty() {
+        return bad("is empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return bad(format!(
+            "is {} bytes, more than the limit of {MAX_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    if name.contains('\0') {
+        return bad("contains a NUL character".into());
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_TABLE_NAMES.contains(&lower.as_str()) || lower.starts_with(RESERVED_PREFIX) {
+        return bad(format!(
+            "is reserved by the sync extensions ({}, and names starting with {RESERVED_PREFIX})",
+            RESERVED_TABLE_NAMES.join(", ")
+        ));
+    }
+    for other in others {
+        let o = other.to_ascii_lowercase();
+        if o == lower {
+            return bad(format!(
+                "equals the synced table {other:?} up to case; devices compare names without case"
+            ));
+        }
+        for s in DERIVED_SUFFIXES {
+            if lower == format!("{o}{s}") || o == format!("{lower}{s}") {
+                return bad(format!(
+                    "collides with {s:?}, the suffix of the objects a device derives from the synced table {other:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a synced column name: not empty, at most [`MAX_NAME_BYTES`], no
+/// NUL, and not starting with the reserved prefix.
+pub fn check_column_name(table: &str, name: &str) -> Result<(), SyncError> {
+    let bad = |why: String| {
+        Err(SyncError::Invalid(format!(
+            "column name {name:?} of table {table:?}: {why}"
+        )))
+    };
+    if name.is_empty() {
+        return bad("is empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return bad(format!(
+            "is {} bytes, more than the limit of {MAX_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    if name.contains('\0') {
+        return bad("contains a NUL character".into());
+    }
+    if name.to_ascii_lowercase().starts_with(RESERVED_PREFIX) {
+        return bad(format!("starts with {RESERVED_PREFIX}, which is reserved"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn reserved_and_colliding_names_are_refused() {
+        assert!(check_table_name("tasks", ["projects"]).is_ok());
+        for bad in ["sync_clock", "SYNC_CLOCK", "_changes", "_sync_meta", ""] {
+            assert!(check_table_name(bad, []).is_err(), "{bad}");
+        }
+        assert!(check_table_name(&"x".repeat(64), []).is_err());
+        assert!(check_table_name(&"x".repeat(63), []).is_ok());
+        assert!(check_table_name("Tasks", ["tasks"]).is_err());
+        assert!(check_table_name("tasks_synced", ["tasks"]).is_err());
+        assert!(check_table_name("tasks", ["tasks_local"]).is_err());
+        assert!(check_table_name("tasks_pending", ["TASKS"]).is_err());
+        assert!(check_column_name("t", "_sync_x").is_err());
+        assert!(check_column_name("t", "title").is_ok());
     }
 }

@@ -20,6 +20,9 @@ pub const FORMAT: u32 = 1;
 /// Largest push batch accepted, in changes.
 pub const MAX_BATCH_CHANGES: usize = 100_000;
 
+/// Longest client id, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 200;
+
 /// A JSON object of column name to value.
 pub type Row = Map<String, Value>;
 
@@ -193,8 +196,9 @@ pub fn check_format(found: u32) -> Result<(), SyncError> {
 }
 
 impl PushBatch {
-    /// Parses and validates a batch: known format, a client id, at most
-    /// [`MAX_BATCH_CHANGES`] changes, strictly increasing sequence numbers,
+    /// Parses and validates a batch: known format, a client id of at most
+    /// [`MAX_CLIENT_ID_BYTES`], positive and
+    /// strictly increasing sequence numbers, at most [`MAX_BATCH_CHANGES`] changes,
     /// non-empty primary keys.
     pub fn parse(json: &str) -> Result<PushBatch, SyncError> {
         let batch: PushBatch = serde_json::from_str(json)
@@ -203,14 +207,26 @@ impl PushBatch {
         if batch.client_id.trim().is_empty() {
             return Err(SyncError::Invalid("push batch: client_id is empty".into()));
         }
+        if batch.client_id.len() > MAX_CLIENT_ID_BYTES {
+            return Err(SyncError::Invalid(format!(
+                "push batch: client_id is {} bytes, more than the limit of {MAX_CLIENT_ID_BYTES}",
+                batch.client_id.len()
+            )));
+        }
         if batch.changes.len() > MAX_BATCH_CHANGES {
             return Err(SyncError::Invalid(format!(
                 "push batch: {} changes is more than the limit of {MAX_BATCH_CHANGES}; send smaller batches",
                 batch.changes.len()
             )));
         }
-        let mut prev = i64::MIN;
+        let mut prev = 0;
         for c in &batch.changes {
+            if c.seq <= 0 {
+                return Err(SyncError::Invalid(format!(
+                    "push batch: seq {} is not positive; sequence numbers start at 1",
+                    c.seq
+                )));
+            }
             if c.seq <= prev {
                 return Err(SyncError::Invalid(format!(
                     "push batch: seq {} does not increase (after {prev})",
