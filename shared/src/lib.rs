@@ -5,9 +5,11 @@
 //! - [`schema`]: the synced schema a client is built from;
 //! - [`hlc`]: hybrid logical clocks packed into 64 bits;
 //! - [`merge`]: the per-column merge rules (the only place they live);
-//! - [`cursor`]: the opaque pull cursor the server hands out.
+//! - [`cursor`]: the opaque pull cursor the server hands out;
+//! - [`decimal`]: exact decimal arithmetic for `counter` columns.
 
 pub mod cursor;
+pub mod decimal;
 pub mod hlc;
 pub mod merge;
 pub mod schema;

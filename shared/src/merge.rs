@@ -304,11 +304,19 @@ pub fn set_union(base: &Value, theirs: &Value, mine: &Value) -> Option<Value> {
     Some(Value::Array(out))
 }
 
-/// Counter merge: `theirs + (mine - base)`; null counts as 0. When all
-/// three are integers the sum is exact (computed in 128 bits) and stays an
-/// integer; `None` when it does not fit in `i64`/`u64`. Otherwise the sum is
-/// computed in `f64`; `None` when it is not finite or a value is not a
-/// number.
+/// Counter merge: `theirs + (mine - base)`; null counts as 0; `None` when
+/// a value is not a number.
+///
+/// - When all three are integers that fit `i64`/`u64`, the sum is computed
+///   in 128 bits and stays an integer; `None` when it fits neither `i64`
+///   nor `u64` (an integer column could not hold it).
+/// - Otherwise (a fraction, an exponent, or an integer beyond 64 bits) the
+///   sum is computed exactly on the numbers' literal text
+///   ([`crate::decimal`]), never in floating point, and written as a plain
+///   decimal literal with the largest scale of the three (`1.10 + (0.5 - 0)`
+///   is `1.60`, `1e2` is `100`). `None` when a value or the sum has more
+///   than [`crate::decimal::MAX_INTEGER_DIGITS`] digits before the point or
+///   [`crate::decimal::MAX_SCALE`] after it.
 pub fn counter(base: &Value, theirs: &Value, mine: &Value) -> Option<Value> {
     let num = |v: &Value| -> Option<serde_json::Number> {
         match v {
@@ -331,8 +339,10 @@ pub fn counter(base: &Value, theirs: &Value, mine: &Value) -> Option<Value> {
             u64::try_from(sum).ok().map(Value::from)
         };
     }
-    let (b, t, m) = (b.as_f64()?, t.as_f64()?, m.as_f64()?);
-    serde_json::Number::from_f64(t + (m - b)).map(Value::Number)
+    // `Number`'s text is its exact literal (serde_json's
+    // `arbitrary_precision`).
+    let sum = crate::decimal::counter_sum(&b.to_string(), &t.to_string(), &m.to_string())?;
+    sum.parse::<serde_json::Number>().ok().map(Value::Number)
 }
 
 /// The decision for a delete of a row that still exists.
@@ -462,6 +472,39 @@ mod tests {
     #[test]
     fn counter_adds_deltas() {
         assert_eq!(counter(&json!(10), &json!(15), &json!(13)), Some(json!(18)));
+    }
+
+    fn num(s: &str) -> Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn counter_is_exact_on_decimals() {
+        let c =
+            |b: &str, t: &str, m: &str| counter(&num(b), &num(t), &num(m)).map(|v| v.to_string());
+        assert_eq!(c("0", "1.10", "0.5").as_deref(), Some("1.60"));
+        assert_eq!(c("0.1", "0.2", "0.3").as_deref(), Some("0.4"));
+        assert_eq!(c("1e2", "1", "1E+2").as_deref(), Some("1"));
+        assert_eq!(c("null", "1.5e-3", "1").as_deref(), Some("1.0015"));
+        // Beyond f64's 53 bits.
+        assert_eq!(
+            c("0", "9007199254740993", "0.5").as_deref(),
+            Some("9007199254740993.5")
+        );
+        assert_eq!(
+            c("1", "123456789012345678901234567890", "2").as_deref(),
+            Some("123456789012345678901234567891")
+        );
+        // Integers keep 64-bit results.
+        assert_eq!(c("0", "18446744073709551615", "1"), None);
+        assert_eq!(
+            c("0", "9223372036854775807", "1").as_deref(),
+            Some("9223372036854775808")
+        );
+        // Hostile sizes are refused, not computed.
+        assert_eq!(c("0", "1e1000000", "1"), None);
+        assert_eq!(c("0", "1e-1000000", "1"), None);
+        assert_eq!(counter(&json!(0), &json!("1"), &json!(1)), None);
     }
 
     #[test]

@@ -187,6 +187,45 @@ fn set_union_and_counter() {
 }
 
 #[test]
+fn counter_is_exact_decimal() {
+    let num = |s: &str| -> Value { serde_json::from_str(s).unwrap() };
+    let m = merge(
+        Strategy::Counter,
+        (num("1.10"), S),
+        (num("0.5"), C),
+        (num("0"), B),
+    );
+    assert_eq!(m.outcome, Outcome::Merged);
+    assert_eq!(m.write.unwrap().0.to_string(), "1.60");
+    let m = merge(
+        Strategy::Counter,
+        (num("0.1"), S),
+        (num("0.3"), C),
+        (num("0.2"), B),
+    );
+    assert_eq!(m.write.unwrap().0.to_string(), "0.2");
+    let sum = |b: &str, t: &str, m: &str| {
+        sync_core::merge::counter(&num(b), &num(t), &num(m)).map(|v| v.to_string())
+    };
+    assert_eq!(sum("0", "1.5e-3", "-0.10").as_deref(), Some("-0.0985"));
+    assert_eq!(sum("0", "1E+2", "0").as_deref(), Some("100"));
+    // Integers that fit 64 bits stay 64-bit.
+    assert_eq!(sum("0", "18446744073709551615", "1"), None);
+    // Out of range: falls back to lww with a conflict.
+    assert_eq!(sum("0", "1e1000000", "1"), None);
+    let m = merge(
+        Strategy::Counter,
+        (num("1e1000000"), S),
+        (num("2"), C),
+        (num("1"), B),
+    );
+    assert_eq!(
+        m.conflict.as_deref(),
+        Some("counter could not merge; fell back to lww: the incoming value won")
+    );
+}
+
+#[test]
 fn deletes() {
     assert_eq!(
         decide_delete(DeletePolicy::DeleteWins, vec![]),
