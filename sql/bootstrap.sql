@@ -39,14 +39,20 @@ CREATE TABLE pg_sync.tombstones (
 CREATE INDEX tombstones_pull_idx ON pg_sync.tombstones (relid, xid, pk);
 CREATE INDEX tombstones_pk_idx ON pg_sync.tombstones (relid, pk);
 
--- Clients that pushed: last push and the highest sequence number seen.
+-- Clients that pushed or pulled: last push and the highest sequence number
+-- seen. A client id is bound to the role that uses it: the same id used by
+-- two roles names two different clients, so no role can read, pre-empt or
+-- block another role's idempotency records. Role 0 marks a client recorded
+-- before 0.3.0; the first role to use its id claims it.
 CREATE TABLE pg_sync.clients (
-    client_id  text PRIMARY KEY,
+    client_id  text NOT NULL,
     last_seq   bigint NOT NULL DEFAULT 0,
     last_push  timestamptz,
     pushes     bigint NOT NULL DEFAULT 0,
     last_pull  timestamptz,
-    last_cursor text
+    last_cursor text,
+    role       regrole NOT NULL,
+    PRIMARY KEY (role, client_id)
 );
 
 -- The answer given to each pushed change, so a retried change gets the same
@@ -56,7 +62,8 @@ CREATE TABLE pg_sync.push_results (
     seq       bigint NOT NULL,
     result    jsonb NOT NULL,
     at        timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (client_id, seq)
+    role      regrole NOT NULL,
+    PRIMARY KEY (role, client_id, seq)
 );
 
 -- Every conflict that was not a clean merge. Never truncated by pg_sync.
@@ -76,53 +83,22 @@ CREATE TABLE pg_sync.conflicts (
     client_id    text,
     seq          bigint,
     resolved_at  timestamptz,
-    resolution   jsonb
+    resolution   jsonb,
+    client_role  regrole
 );
 CREATE INDEX conflicts_open_idx ON pg_sync.conflicts (table_name) WHERE resolved_at IS NULL;
 
--- Bookkeeping helpers. They run as the extension owner so that clients need
--- no direct privileges on the catalog; each pins search_path.
-
--- Locks the client's row (serialising its pushes) and returns its last seq.
-CREATE FUNCTION pg_sync._client_begin(p_client text) RETURNS bigint
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO pg_sync.clients AS c (client_id, last_push, pushes)
-    VALUES (p_client, now(), 1)
-    ON CONFLICT (client_id) DO UPDATE SET last_push = now(), pushes = c.pushes + 1
-    RETURNING last_seq;
-$$;
-
-CREATE FUNCTION pg_sync._result_get(p_client text, p_seq bigint) RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT result FROM pg_sync.push_results WHERE client_id = p_client AND seq = p_seq;
-$$;
-
-CREATE FUNCTION pg_sync._result_put(p_client text, p_seq bigint, p_result jsonb) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO pg_sync.push_results (client_id, seq, result) VALUES (p_client, p_seq, p_result);
-    UPDATE pg_sync.clients SET last_seq = greatest(last_seq, p_seq) WHERE client_id = p_client;
-$$;
-
-CREATE FUNCTION pg_sync._conflict_add(p jsonb) RETURNS bigint
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO pg_sync.conflicts (table_name, pk, column_name, strategy, outcome, reason,
-                                   server_value, client_value, server_ver, client_ver, client_id, seq)
-    VALUES (p->>'table', p->'pk', p->>'column', p->>'strategy', p->>'outcome', p->>'reason',
-            p->'server_value', p->'client_value', p->>'server_ver', p->>'client_ver',
-            p->>'client_id', (p->>'seq')::bigint)
-    RETURNING id;
-$$;
-
-CREATE FUNCTION pg_sync._pulled(p_client text, p_cursor text) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO pg_sync.clients AS c (client_id, last_pull, last_cursor)
-    VALUES (p_client, now(), p_cursor)
-    ON CONFLICT (client_id) DO UPDATE SET last_pull = now(), last_cursor = p_cursor;
-$$;
+-- The catalog is written only by pg_sync's own code: the tracking triggers
+-- and the bookkeeping of sync_push / sync_pull switch to the catalog owner
+-- for exactly those writes, with search_path pinned (pg_sync/src/privileged.rs).
+-- No SQL-callable function writes the catalog on behalf of PUBLIC.
 
 -- Runs one statement of a pushed change inside its own subtransaction, so a
 -- failing change (constraint violation, bad value) is rolled back alone and
 -- reported with the constraint's name.
+-- It runs as the caller with the caller's search_path (the statement's own
+-- triggers and policies may depend on it), so every name in its body is
+-- schema-qualified.
 CREATE FUNCTION pg_sync._try(p_sql text, a jsonb, b bigint[], c jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -130,14 +106,16 @@ DECLARE
     v_state text; v_msg text; v_detail text; v_constraint text; v_column text;
 BEGIN
     EXECUTE p_sql INTO r USING a, b, c;
-    RETURN jsonb_build_object('ok', r);
+    RETURN pg_catalog.jsonb_build_object('ok', r);
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT,
         v_detail = PG_EXCEPTION_DETAIL, v_constraint = CONSTRAINT_NAME, v_column = COLUMN_NAME;
-    RETURN jsonb_build_object('error', v_msg, 'sqlstate', v_state,
-        'detail', CASE WHEN v_state IN ('23503', '23505') THEN nullif(v_detail, '') END,
+    RETURN pg_catalog.jsonb_build_object('error', v_msg, 'sqlstate', v_state,
+        'detail', CASE WHEN v_state OPERATOR(pg_catalog.=) ANY (ARRAY['23503', '23505'])
+                       THEN nullif(v_detail, '') END,
         'constraint', coalesce(nullif(v_constraint, ''),
-            CASE WHEN v_state = '23502' AND v_column <> '' THEN v_column || '_not_null' END));
+            CASE WHEN v_state OPERATOR(pg_catalog.=) '23502' AND v_column OPERATOR(pg_catalog.<>) ''
+                 THEN pg_catalog.concat(v_column, '_not_null') END));
 END;
 $$;
 
@@ -162,74 +140,28 @@ CREATE POLICY tombstones_readable ON pg_sync.tombstones FOR SELECT
     USING (has_table_privilege(relid, 'SELECT'));
 GRANT SELECT ON pg_sync.tombstones TO PUBLIC;
 GRANT SELECT ON pg_sync.tables, pg_sync.meta TO PUBLIC;
--- The bookkeeping helpers stay executable by every role that may push or
--- pull; what they touch is keyed by the caller-supplied client id.
 
 -- Per table: rows tracked, tombstones, oldest retained change; per client:
--- last push and pull and the cursor it holds.
+-- last push and pull and the cursor it holds. Each role sees the tables it
+-- may read and the clients of the roles it belongs to.
 CREATE VIEW pg_sync.status AS
 SELECT 'table'::text AS kind, t.name,
        coalesce(s.n_live_tup, 0) AS rows_tracked,
        (SELECT count(*) FROM pg_sync.tombstones d WHERE d.relid = t.relid) AS tombstones,
        (SELECT min(d.at) FROM pg_sync.tombstones d WHERE d.relid = t.relid) AS oldest_tombstone,
        NULL::timestamptz AS last_push, NULL::timestamptz AS last_pull,
-       NULL::bigint AS last_seq, NULL::text AS last_cursor
+       NULL::bigint AS last_seq, NULL::text AS last_cursor, NULL::regrole AS role
 FROM pg_sync.tables t LEFT JOIN pg_stat_user_tables s ON s.relid = t.relid
+WHERE pg_catalog.has_table_privilege(t.relid, 'SELECT')
 UNION ALL
-SELECT 'client', c.client_id, NULL, NULL, NULL, c.last_push, c.last_pull, c.last_seq, c.last_cursor
-FROM pg_sync.clients c;
+SELECT 'client', c.client_id, NULL, NULL, NULL, c.last_push, c.last_pull, c.last_seq, c.last_cursor, c.role
+FROM pg_sync.clients c
+WHERE pg_catalog.pg_has_role(c.role, 'USAGE');
 
-CREATE FUNCTION pg_sync._conflict_get(p_id bigint) RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT to_jsonb(c) FROM pg_sync.conflicts c WHERE id = p_id;
-$$;
-
-CREATE FUNCTION pg_sync._conflict_resolved(p_id bigint, p_resolution jsonb) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE pg_sync.conflicts SET resolved_at = now(), resolution = p_resolution WHERE id = p_id;
-$$;
-
--- Removes tombstones and push results older than the retention window and
--- raises the horizon below which cursors must resync.
-CREATE FUNCTION pg_sync._compact(p_retain interval) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_tombs bigint; v_results bigint; v_max xid8;
-BEGIN
-    WITH d AS (DELETE FROM pg_sync.tombstones WHERE at < now() - p_retain RETURNING xid)
-    SELECT count(*), max(xid) INTO v_tombs, v_max FROM d;
-    IF v_max IS NOT NULL THEN
-        UPDATE pg_sync.meta
-           SET compacted_xid = greatest(compacted_xid, ((v_max::text)::numeric + 1)::text::xid8),
-               compacted_at = now();
-    END IF;
-    WITH d AS (DELETE FROM pg_sync.push_results WHERE at < now() - p_retain RETURNING 1)
-    SELECT count(*) INTO v_results FROM d;
-    RETURN jsonb_build_object('tombstones_removed', v_tombs, 'results_removed', v_results,
-                              'compacted_xid', (SELECT compacted_xid::text FROM pg_sync.meta));
-END;
-$$;
-REVOKE ALL ON FUNCTION pg_sync._compact(interval) FROM PUBLIC;
 GRANT SELECT ON pg_sync.status TO PUBLIC;
 
 -- 0.2.0: conflicts are looked up per client (a device's conflict list).
 CREATE INDEX conflicts_client_idx ON pg_sync.conflicts (client_id, seq);
-
--- 0.2.0: stored results are read and written once per push, not per change.
-CREATE FUNCTION pg_sync._results_get(p_client text, p_seqs bigint[]) RETURNS TABLE (seq bigint, result jsonb)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT r.seq, r.result FROM pg_sync.push_results r
-    WHERE r.client_id = p_client AND r.seq = ANY (p_seqs);
-$$;
-
-CREATE FUNCTION pg_sync._results_put(p_client text, p_results jsonb) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO pg_sync.push_results (client_id, seq, result)
-    SELECT p_client, (e->>'seq')::bigint, e FROM jsonb_array_elements(p_results) e;
-    UPDATE pg_sync.clients
-       SET last_seq = greatest(last_seq, (SELECT max((e->>'seq')::bigint) FROM jsonb_array_elements(p_results) e))
-     WHERE client_id = p_client;
-$$;
 
 -- 0.2.0: the visibility epoch. Rows can leave a client's visible set without
 -- being written (a policy or a grant changes, a membership table changes):
@@ -243,37 +175,35 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     UPDATE pg_sync.meta SET epoch = epoch + 1 RETURNING epoch;
 $$;
 
+-- Policy commands on synced tables (and only on them) bump the epoch.
 CREATE FUNCTION pg_sync._on_access_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF TG_TAG = 'DROP POLICY' AND EXISTS (SELECT 1 FROM pg_sync.tables)
-       OR EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
-                  JOIN pg_policy p ON p.oid = c.objid
-                  JOIN pg_sync.tables t ON t.relid = p.polrelid) THEN
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
+               JOIN pg_policy p ON p.oid = c.objid
+               JOIN pg_sync.tables t ON t.relid = p.polrelid) THEN
         PERFORM pg_sync._bump_epoch();
     END IF;
 END;
 $$;
-REVOKE ALL ON FUNCTION pg_sync._bump_epoch() FROM PUBLIC;
 CREATE EVENT TRIGGER pg_sync_access_ddl ON ddl_command_end
-    WHEN TAG IN ('CREATE POLICY', 'ALTER POLICY', 'DROP POLICY')
+    WHEN TAG IN ('CREATE POLICY', 'ALTER POLICY')
     EXECUTE FUNCTION pg_sync._on_access_ddl();
 
--- 0.2.0: a push's conflict records are written in one statement; the ids
--- come back in the order of the records.
-CREATE FUNCTION pg_sync._conflicts_add(p jsonb) RETURNS bigint[]
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH ins AS (
-        INSERT INTO pg_sync.conflicts (table_name, pk, column_name, strategy, outcome, reason,
-                                       server_value, client_value, server_ver, client_ver, client_id, seq)
-        SELECT e->>'table', e->'pk', e->>'column', e->>'strategy', e->>'outcome', e->>'reason',
-               e->'server_value', e->'client_value', e->>'server_ver', e->>'client_ver',
-               e->>'client_id', (e->>'seq')::bigint
-        FROM jsonb_array_elements(p) WITH ORDINALITY AS x(e, ord)
-        ORDER BY ord
-        RETURNING id)
-    SELECT array_agg(id ORDER BY id) FROM ins;
+CREATE FUNCTION pg_sync._on_policy_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() o
+               JOIN pg_sync.tables t
+                 ON t.relid = to_regclass(format('%I.%I', o.address_names[1], o.address_names[2]))
+               WHERE o.object_type = 'policy') THEN
+        PERFORM pg_sync._bump_epoch();
+    END IF;
+END;
 $$;
+CREATE EVENT TRIGGER pg_sync_policy_drop ON sql_drop
+    WHEN TAG IN ('DROP POLICY')
+    EXECUTE FUNCTION pg_sync._on_policy_drop();
 
 -- 0.2.0: under row-level security a tombstone carries the old row; it is
 -- visible only to roles whose SELECT policies on the synced table would have
@@ -318,3 +248,9 @@ END;
 $$;
 ALTER POLICY tombstones_readable ON pg_sync.tombstones
     USING (has_table_privilege(relid, 'SELECT') AND (old IS NULL OR pg_sync._tomb_visible(relid, old)));
+
+-- 0.3.0: no internal function is executable by PUBLIC. _try and
+-- _tomb_visible run as the caller (no elevated rights) and are used by
+-- sync_push and the tombstone policy, so they stay executable.
+REVOKE ALL ON FUNCTION pg_sync._bump_epoch(), pg_sync._on_ddl(), pg_sync._on_access_ddl(),
+    pg_sync._on_policy_drop() FROM PUBLIC;

@@ -98,7 +98,7 @@ impl TableInfo {
         self.columns.iter().find(|c| c.name == name)
     }
 
-    /// `json_build_object('c1', t."c1", ...)` over the synced columns, or
+    /// `pg_catalog.json_build_object('c1', t."c1", ...)` over the synced columns, or
     /// over `names` when given.
     pub fn json_object_expr(&self, alias: &str, names: &[&str]) -> String {
         let parts: Vec<String> = names
@@ -106,14 +106,14 @@ impl TableInfo {
             .map(|n| format!("{}, {alias}.{}", crate::spi_util::literal(n), ident(n)))
             .collect();
         if parts.len() <= 50 {
-            format!("json_build_object({})", parts.join(", "))
+            format!("pg_catalog.json_build_object({})", parts.join(", "))
         } else {
             let cols: Vec<String> = names
                 .iter()
                 .map(|n| format!("{alias}.{}", ident(n)))
                 .collect();
             format!(
-                "(SELECT row_to_json(r) FROM (SELECT {}) r)",
+                "(SELECT pg_catalog.row_to_json(r) FROM (SELECT {}) r)",
                 cols.join(", ")
             )
         }
@@ -201,7 +201,7 @@ pub fn column_type(typname: &str, typcategory: &str) -> ColumnType {
 pub fn primary_key(relid: pg_sys::Oid) -> Result<Vec<String>> {
     let r = rows(
         "SELECT a.attname::text FROM pg_index i \
-         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+         CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
          WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
         &[relid.into()],
@@ -215,7 +215,7 @@ pub fn primary_key(relid: pg_sys::Oid) -> Result<Vec<String>> {
 /// table's sync options (from `pg_sync.tables` or about to be stored there).
 pub fn describe(relid: pg_sys::Oid, options: TableOptions) -> Result<TableInfo> {
     let head = rows(
-        "SELECT c.relname::text, format('%I.%I', n.nspname, c.relname) \
+        "SELECT c.relname::text, pg_catalog.format('%I.%I', n.nspname, c.relname) \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[relid.into()],
     )?;
@@ -231,7 +231,7 @@ pub fn describe(relid: pg_sys::Oid, options: TableOptions) -> Result<TableInfo> 
         return Err(PgSyncError::NoPrimaryKey(crate::spi_util::ident(&name)));
     }
     let cols = rows(
-        "SELECT a.attnum::text, a.attname::text, format_type(a.atttypid, a.atttypmod), \
+        "SELECT a.attnum::text, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                 bt.typname::text, bt.typcategory::text, a.attnotnull::text, a.atthasdef::text \
          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
          JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
@@ -285,7 +285,7 @@ pub fn synced_tables() -> Result<Vec<TableInfo>> {
              JOIN pg_constraint c ON c.contype = 'f' AND c.confrelid = d.relid AND c.conrelid <> d.relid \
              WHERE d.depth < 32) \
          SELECT t.relid::text, t.options::text FROM pg_sync.tables t \
-         JOIN (SELECT relid, max(depth) AS depth FROM deps GROUP BY relid) d USING (relid) \
+         JOIN (SELECT relid, pg_catalog.max(depth) AS depth FROM deps GROUP BY relid) d USING (relid) \
          ORDER BY d.depth, t.name",
         &[],
     )?;

@@ -37,6 +37,22 @@ fn enable(relid: pg_sys::Oid, options_json: &str) -> Result<bool> {
     {
         return Err(PgSyncError::DuplicateName(info.name));
     }
+    let others: Vec<String> = catalog::synced_tables()?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    sync_core::schema::check_table_name(&info.name, others.iter().map(String::as_str))?;
+    for c in &info.columns {
+        sync_core::schema::check_column_name(&info.name, &c.name)?;
+    }
+    if info.columns.len() > sync_core::schema::MAX_SYNCED_COLUMNS {
+        return Err(PgSyncError::BadArgument(format!(
+            "{} has {} columns; a synced table may have at most {}",
+            info.qualified,
+            info.columns.len(),
+            sync_core::schema::MAX_SYNCED_COLUMNS
+        )));
+    }
     let relkind = one(
         "SELECT relkind::text FROM pg_class WHERE oid = $1",
         &[relid.into()],
@@ -59,7 +75,9 @@ fn enable(relid: pg_sys::Oid, options_json: &str) -> Result<bool> {
     )?;
     // Rows written while the triggers are bypassed still get a real xid.
     exec(
-        &format!("ALTER TABLE {t} ALTER COLUMN {XID_COL} SET DEFAULT pg_current_xact_id()"),
+        &format!(
+            "ALTER TABLE {t} ALTER COLUMN {XID_COL} SET DEFAULT pg_catalog.pg_current_xact_id()"
+        ),
         &[],
     )?;
     let pk_cols: Vec<String> = info.pk.iter().map(|k| ident(k)).collect();

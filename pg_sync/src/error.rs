@@ -26,6 +26,9 @@ pub enum PgSyncError {
     /// Errors from the shared wire format.
     #[error(transparent)]
     Sync(#[from] SyncError),
+    /// The caller lacks a privilege the call needs.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// An SPI failure.
     #[error("internal query failed: {0}")]
     Spi(String),
@@ -57,6 +60,7 @@ pub fn raise(e: PgSyncError) -> ! {
         PgSyncError::Sync(SyncError::BadCursor(_)) => C::ERRCODE_INVALID_PARAMETER_VALUE,
         PgSyncError::Sync(SyncError::UnknownColumn { .. }) => C::ERRCODE_UNDEFINED_COLUMN,
         PgSyncError::Sync(_) => C::ERRCODE_INVALID_PARAMETER_VALUE,
+        PgSyncError::PermissionDenied(_) => C::ERRCODE_INSUFFICIENT_PRIVILEGE,
         PgSyncError::Spi(_) => C::ERRCODE_INTERNAL_ERROR,
     };
     pgrx::ereport!(ERROR, code, e.to_string());

@@ -26,6 +26,7 @@ mod clock;
 mod enable;
 mod error;
 mod ops;
+mod privileged;
 mod pull;
 mod push;
 mod spi_util;
@@ -36,6 +37,11 @@ pgrx::pg_module_magic!();
 /// Called when the library is loaded.
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // Errors reach clients as messages, never with a Rust backtrace in
+    // DETAIL (pgrx captures one per error when the server's environment
+    // sets RUST_BACKTRACE): RUST_LIB_BACKTRACE=0 turns capturing off.
+    // Backends are single-threaded when a library is loaded.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     track::register_gucs();
 }
 

@@ -3,9 +3,11 @@
 use pgrx::prelude::*;
 
 use crate::catalog::{self, TableInfo};
-use sync_core::cursor::{Cursor, Pos, TablePos};
 use crate::error::{or_raise, PgSyncError, Result};
-use crate::spi_util::{exec, ident, literal, one_cached, rows_cached, rows_ro, TextRow};
+use sync_core::cursor::{Cursor, Pos, TablePos};
+use sync_core::wire::MAX_CLIENT_ID_BYTES;
+
+use crate::spi_util::{ident, literal, one_cached, rows_cached, rows_ro, TextRow};
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
@@ -62,7 +64,7 @@ pub unsafe extern "C-unwind" fn pg_sync_pull_json(
 /// the horizon included, so the keys chosen for a page and the rows sent
 /// agree.
 fn horizon() -> Result<u64> {
-    rows_ro("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")?
+    rows_ro("SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text")?
         .into_iter()
         .next()
         .and_then(|mut r| r.swap_remove(0))
@@ -87,6 +89,11 @@ fn pull(
     client_id: Option<&str>,
     as_jsonb: bool,
 ) -> Result<pg_sys::Datum> {
+    if client_id.is_some_and(|c| c.trim().is_empty() || c.len() > MAX_CLIENT_ID_BYTES) {
+        return Err(PgSyncError::BadArgument(format!(
+            "client_id must be 1 to {MAX_CLIENT_ID_BYTES} bytes"
+        )));
+    }
     if !(1..=MAX_PAGE).contains(&max_changes) {
         return Err(PgSyncError::BadArgument(format!(
             "max_changes must be between 1 and {MAX_PAGE}, got {max_changes}"
@@ -113,7 +120,7 @@ fn pull(
     // Read through to_jsonb so a catalog not yet updated (no epoch column)
     // still serves pulls between installing new binaries and ALTER EXTENSION.
     let meta = rows_cached(
-        "SELECT compacted_xid::text, to_jsonb(m)->>'epoch' FROM pg_sync.meta m",
+        "SELECT compacted_xid::text, pg_catalog.to_jsonb(m)->>'epoch' FROM pg_sync.meta m",
         &[],
     )?;
     let field = |i: usize| {
@@ -146,7 +153,7 @@ fn pull(
     let budget_total = max_changes as usize;
     for t in &tables {
         let readable = one_cached(
-            "SELECT has_table_privilege($1, 'SELECT')::text",
+            "SELECT pg_catalog.has_table_privilege($1, 'SELECT')::text",
             &[t.relid.into()],
         )?;
         if readable.as_deref() != Some("true") {
@@ -178,10 +185,7 @@ fn pull(
     cur.e = Some(epoch);
     let encoded = cur.encode();
     if let Some(id) = client_id {
-        exec(
-            "SELECT pg_sync._pulled($1, $2)",
-            &[id.to_string().into(), encoded.clone().into()],
-        )?;
+        crate::privileged::pulled(id, &encoded)?;
     }
     build_page(
         &Page {
@@ -401,7 +405,7 @@ fn plan_table(
     // not matter and each keeps its index order.
     if j > 0 {
         segments.push(format!(
-            "SELECT json_agg(c)::text FROM (SELECT json_build_object('table', {name}, 'op', 'delete', \
+            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT pg_catalog.json_build_object('table', {name}, 'op', 'delete', \
              'pk', d.pk::json) AS c FROM pg_sync.tombstones d WHERE {after} AND {upto} AND {filter} \
              ORDER BY d.xid, d.pk) s",
             after = tombs_after(&start.d),
@@ -415,14 +419,14 @@ fn plan_table(
             .iter()
             .map(|c| {
                 format!(
-                    "lpad(to_hex(coalesce(t._sync_ver[{}], 0)), 16, '0')",
+                    "pg_catalog.lpad(pg_catalog.to_hex(coalesce(t._sync_ver[{}], 0)), 16, '0')",
                     c.attnum
                 )
             })
             .collect();
         segments.push(format!(
-            "SELECT json_agg(c)::text FROM (SELECT json_build_object('table', {name}, 'op', 'upsert', \
-             'pk', {pk}, 'row', {row}, 'ver', to_json(ARRAY[{ver}]::text[])) AS c \
+            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT pg_catalog.json_build_object('table', {name}, 'op', 'upsert', \
+             'pk', {pk}, 'row', {row}, 'ver', pg_catalog.to_json(ARRAY[{ver}]::text[])) AS c \
              FROM {tbl} t WHERE {after} AND {upto} AND t._sync_xid < '{h}'::xid8 \
              ORDER BY t._sync_xid, {keys}) s",
             pk = t.pk_expr("t"),

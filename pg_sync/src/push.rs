@@ -17,9 +17,10 @@ use sync_core::{Hlc, SyncError};
 
 use crate::catalog::{self, TableInfo};
 use crate::clock;
-use crate::error::{or_raise, Result};
+use crate::error::{or_raise, PgSyncError, Result};
+use crate::privileged;
 use crate::pull::parse_int_array;
-use crate::spi_util::{exec, ident, one, one_cached};
+use crate::spi_util::{ident, one, one_cached};
 use crate::track::with_delete_hlc;
 
 /// Applies a push batch and returns one result per change.
@@ -39,18 +40,12 @@ fn push(json: &str) -> Result<PushResult> {
         validate(&tables, c)?;
     }
     crate::catalog::require_current_catalog()?;
-    exec(
-        "SELECT pg_sync._client_begin($1)",
-        &[batch.client_id.clone().into()],
-    )?;
+    check_privileges(&tables, &batch)?;
+    privileged::client_begin(&batch.client_id)?;
     let seqs: Vec<i64> = batch.changes.iter().map(|c| c.seq).collect();
     let mut stored: HashMap<i64, ChangeResult> = HashMap::new();
-    for row in crate::spi_util::rows_cached(
-        "SELECT seq::text, result::text FROM pg_sync._results_get($1, $2)",
-        &[batch.client_id.clone().into(), seqs.into()],
-    )? {
-        let seq: i64 = row[0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let r: ChangeResult = serde_json::from_str(row[1].as_deref().unwrap_or("{}"))
+    for (seq, text) in privileged::results_get(&batch.client_id, seqs)? {
+        let r: ChangeResult = serde_json::from_str(&text)
             .map_err(|e| SyncError::MalformedJson(format!("stored result: {e}")))?;
         stored.insert(seq, r);
     }
@@ -93,19 +88,55 @@ fn push(json: &str) -> Result<PushResult> {
         })
         .collect();
     if !to_store.is_empty() {
-        crate::spi_util::one_cached(
-            "SELECT pg_sync._results_put($1, $2::jsonb)::text",
-            &[
-                batch.client_id.clone().into(),
-                Value::Array(to_store).to_string().into(),
-            ],
-        )?;
+        privileged::results_put(&batch.client_id, Value::Array(to_store).to_string())?;
     }
     Ok(PushResult {
         format: FORMAT,
         client_id: batch.client_id,
         results,
     })
+}
+
+/// Refuses the whole batch, before anything is stored or applied, when it
+/// holds a change the calling role may not make: INSERT for inserts,
+/// UPDATE for updates (on any column), DELETE for deletes. Row-level
+/// security then decides row by row as the changes are applied.
+fn check_privileges(tables: &HashMap<String, TableInfo>, batch: &PushBatch) -> Result<()> {
+    let mut needed: Vec<(&str, &'static str)> = Vec::new();
+    for c in &batch.changes {
+        let privilege = match c.op {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+        };
+        if !needed.contains(&(c.table.as_str(), privilege)) {
+            needed.push((c.table.as_str(), privilege));
+        }
+    }
+    for (table, privilege) in needed {
+        let t = &tables[table];
+        let sql = if privilege == "DELETE" {
+            "SELECT pg_catalog.has_table_privilege($1, $2)::pg_catalog.text"
+        } else {
+            "SELECT pg_catalog.has_any_column_privilege($1, $2)::pg_catalog.text"
+        };
+        if one_cached(sql, &[t.relid.into(), privilege.to_string().into()])?.as_deref()
+            != Some("true")
+        {
+            let role = one_cached("SELECT current_user::pg_catalog.text", &[])?.unwrap_or_default();
+            return Err(PgSyncError::PermissionDenied(format!(
+                "role {} may not {} table {}; nothing in this batch was applied",
+                ident(&role),
+                match privilege {
+                    "INSERT" => "insert into",
+                    "UPDATE" => "update",
+                    _ => "delete from",
+                },
+                t.qualified
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Structural checks that make the whole batch fail before anything is applied.
@@ -246,6 +277,10 @@ struct Applier<'a> {
     /// Bulk mode: the prefetched state and where writes and conflict
     /// records are collected; `None` runs everything at once.
     bulk: Option<Bulk<'a>>,
+    /// One-by-one mode: conflict records, written once the change stands.
+    pending: std::cell::RefCell<Vec<Value>>,
+    /// One-by-one mode: the change's write failed (it is rejected).
+    write_failed: std::cell::Cell<bool>,
 }
 
 /// What a bulk-mode Applier reads from and writes to.
@@ -342,7 +377,7 @@ impl Applier<'_> {
 
     fn state_sql(&self, alias: &str) -> String {
         format!(
-            "jsonb_build_object('row', {}, 'ver', {alias}._sync_ver)",
+            "pg_catalog.jsonb_build_object('row', {}, 'ver', {alias}._sync_ver)",
             self.t.row_expr(alias)
         )
     }
@@ -388,12 +423,28 @@ impl Applier<'_> {
             sink.conflicts.push((b.index, fields));
             return Ok(-(sink.conflicts.len() as i64));
         }
-        Ok(one(
-            "SELECT pg_sync._conflict_add($1::jsonb)::text",
-            &[fields.to_string().into()],
-        )?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0))
+        let mut pending = self.pending.borrow_mut();
+        pending.push(fields);
+        Ok(-(pending.len() as i64))
+    }
+
+    /// One-by-one mode: applies the change, then writes its conflict
+    /// records, unless its write failed (a rejected change leaves no record
+    /// of a merge that never happened).
+    fn apply_and_record(&self) -> Result<ChangeResult> {
+        let mut r = self.apply()?;
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if self.write_failed.get() || pending.is_empty() {
+            r.conflicts.retain(|c| *c >= 0);
+            return Ok(r);
+        }
+        let ids = privileged::conflicts_add(Value::Array(pending).to_string())?;
+        for c in r.conflicts.iter_mut() {
+            if *c < 0 {
+                *c = ids.get((-*c - 1) as usize).copied().unwrap_or(0);
+            }
+        }
+        Ok(r)
     }
 
     fn apply(&self) -> Result<ChangeResult> {
@@ -428,7 +479,7 @@ impl Applier<'_> {
             return Ok(b.tomb);
         }
         let canonical = format!(
-            "SELECT max(hlc)::text FROM pg_sync.tombstones WHERE relid = $1 AND pk = {}",
+            "SELECT pg_catalog.max(hlc)::text FROM pg_sync.tombstones WHERE relid = $1 AND pk = {}",
             jsonb_pk_from_param(self.t, "$2")
         );
         Ok(
@@ -490,7 +541,7 @@ impl Applier<'_> {
         let vals: Vec<String> = names.iter().map(|n| format!("r.{}", ident(n))).collect();
         let sql = format!(
             "INSERT INTO {tbl} AS t ({cols}, _sync_ver) SELECT {vals}, $2 \
-             FROM jsonb_populate_record(NULL::{tbl}, $1) r RETURNING {state}",
+             FROM pg_catalog.jsonb_populate_record(NULL::{tbl}, $1) r RETURNING {state}",
             tbl = self.t.qualified,
             cols = cols.join(", "),
             vals = vals.join(", "),
@@ -635,7 +686,7 @@ impl Applier<'_> {
             .chain(std::iter::once("_sync_ver = $2".to_string()))
             .collect();
         let sql = format!(
-            "UPDATE {tbl} t SET {sets} FROM jsonb_populate_record(NULL::{tbl}, $1) r \
+            "UPDATE {tbl} t SET {sets} FROM pg_catalog.jsonb_populate_record(NULL::{tbl}, $1) r \
              WHERE {pk} RETURNING {state}",
             tbl = self.t.qualified,
             sets = sets.join(", "),
@@ -668,9 +719,8 @@ impl Applier<'_> {
                 message,
                 constraint,
             } => {
-                let mut r = self.rejected(message, constraint);
-                r.conflicts = ok.conflicts;
-                r
+                self.write_failed.set(true);
+                self.rejected(message, constraint)
             }
             Tried::Ok(v) => self.with_state(ok, RowState::from_json(&v).as_ref()),
         }
@@ -716,7 +766,7 @@ impl Applier<'_> {
     }
 }
 
-/// `jsonb_build_object('k', ($n::jsonb->>'k')::type, ...)`: a key in the
+/// `pg_catalog.jsonb_build_object('k', ($n::jsonb->>'k')::type, ...)`: a key in the
 /// same canonical form the tombstone trigger stores.
 fn jsonb_pk_from_param(t: &TableInfo, param: &str) -> String {
     let parts: Vec<String> =
@@ -730,7 +780,7 @@ fn jsonb_pk_from_param(t: &TableInfo, param: &str) -> String {
                 )
             })
             .collect();
-    format!("jsonb_build_object({})::text", parts.join(", "))
+    format!("pg_catalog.jsonb_build_object({})::text", parts.join(", "))
 }
 
 /// Bulk application: a round's rows are read (and locked) with one
@@ -758,7 +808,7 @@ mod bulk {
     /// built into a tree first.
     fn recordset(t: &TableInfo) -> String {
         format!(
-            "ROWS FROM (json_populate_recordset(NULL::{tbl}, $1::json)) WITH ORDINALITY AS r",
+            "ROWS FROM (pg_catalog.json_populate_recordset(NULL::{tbl}, $1::json)) WITH ORDINALITY AS r",
             tbl = t.qualified
         )
     }
@@ -766,7 +816,7 @@ mod bulk {
     /// A row's state (values and versions) as JSON text.
     fn state_text(t: &TableInfo) -> String {
         format!(
-            "json_build_object('row', {}, 'ver', t._sync_ver)::text",
+            "pg_catalog.json_build_object('row', {}, 'ver', t._sync_ver)::text",
             t.row_expr("t")
         )
     }
@@ -822,8 +872,8 @@ mod bulk {
                     .map(|k| format!("{}, r.{}", crate::spi_util::literal(k), ident(k)))
                     .collect();
             let sql = format!(
-                "SELECT r.ordinality::text, max(d.hlc)::text FROM {rs} JOIN pg_sync.tombstones d \
-                 ON d.relid = {relid} AND d.pk = jsonb_build_object({canon})::text GROUP BY r.ordinality",
+                "SELECT r.ordinality::text, pg_catalog.max(d.hlc)::text FROM {rs} JOIN pg_sync.tombstones d \
+                 ON d.relid = {relid} AND d.pk = pg_catalog.jsonb_build_object({canon})::text GROUP BY r.ordinality",
                 rs = recordset(t),
                 relid = u32::from(t.relid),
                 canon = canonical.join(", "),
@@ -960,6 +1010,8 @@ mod bulk {
                     c: &batch.changes[i],
                     client: &batch.client_id,
                     clamps: Default::default(),
+                    pending: Default::default(),
+                    write_failed: Default::default(),
                     bulk: Some(Bulk {
                         index: i,
                         row: RefCell::new(row),
@@ -1028,12 +1080,8 @@ mod bulk {
         let mut ids: HashMap<i64, i64> = HashMap::new();
         if !keep.is_empty() {
             let records = Value::Array(keep.iter().map(|k| sink.conflicts[*k].1.clone()).collect());
-            let got = rows_cached(
-                "SELECT id::text FROM unnest(pg_sync._conflicts_add($1)) AS id ORDER BY id",
-                &[pgrx::JsonB(records).into()],
-            )?;
-            for (pos, row) in got.iter().enumerate() {
-                let id: i64 = row[0].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let got = crate::privileged::conflicts_add(records.to_string())?;
+            for (pos, id) in got.into_iter().enumerate() {
                 ids.insert(-(keep[pos] as i64 + 1), id);
             }
         }
@@ -1061,9 +1109,11 @@ mod bulk {
                     c,
                     client: &batch.client_id,
                     clamps: Default::default(),
+                    pending: Default::default(),
+                    write_failed: Default::default(),
                     bulk: None,
                 }
-                .apply()?,
+                .apply_and_record()?,
             );
         }
         Ok(())

@@ -7,8 +7,9 @@
 //! - `pg_sync.track_delete()`: AFTER DELETE, FOR EACH ROW. Writes a tombstone.
 //! - `pg_sync.track_truncate()`: BEFORE TRUNCATE. Tombstones every row.
 //!
-//! Tombstones are written as the owner of `pg_sync.tombstones`, so writers
-//! need no privilege on the catalog.
+//! Tombstones are written through `privileged::elevated` (the catalog
+//! owner, `search_path` pinned, every name qualified), so writers need no
+//! privilege on the catalog and cannot reach it any other way.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -327,36 +328,6 @@ pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) 
     pg_sys::Datum::from(out)
 }
 
-/// Runs `f` as the owner of `pg_sync.tombstones`.
-unsafe fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
-    thread_local! {
-        static OWNER: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
-    }
-    let owner = OWNER.with(|o| {
-        if let Some(v) = o.get() {
-            return v;
-        }
-        let v = Spi::get_one::<pg_sys::Oid>(
-            "SELECT relowner FROM pg_class WHERE oid = 'pg_sync.tombstones'::regclass",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| error!("pg_sync: catalog table pg_sync.tombstones is missing"));
-        o.set(Some(v));
-        v
-    });
-    let mut saved_user = pg_sys::Oid::INVALID;
-    let mut saved_ctx = 0;
-    pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-    pg_sys::SetUserIdAndSecContext(
-        owner,
-        saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-    );
-    let r = f();
-    pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
-    r
-}
-
 /// The tombstone insert of a table. Tables under row-level security also
 /// keep the old row image, so pulls can tell who was allowed to see it.
 fn tomb_insert_sql(relid: pg_sys::Oid, from_rows: bool, with_old: bool) -> String {
@@ -368,43 +339,49 @@ fn tomb_insert_sql(relid: pg_sys::Oid, from_rows: bool, with_old: bool) -> Strin
         .iter()
         .map(|k| {
             format!(
-                "{}, r.{}",
+                "{}::pg_catalog.text, r.{}",
                 crate::spi_util::literal(k),
                 crate::spi_util::ident(k)
             )
         })
         .collect();
     let old = if with_old {
-        "to_jsonb(r) - '_sync_xid' - '_sync_ver'"
+        "pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.-) '_sync_xid'::pg_catalog.text \
+         OPERATOR(pg_catalog.-) '_sync_ver'::pg_catalog.text"
     } else {
         "NULL"
     };
     if from_rows {
-        let t = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let t = Spi::get_one_with_args::<String>(
+            "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+            &[relid.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         format!(
             "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc, old) \
-             SELECT $1, jsonb_build_object({})::text, pg_current_xact_id(), $2, {old} FROM ONLY {t} r",
+             SELECT $1, pg_catalog.jsonb_build_object({})::pg_catalog.text, \
+             pg_catalog.pg_current_xact_id(), $2, {old} FROM ONLY {t} r",
             parts.join(", ")
         )
     } else {
         format!(
             "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc, old) \
-             SELECT $1, jsonb_build_object({})::text, pg_current_xact_id(), $3, {old} FROM (SELECT ($2).*) r",
+             SELECT $1, pg_catalog.jsonb_build_object({})::pg_catalog.text, \
+             pg_catalog.pg_current_xact_id(), $3, {old} FROM (SELECT ($2).*) r",
             parts.join(", ")
         )
     }
 }
 
-/// Writes a tombstone for `tuple` (a row of `rel`) as the catalog owner.
+/// Writes a tombstone for `tuple` (a row of `rel`), elevated.
 unsafe fn write_tombstone(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, hlc: Hlc) {
     let relid = (*rel).rd_id;
     let rowtype = (*(*rel).rd_rel).reltype;
     let rls = (*(*rel).rd_rel).relrowsecurity;
     let row = pg_sys::heap_copy_tuple_as_datum(tuple, (*rel).rd_att);
-    as_catalog_owner(|| {
+    crate::privileged::elevated(|| {
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             error!("pg_sync: SPI_connect failed");
         }
@@ -460,7 +437,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track_truncate(
     let relid = (*(*td).tg_relation).rd_id;
     let hlc = clock::tick_after(Hlc::ZERO);
     notify_once((*td).tg_relation);
-    as_catalog_owner(|| {
+    crate::privileged::elevated(|| {
         let rls = (*(*(*td).tg_relation).rd_rel).relrowsecurity;
         let sql = tomb_insert_sql(relid, true, rls);
         Spi::run_with_args(&sql, &[relid.into(), hlc.as_i64().into()])
