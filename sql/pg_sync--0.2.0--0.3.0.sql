@@ -96,3 +96,4 @@ REVOKE ALL ON FUNCTION pg_sync._bump_epoch(), pg_sync._on_ddl(), pg_sync._on_acc
     pg_sync._on_policy_drop() FROM PUBLIC;
 REVOKE ALL ON FUNCTION sync_enable(regclass, jsonb), sync_disable(regclass),
     sync_compact(interval), sync_resync_all() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg_sync.track(), pg_sync.track_delete(), pg_sync.track_truncate() FROM PUBLIC;

@@ -200,9 +200,9 @@ pub fn column_type(typname: &str, typcategory: &str) -> ColumnType {
 /// Primary key columns of a table, in key order (empty when it has none).
 pub fn primary_key(relid: pg_sys::Oid) -> Result<Vec<String>> {
     let r = rows(
-        "SELECT a.attname::text FROM pg_index i \
+        "SELECT a.attname::text FROM pg_catalog.pg_index i \
          CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
          WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
         &[relid.into()],
     )?;
@@ -216,7 +216,7 @@ pub fn primary_key(relid: pg_sys::Oid) -> Result<Vec<String>> {
 pub fn describe(relid: pg_sys::Oid, options: TableOptions) -> Result<TableInfo> {
     let head = rows(
         "SELECT c.relname::text, pg_catalog.format('%I.%I', n.nspname, c.relname) \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[relid.into()],
     )?;
     let Some(head) = head.into_iter().next() else {
@@ -233,8 +233,8 @@ pub fn describe(relid: pg_sys::Oid, options: TableOptions) -> Result<TableInfo> 
     let cols = rows(
         "SELECT a.attnum::text, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                 bt.typname::text, bt.typcategory::text, a.attnotnull::text, a.atthasdef::text \
-         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
-         JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+         JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
            AND a.attname NOT IN ('_sync_xid', '_sync_ver') ORDER BY a.attnum",
         &[relid.into()],
@@ -282,7 +282,7 @@ pub fn synced_tables() -> Result<Vec<TableInfo>> {
              SELECT relid, 0 FROM pg_sync.tables \
              UNION ALL \
              SELECT c.conrelid, d.depth + 1 FROM deps d \
-             JOIN pg_constraint c ON c.contype = 'f' AND c.confrelid = d.relid AND c.conrelid <> d.relid \
+             JOIN pg_catalog.pg_constraint c ON c.contype = 'f' AND c.confrelid = d.relid AND c.conrelid <> d.relid \
              WHERE d.depth < 32) \
          SELECT t.relid::text, t.options::text FROM pg_sync.tables t \
          JOIN (SELECT relid, pg_catalog.max(depth) AS depth FROM deps GROUP BY relid) d USING (relid) \
@@ -323,7 +323,7 @@ pub fn field<'a>(row: &'a serde_json::Map<String, Value>, name: &str) -> &'a Val
 /// older than the installed binaries (ALTER EXTENSION pg_sync UPDATE not run).
 pub fn require_current_catalog() -> Result<()> {
     let installed = crate::spi_util::one_cached(
-        "SELECT extversion FROM pg_extension WHERE extname = 'pg_sync'",
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_sync'",
         &[],
     )?
     .unwrap_or_default();

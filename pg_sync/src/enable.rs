@@ -54,7 +54,7 @@ fn enable(relid: pg_sys::Oid, options_json: &str) -> Result<bool> {
         )));
     }
     let relkind = one(
-        "SELECT relkind::text FROM pg_class WHERE oid = $1",
+        "SELECT relkind::text FROM pg_catalog.pg_class WHERE oid = $1",
         &[relid.into()],
     )?;
     if relkind.as_deref() != Some("r") {
