@@ -244,6 +244,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) 
     );
 
     let mut versions: Option<Vec<i64>> = None;
+    let mut key_changed = false;
     if is_update {
         let oldtup = (*td).tg_trigtuple;
         let mut old_vals = vec![pg_sys::Datum::from(0usize); natts];
@@ -254,6 +255,24 @@ pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) 
             old_vals.as_mut_ptr(),
             old_nulls.as_mut_ptr(),
         );
+        // A changed primary key is a delete of the old key (and an insert
+        // of the new one): the old key gets a tombstone below.
+        let pk_attrs = pg_sys::RelationGetIndexAttrBitmap(
+            rel,
+            pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
+        );
+        key_changed = atts.iter().enumerate().any(|(i, a)| {
+            let member = pg_sys::bms_is_member(
+                i as i32 + 1 - pg_sys::FirstLowInvalidHeapAttributeNumber,
+                pk_attrs,
+            );
+            member
+                && match (old_nulls[i], new_nulls[i]) {
+                    (true, true) => false,
+                    (false, false) => !datum_eq(old_vals[i], new_vals[i], a),
+                    _ => true,
+                }
+        });
         let ver_set_by_writer = new_nulls[ver_i] != old_nulls[ver_i]
             || (!new_nulls[ver_i] && !datum_eq(new_vals[ver_i], old_vals[ver_i], &atts[ver_i]));
         if !ver_set_by_writer {
@@ -302,9 +321,11 @@ pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) 
 
     let xid = pg_sys::GetTopFullTransactionId().value;
     notify_once(rel);
-    if is_update && (*(*rel).rd_rel).relrowsecurity {
-        // Under row-level security an update can move a row out of some
-        // clients' view: keep the old image so their next pull removes it.
+    if key_changed || (is_update && (*(*rel).rd_rel).relrowsecurity) {
+        // The old key is gone (a key change), or, under row-level security,
+        // the row may have left some clients' view: a tombstone of the old
+        // image makes their next pull remove it. A tombstone whose key
+        // exists again is never sent, so an unchanged key costs nothing.
         write_tombstone(rel, (*td).tg_trigtuple, clock::tick_after(Hlc::ZERO));
     }
     let mut cols: [i32; 2] = [(xid_i + 1) as i32, (ver_i + 1) as i32];
