@@ -17,7 +17,16 @@
 //!
 //! The triggers take their stamp from the `sync_clock` virtual table rather
 //! than from a function: a function call (or a NOT NULL constraint) in a
-//! trigger makes SQLite journal every statement inside a transaction.
+//! trigger makes SQLite journal every statement inside a transaction. They
+//! name it with table-valued-function syntax, `sync_clock()`: a real table
+//! or view named `sync_clock` (which SQLite would otherwise read instead of
+//! the extension's eponymous virtual table, silently capturing nothing)
+//! then makes every write fail with `'sync_clock' is not a function`.
+//!
+//! Column types are `model::decl_type`'s, chosen so SQLite stores every
+//! server value exactly. Devices built by older versions (layout 1: numeric
+//! columns declared NUMERIC, real columns REAL, triggers reading
+//! `FROM sync_clock`) are upgraded in place by [`upgrade_layout`].
 
 use sync_core::schema::{ColumnType, Schema, TableDef, WriteMode};
 use sync_core::Hlc;
@@ -25,9 +34,35 @@ use sync_core::Hlc;
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
 use crate::model::{
-    lit, q, state_table_name, ver_from_blob, ver_to_blob, TableInfo, BASE, CHANGES, ERRORS, META,
+    decl_type, f64_numeric_text, lit, q, state_table_name, ver_from_blob, ver_to_blob, TableInfo,
+    BASE, CHANGES, ERRORS, META,
 };
-use crate::state::object_exists;
+use crate::state::{meta_get, meta_set, object_exists};
+
+/// The current layout of the device's objects (see [`upgrade_layout`]).
+pub const LAYOUT: i64 = 2;
+
+/// The clock the triggers read; no other object may take its name.
+pub const CLOCK: &str = "sync_clock";
+
+/// Fails when an object of the database is named like the extension's
+/// clock table, which it would hide from the triggers.
+pub fn check_clock_not_shadowed(db: Db) -> Result<()> {
+    let mut st =
+        db.prepare("SELECT type, name FROM sqlite_master WHERE name = ?1 COLLATE NOCASE")?;
+    st.bind_text(1, CLOCK)?;
+    if st.step()? {
+        let (ty, name) = (
+            st.col_text(0).unwrap_or_default(),
+            st.col_text(1).unwrap_or_default(),
+        );
+        return Err(Error::msg(format!(
+            "this database has a {ty} named {name:?}: that name belongs to sqlite_sync's \
+             clock, which the change-capture triggers read; rename or drop the {ty}"
+        )));
+    }
+    Ok(())
+}
 
 /// Creates the tables shared by all synced tables, if missing.
 pub fn create_meta(db: Db) -> Result<()> {
@@ -41,6 +76,7 @@ pub fn create_meta(db: Db) -> Result<()> {
              mask INTEGER,
              hlc INTEGER,
              batch INTEGER);
+         DROP INDEX IF EXISTS {old_changes_batch};
          CREATE INDEX IF NOT EXISTS {changes_batch} ON {changes}(batch) WHERE batch IS NOT NULL;
          CREATE TABLE IF NOT EXISTS {errors}(
              id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,14 +96,15 @@ pub fn create_meta(db: Db) -> Result<()> {
              PRIMARY KEY(tbl, key, col)) WITHOUT ROWID;",
         meta = q(META),
         changes = q(CHANGES),
-        changes_batch = q("_changes_batch"),
+        old_changes_batch = q("_changes_batch"),
+        changes_batch = q("_sync_changes_batch"),
         errors = q(ERRORS),
         base = q(BASE),
     ))
 }
 
 fn col_def(t: &TableDef, c: &sync_core::schema::ColumnDef) -> String {
-    let mut s = format!("{} {}", q(&c.name), c.ty.sqlite_type());
+    let mut s = format!("{} {}", q(&c.name), decl_type(c.ty, t.is_pk(&c.name)));
     if integer_pk(t) && t.pk[0] == c.name {
         s.push_str(" PRIMARY KEY");
     } else if t.is_pk(&c.name) {
@@ -121,9 +158,9 @@ fn create_tables(db: Db, info: &TableInfo) -> Result<()> {
         .iter()
         .map(|c| {
             if t.is_pk(&c.name) {
-                format!("{} {} NOT NULL", q(&c.name), c.ty.sqlite_type())
+                format!("{} {} NOT NULL", q(&c.name), decl_type(c.ty, true))
             } else {
-                format!("{} {}", q(&c.name), c.ty.sqlite_type())
+                format!("{} {}", q(&c.name), decl_type(c.ty, false))
             }
         })
         .collect();
@@ -272,7 +309,7 @@ fn create_triggers(db: Db, info: &TableInfo) -> Result<()> {
             .join(" OR ")
     };
     // True while writes are captured (false while the extension writes).
-    let capturing = "EXISTS (SELECT 1 FROM sync_clock)";
+    let capturing = "EXISTS (SELECT 1 FROM sync_clock())";
     // Copies the old values of a clean row into the server copy.
     let save_from = |src: &str| -> String {
         let mut sets = vec!["\"_full\" = 1".to_string()];
@@ -288,7 +325,7 @@ fn create_triggers(db: Db, info: &TableInfo) -> Result<()> {
     let log = |key: &str, op: &str, m: &str| -> String {
         format!(
             "INSERT INTO {changes}(tbl, pk, op, mask, hlc) \
-             SELECT {tbl}, {key}, '{op}', {m}, hlc FROM sync_clock;"
+             SELECT {tbl}, {key}, '{op}', {m}, hlc FROM sync_clock();"
         )
     };
     if !non_pk.is_empty() {
@@ -520,7 +557,7 @@ fn migrate_table(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
                     "ALTER TABLE {} ADD COLUMN {} {}",
                     q(t),
                     q(&c.name),
-                    c.ty.sqlite_type()
+                    decl_type(c.ty, nt.is_pk(&c.name))
                 ))?;
             }
         }
@@ -558,7 +595,10 @@ fn migrate_table(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
     if old_names != new_names {
         remap(db, ot, nt)?;
     }
-    create_triggers(db, &TableInfo::new(nt))
+    // A column whose type changed gets the declared type of its new type.
+    let info = TableInfo::new(nt);
+    fix_declared_types(db, &info)?;
+    create_triggers(db, &info)
 }
 
 fn remap(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
@@ -644,4 +684,439 @@ fn remap(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
         up.run_with(&vals)?;
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------------
+// Layout upgrades: devices built by older versions of the extension.
+
+/// The layout of the device's objects (1 when never recorded).
+fn layout(db: Db) -> Result<i64> {
+    Ok(match meta_get(db, "layout")? {
+        Some(Value::Int(v)) => v,
+        _ => 1,
+    })
+}
+
+/// Records that the objects follow the current layout.
+pub fn set_layout(db: Db) -> Result<()> {
+    meta_set(db, "layout", &Value::Int(LAYOUT))
+}
+
+/// Brings the objects of an initialised device built by an older version
+/// to the current layout, in place: triggers that read `sync_clock()`, and
+/// the declared types of `model::decl_type` (numeric columns become TEXT
+/// holding their exact decimal text, real columns lose their REAL affinity;
+/// the tables are rebuilt, keeping rows, rowids, the app's indexes and
+/// triggers). Does nothing on a current device.
+pub fn upgrade_layout(db: Db, schema: &Schema) -> Result<()> {
+    if layout(db)? >= LAYOUT {
+        return Ok(());
+    }
+    create_meta(db)?;
+    for t in &schema.tables {
+        let info = TableInfo::new(t);
+        drop_triggers_and_view(db, &t.name, t.mode)?;
+        fix_declared_types(db, &info)?;
+        create_triggers(db, &info)?;
+    }
+    set_layout(db)
+}
+
+/// Columns of a table (`pragma_table_xinfo`): name, declared type, hidden.
+fn table_columns(db: Db, table: &str) -> Result<Vec<(String, String, i64)>> {
+    let mut st = db.prepare("SELECT name, type, hidden FROM pragma_table_xinfo(?1)")?;
+    st.bind_text(1, table)?;
+    let mut out = Vec::new();
+    while st.step()? {
+        out.push((
+            st.col_text(0).unwrap_or_default(),
+            st.col_text(1).unwrap_or_default(),
+            st.col_i64(2),
+        ));
+    }
+    Ok(out)
+}
+
+/// Rebuilds `T` and `T_synced` when a synced column's declared type is not
+/// the one its logical type needs (an older layout, or a type change).
+fn fix_declared_types(db: Db, info: &TableInfo) -> Result<()> {
+    let t = &info.def;
+    for (table, rowid) in [(&info.state, true), (&info.synced, false)] {
+        let cols = table_columns(db, table)?;
+        let mut retype: Vec<Retype> = Vec::new();
+        for c in &t.columns {
+            let want = decl_type(c.ty, t.is_pk(&c.name));
+            let have = cols
+                .iter()
+                .find(|(n, _, _)| n.eq_ignore_ascii_case(&c.name))
+                .map(|(_, ty, _)| ty.as_str());
+            if let Some(have) = have {
+                if !have.trim().eq_ignore_ascii_case(want) {
+                    retype.push(Retype {
+                        col: c.name.clone(),
+                        decl: want,
+                        ty: c.ty,
+                    });
+                }
+            }
+        }
+        if !retype.is_empty() {
+            retype_table(db, table, &retype, rowid).map_err(|e| {
+                Error::msg(format!(
+                    "cannot give the columns of {table:?} their exact types: {e}"
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A column to give a new declared type.
+struct Retype {
+    col: String,
+    decl: &'static str,
+    ty: ColumnType,
+}
+
+/// Name of the table a rebuild copies into (reserved prefix: no synced
+/// table can have it).
+const REBUILD_TMP: &str = "_sync_rebuild";
+
+/// Rebuilds `table` with new declared types for some columns, the way
+/// SQLite's documentation describes for schema changes ALTER TABLE cannot
+/// make: a copy with the new definition (the stored CREATE TABLE text with
+/// only those types replaced, so every other column and constraint stays
+/// as it is) receives the rows (and rowids), the old table is dropped, the
+/// copy renamed, and the app's indexes and triggers on the table are
+/// created again from their stored SQL. Foreign key enforcement is off
+/// while the old table is dropped (its implicit DELETE would otherwise
+/// fire the ON DELETE actions of the app's tables that reference it; the
+/// keys do not change) and `legacy_alter_table` is on for the rename (so
+/// the app's views that name the table are neither checked nor rewritten:
+/// they name it again once renamed).
+fn retype_table(db: Db, table: &str, retype: &[Retype], rowid: bool) -> Result<()> {
+    if object_exists(db, REBUILD_TMP)? {
+        db.exec(&format!("DROP TABLE {}", q(REBUILD_TMP)))?;
+    }
+    let mut st = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1")?;
+    st.bind_text(1, table)?;
+    let sql = if st.step()? {
+        st.col_text(0).unwrap_or_default()
+    } else {
+        return Err(Error::msg(format!("table {table:?} does not exist")));
+    };
+    drop(st);
+    let types: Vec<(&str, &str)> = retype.iter().map(|r| (r.col.as_str(), r.decl)).collect();
+    let new_sql = rewrite_create(&sql, REBUILD_TMP, &types)?;
+    // The app's indexes and triggers on the table (ours are dropped already;
+    // indexes of constraints have no SQL and come back with the table).
+    let mut st = db.prepare(
+        "SELECT sql FROM sqlite_master WHERE type IN ('index', 'trigger') \
+         AND tbl_name = ?1 COLLATE NOCASE AND sql IS NOT NULL ORDER BY type = 'trigger', rowid",
+    )?;
+    st.bind_text(1, table)?;
+    let mut saved: Vec<String> = Vec::new();
+    while st.step()? {
+        saved.extend(st.col_text(0));
+    }
+    drop(st);
+    db.exec(&new_sql)?;
+    copy_rows(db, table, REBUILD_TMP, retype, rowid)?;
+    let fk_on = db.config_flag(crate::ffi::DBCONFIG_ENABLE_FKEY, -1)?;
+    if fk_on {
+        db.config_flag(crate::ffi::DBCONFIG_ENABLE_FKEY, 0)?;
+    }
+    let swapped = (|| {
+        db.exec(&format!("DROP TABLE {}", q(table)))?;
+        let legacy = pragma_flag(db, "legacy_alter_table")?;
+        if !legacy {
+            db.exec("PRAGMA legacy_alter_table = ON")?;
+        }
+        let renamed = db.exec(&format!(
+            "ALTER TABLE {} RENAME TO {}",
+            q(REBUILD_TMP),
+            q(table)
+        ));
+        if !legacy {
+            db.exec("PRAGMA legacy_alter_table = OFF")?;
+        }
+        renamed
+    })();
+    if fk_on {
+        db.config_flag(crate::ffi::DBCONFIG_ENABLE_FKEY, 1)?;
+    }
+    swapped?;
+    for s in saved {
+        db.exec(&s)?;
+    }
+    Ok(())
+}
+
+fn pragma_flag(db: Db, name: &str) -> Result<bool> {
+    let mut st = db.prepare(&format!("PRAGMA {name}"))?;
+    Ok(st.step()? && st.col_i64(0) != 0)
+}
+
+/// Copies every row of `from` into `to` (same columns), with the rowid of a
+/// rowid table, converting the values of columns that become numeric to
+/// their exact decimal text (a REAL to its shortest round-trip digits,
+/// which is what the wire carried for it).
+fn copy_rows(db: Db, from: &str, to: &str, retype: &[Retype], rowid: bool) -> Result<()> {
+    let cols: Vec<String> = table_columns(db, from)?
+        .into_iter()
+        .filter(|(_, _, hidden)| *hidden == 0)
+        .map(|(n, _, _)| n)
+        .collect();
+    let alias = if rowid {
+        ["rowid", "_rowid_", "oid"]
+            .into_iter()
+            .find(|a| !cols.iter().any(|c| c.eq_ignore_ascii_case(a)))
+    } else {
+        None
+    };
+    let mut names: Vec<String> = alias.iter().map(|a| a.to_string()).collect();
+    names.extend(cols.iter().map(|c| q(c)));
+    let to_numeric: Vec<bool> = alias
+        .iter()
+        .map(|_| false)
+        .chain(cols.iter().map(|c| {
+            retype
+                .iter()
+                .any(|r| r.ty == ColumnType::Numeric && r.col.eq_ignore_ascii_case(c))
+        }))
+        .collect();
+    let list = names.join(", ");
+    let params = (1..=names.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sel = db.prepare(&format!("SELECT {list} FROM {}", q(from)))?;
+    let mut ins = db.prepare(&format!("INSERT INTO {}({list}) VALUES ({params})", q(to)))?;
+    while sel.step()? {
+        let vals: Vec<Value> = (0..names.len())
+            .map(|i| match sel.col(i) {
+                Value::Int(n) if to_numeric[i] => Value::Text(n.to_string()),
+                Value::Real(f) if to_numeric[i] => Value::Text(f64_numeric_text(f)),
+                v => v,
+            })
+            .collect();
+        ins.run_with(&vals)?;
+    }
+    Ok(())
+}
+
+/// One token of a CREATE TABLE statement: its byte range and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    /// A bare word (keyword or identifier).
+    Word,
+    /// A quoted identifier (`"x"`, `` `x` ``, `[x]`).
+    Quoted,
+    /// A string literal.
+    Str,
+    /// One character of punctuation.
+    Punct(u8),
+}
+
+fn tokenize(sql: &str) -> Result<Vec<(Tok, usize, usize)>> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let unterminated = || Error::msg("unterminated quote or comment in a CREATE TABLE statement");
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            let end = sql[i + 2..].find("*/").ok_or_else(unterminated)?;
+            i += end + 4;
+        } else if matches!(c, b'"' | b'\'' | b'`' | b'[') {
+            let close = if c == b'[' { b']' } else { c };
+            let start = i;
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => return Err(unterminated()),
+                    // A doubled quote is an escaped one (not inside [...]).
+                    Some(&x) if x == close && c != b'[' && b.get(i + 1) == Some(&close) => i += 2,
+                    Some(&x) if x == close => {
+                        i += 1;
+                        break;
+                    }
+                    Some(_) => i += 1,
+                }
+            }
+            let kind = if c == b'\'' { Tok::Str } else { Tok::Quoted };
+            out.push((kind, start, i));
+        } else if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
+            let start = i;
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+            {
+                i += 1;
+            }
+            out.push((Tok::Word, start, i));
+        } else {
+            out.push((Tok::Punct(c), i, i + 1));
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The identifier a token names (quotes removed).
+fn ident(sql: &str, tok: (Tok, usize, usize)) -> String {
+    let (kind, s, e) = tok;
+    let text = &sql[s..e];
+    match kind {
+        Tok::Quoted => {
+            let q0 = text.as_bytes()[0];
+            let inner = &text[1..text.len() - 1];
+            match q0 {
+                b'"' => inner.replace("\"\"", "\""),
+                b'`' => inner.replace("``", "`"),
+                _ => inner.to_string(),
+            }
+        }
+        _ => text.to_string(),
+    }
+}
+
+/// Rewrites a table's stored CREATE TABLE statement: the table is named
+/// `new_name`, and the columns of `types` (matched without case) get the
+/// declared type given (the words between the column name and its first
+/// constraint are replaced). Everything else stays as written.
+fn rewrite_create(sql: &str, new_name: &str, types: &[(&str, &str)]) -> Result<String> {
+    const CONSTRAINT_WORDS: [&str; 11] = [
+        "CONSTRAINT",
+        "PRIMARY",
+        "NOT",
+        "NULL",
+        "UNIQUE",
+        "CHECK",
+        "DEFAULT",
+        "COLLATE",
+        "REFERENCES",
+        "GENERATED",
+        "AS",
+    ];
+    const TABLE_CONSTRAINTS: [&str; 5] = ["CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"];
+    let toks = tokenize(sql)?;
+    let open = toks
+        .iter()
+        .position(|t| t.0 == Tok::Punct(b'('))
+        .ok_or_else(|| Error::msg("no column list in the CREATE TABLE statement"))?;
+    let word_is = |t: (Tok, usize, usize), set: &[&str]| -> bool {
+        t.0 == Tok::Word && set.iter().any(|w| sql[t.1..t.2].eq_ignore_ascii_case(w))
+    };
+    // (start, end, replacement) edits, in order.
+    let mut edits: Vec<(usize, usize, String)> =
+        vec![(0, toks[open].1, format!("CREATE TABLE {}", q(new_name)))];
+    let mut found = vec![false; types.len()];
+    let mut depth = 0usize;
+    let mut seg_start = open + 1;
+    let mut i = open;
+    let mut close = None;
+    while i < toks.len() {
+        let t = toks[i];
+        match t.0 {
+            Tok::Punct(b'(') => depth += 1,
+            Tok::Punct(b')') => depth -= 1,
+            _ => {}
+        }
+        let seg_end = (depth == 1 && t.0 == Tok::Punct(b',')) || depth == 0;
+        if seg_end && i > open {
+            // Tokens seg_start..i form one column definition or constraint.
+            if seg_start < i && !word_is(toks[seg_start], &TABLE_CONSTRAINTS) {
+                let name = ident(sql, toks[seg_start]);
+                if let Some(k) = types
+                    .iter()
+                    .position(|(c, _)| c.eq_ignore_ascii_case(&name))
+                {
+                    let mut j = seg_start + 1;
+                    let mut d = 0usize;
+                    while j < i {
+                        match toks[j].0 {
+                            Tok::Punct(b'(') => d += 1,
+                            Tok::Punct(b')') => d = d.saturating_sub(1),
+                            _ => {}
+                        }
+                        if d == 0 && word_is(toks[j], &CONSTRAINT_WORDS) {
+                            break;
+                        }
+                        j += 1;
+                    }
+                    let from = toks[seg_start].2;
+                    let to = if j < i { toks[j].1 } else { toks[i].1 };
+                    let ty = types[k].1;
+                    let rep = match (ty.is_empty(), j < i) {
+                        (true, true) => " ".to_string(),
+                        (true, false) => String::new(),
+                        (false, true) => format!(" {ty} "),
+                        (false, false) => format!(" {ty}"),
+                    };
+                    edits.push((from, to, rep));
+                    found[k] = true;
+                }
+            }
+            seg_start = i + 1;
+        }
+        if depth == 0 {
+            close = Some(i);
+            break;
+        }
+        i += 1;
+    }
+    if close.is_none() {
+        return Err(Error::msg(
+            "unbalanced parentheses in the CREATE TABLE statement",
+        ));
+    }
+    if let Some(k) = found.iter().position(|f| !f) {
+        return Err(Error::msg(format!(
+            "column {:?} not found in the CREATE TABLE statement",
+            types[k].0
+        )));
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut pos = 0;
+    for (s, e, rep) in edits {
+        out.push_str(&sql[pos..s]);
+        out.push_str(&rep);
+        pos = e;
+    }
+    out.push_str(&sql[pos..]);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_statements_are_rewritten_in_place() {
+        let sql = r#"CREATE TABLE "t(x"("id" TEXT NOT NULL ON CONFLICT FAIL, "amount" NUMERIC, "est" REAL, "note" TEXT DEFAULT 'a, "amount" NUMERIC', "n""q" NUMERIC, PRIMARY KEY("id"))"#;
+        let out = rewrite_create(
+            sql,
+            "_sync_rebuild",
+            &[("AMOUNT", "TEXT"), ("est", ""), ("n\"q", "TEXT")],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"CREATE TABLE "_sync_rebuild"("id" TEXT NOT NULL ON CONFLICT FAIL, "amount" TEXT, "est", "note" TEXT DEFAULT 'a, "amount" NUMERIC', "n""q" TEXT, PRIMARY KEY("id"))"#
+        );
+        // Added columns with constraints, and a WITHOUT ROWID table.
+        let sql = r#"CREATE TABLE "s"("id" NUMERIC NOT NULL, "x" REAL, "_ver" BLOB, PRIMARY KEY("id")) WITHOUT ROWID"#;
+        let out = rewrite_create(sql, "n", &[("id", "TEXT"), ("x", "")]).unwrap();
+        assert_eq!(
+            out,
+            r#"CREATE TABLE "n"("id" TEXT NOT NULL, "x", "_ver" BLOB, PRIMARY KEY("id")) WITHOUT ROWID"#
+        );
+        assert!(rewrite_create(sql, "n", &[("missing", "TEXT")]).is_err());
+    }
 }

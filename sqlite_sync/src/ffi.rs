@@ -153,7 +153,20 @@ impl Db {
     pub fn changes(&self) -> i64 {
         i64::from(unsafe { call!(changes(self.0)) })
     }
+
+    /// Sets (`value` 0 or 1) or only reads (`value` -1) an on/off option of
+    /// `sqlite3_db_config`; returns whether it is on afterwards. Unlike the
+    /// matching PRAGMAs, this also works inside a transaction.
+    pub fn config_flag(&self, op: c_int, value: c_int) -> Result<bool> {
+        let mut out: c_int = 0;
+        let rc = unsafe { call!(db_config(self.0, op, value, &mut out as *mut c_int)) };
+        self.check(rc, "sqlite3_db_config")?;
+        Ok(out != 0)
+    }
 }
+
+/// `sqlite3_db_config` option: foreign key enforcement.
+pub const DBCONFIG_ENABLE_FKEY: c_int = 1002;
 
 /// Text from SQLite: UTF-8 checked once, copied once (invalid bytes are
 /// replaced).

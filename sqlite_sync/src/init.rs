@@ -22,6 +22,7 @@ pub fn sync_init(st: &ConnState, db: Db, text: &str, local: Option<&str>) -> Res
     let schema = parse_schema(text)?;
     let out = in_savepoint(db, "sync_init", || {
         let _nc = st.no_capture();
+        ddl::check_clock_not_shadowed(db)?;
         ddl::create_meta(db)?;
         let client = match meta_text(db, "client_id")? {
             Some(c) => c,
@@ -34,18 +35,25 @@ pub fn sync_init(st: &ConnState, db: Db, text: &str, local: Option<&str>) -> Res
         };
         let current = schema_version(db)?;
         let changed = match current {
-            Some(v) if schema.version <= v => false,
-            Some(_) => {
+            Some(v) => {
+                // A device built by an older version first gets the current
+                // layout (exact column types, triggers reading sync_clock()).
                 let old = st.loaded(db)?;
-                ddl::migrate(db, &old.schema, &schema)?;
-                store_schema(db, &schema)?;
-                true
+                ddl::upgrade_layout(db, &old.schema)?;
+                if schema.version <= v {
+                    false
+                } else {
+                    ddl::migrate(db, &old.schema, &schema)?;
+                    store_schema(db, &schema)?;
+                    true
+                }
             }
             None => {
                 for t in &schema.tables {
                     ddl::create_table(db, t)?;
                 }
                 store_schema(db, &schema)?;
+                ddl::set_layout(db)?;
                 true
             }
         };

@@ -19,6 +19,7 @@ mod pull;
 mod push;
 mod state;
 mod status;
+mod temporal;
 
 use std::ffi::{c_char, c_uint};
 use std::rc::Rc;

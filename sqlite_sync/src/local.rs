@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value as Json;
-use sync_core::schema::{Schema, TableDef};
+use sync_core::schema::{Schema, TableDef, MAX_NAME_BYTES};
 
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
@@ -22,9 +22,21 @@ pub type LocalSpec = BTreeMap<String, BTreeMap<String, String>>;
 
 const KEY: &str = "local";
 
+/// Largest local spec document, in bytes.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
+/// Longest declaration of a local column, in bytes.
+pub const MAX_DECL_BYTES: usize = 4096;
+
 /// Parses and checks a local spec against the schema.
 pub fn parse(text: &str, schema: &Schema) -> Result<LocalSpec> {
     let bad = |m: String| Error::msg(format!("invalid local spec: {m}"));
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(bad(format!(
+            "the document is {} bytes, more than the limit of {MAX_SPEC_BYTES}",
+            text.len()
+        )));
+    }
     let doc: Json = serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
     let obj = doc
         .as_object()
@@ -45,9 +57,12 @@ pub fn parse(text: &str, schema: &Schema) -> Result<LocalSpec> {
         }
     };
     for (tname, cols) in tables {
-        let def = schema
-            .table(tname)
-            .ok_or_else(|| bad(format!("table {tname:?} is not a synced table")))?;
+        let def = schema.table(tname).ok_or_else(|| {
+            bad(format!(
+                "table {} is not a synced table",
+                crate::model::show(tname)
+            ))
+        })?;
         let cols = cols.as_object().ok_or_else(|| {
             bad(format!(
                 "columns of table {tname:?} must be an object of column name to declaration"
@@ -58,12 +73,25 @@ pub fn parse(text: &str, schema: &Schema) -> Result<LocalSpec> {
             if cname.is_empty() {
                 return Err(bad(format!("table {tname:?} has an empty column name")));
             }
+            if cname.len() > MAX_NAME_BYTES {
+                return Err(bad(format!(
+                    "column name {} of table {tname:?} is {} bytes, more than the limit of \
+                     {MAX_NAME_BYTES}",
+                    crate::model::show(cname),
+                    cname.len()
+                )));
+            }
+            if cname.contains('\0') {
+                return Err(bad(format!(
+                    "column name {cname:?} of table {tname:?} contains a NUL character"
+                )));
+            }
             if is_schema_col(def, cname) {
                 return Err(bad(format!(
                     "column {cname:?} of table {tname:?} is a synced column of the schema"
                 )));
             }
-            if cname.starts_with("_sync") {
+            if cname.to_ascii_lowercase().starts_with("_sync") {
                 return Err(bad(format!(
                     "column name {cname:?} of table {tname:?} is reserved by sqlite_sync"
                 )));
@@ -74,6 +102,13 @@ pub fn parse(text: &str, schema: &Schema) -> Result<LocalSpec> {
                      like \"TEXT\" or \"INTEGER DEFAULT 0\""
                 ))
             })?;
+            if decl.len() > MAX_DECL_BYTES {
+                return Err(bad(format!(
+                    "declaration of column {cname:?} of table {tname:?} is {} bytes, more \
+                     than the limit of {MAX_DECL_BYTES}",
+                    decl.len()
+                )));
+            }
             if decl.contains(';') || decl.contains("--") || decl.contains("/*") {
                 return Err(bad(format!(
                     "declaration {decl:?} of column {cname:?} of table {tname:?} may not \

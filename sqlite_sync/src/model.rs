@@ -1,11 +1,9 @@
 //! The synced schema as the client uses it: object names, validation, value
 //! conversion between SQLite and the JSON wire format, and row keys.
 
-use std::collections::HashMap;
-
 use serde_json::{Map, Number, Value as Json};
 use sync_core::merge::Strategy;
-use sync_core::schema::{ColumnType, Schema, TableDef, WriteMode};
+use sync_core::schema::{ColumnType, Schema, TableDef, WriteMode, MAX_NAME_BYTES};
 use sync_core::Hlc;
 
 use crate::error::{Error, Result};
@@ -195,8 +193,9 @@ impl TableInfo {
                     )));
                 }
                 return Err(Error::msg(format!(
-                    "table {:?} has no synced column {k:?}",
-                    self.name()
+                    "table {:?} has no synced column {}",
+                    self.name(),
+                    show(k)
                 )));
             }
         }
@@ -216,10 +215,7 @@ impl TableInfo {
                 )));
             }
             let sv = json_to_sql(self.col_type(ci), v, self.name(), name)?;
-            parts.push(KeyPart::from_value(&normalize_affinity(
-                self.col_type(ci),
-                sv,
-            )));
+            parts.push(KeyPart::from_value(&key_affinity(self.col_type(ci), sv)));
         }
         Ok(Key(parts))
     }
@@ -342,11 +338,31 @@ impl Key {
     }
 }
 
-/// Applies SQLite's column affinity to a value the way storing it would,
-/// so keys built from JSON compare equal to keys read back from tables.
-pub fn normalize_affinity(ty: ColumnType, v: Value) -> Value {
-    match ty.sqlite_type() {
-        "INTEGER" | "NUMERIC" => match v {
+/// The declared SQLite type of a synced column, in `T` and `T_synced`.
+///
+/// Chosen so that SQLite stores every server value exactly:
+/// - numeric is TEXT holding the exact decimal text (NUMERIC affinity would
+///   turn it into a REAL, keeping about 15 significant digits and no scale);
+/// - real (not in the primary key) has no declared type, hence no
+///   affinity: SQLite keeps the 8-byte IEEE value as given, where REAL
+///   affinity stores an integral value as an integer and loses the sign of
+///   `-0.0`. A real key column keeps REAL affinity so that `5` and `5.0`
+///   stay one key;
+/// - the other types as `ColumnType::sqlite_type`.
+pub fn decl_type(ty: ColumnType, in_pk: bool) -> &'static str {
+    match ty {
+        ColumnType::Numeric => "TEXT",
+        ColumnType::Real if !in_pk => "",
+        other => other.sqlite_type(),
+    }
+}
+
+/// Applies the affinity of a primary key column (see [`decl_type`]) to a
+/// value the way storing it would, so keys built from JSON compare equal to
+/// keys read back from tables.
+pub fn key_affinity(ty: ColumnType, v: Value) -> Value {
+    match decl_type(ty, true) {
+        "INTEGER" => match v {
             Value::Real(f) if f.fract() == 0.0 && f.is_finite() && f.abs() < 9.0e15 => {
                 Value::Int(f as i64)
             }
@@ -369,58 +385,87 @@ pub fn normalize_affinity(ty: ColumnType, v: Value) -> Value {
         "REAL" => match v {
             Value::Int(i) => Value::Real(i as f64),
             Value::Text(ref s) => match s.trim().parse::<f64>() {
-                Ok(f) => Value::Real(f),
-                Err(_) => v,
+                Ok(f) if f.is_finite() => Value::Real(f),
+                _ => v,
             },
             other => other,
         },
         "TEXT" => match v {
             Value::Int(i) => Value::Text(i.to_string()),
+            Value::Real(f) => Value::Text(f.to_string()),
             other => other,
         },
         _ => v,
     }
 }
 
+/// Largest schema document `sync_init` (or a pull page) may carry, in bytes.
+pub const MAX_SCHEMA_BYTES: usize = 1 << 20;
+
+/// Names of columns the device adds to `T_synced`; no synced column may
+/// take one.
+pub const RESERVED_COLUMNS: [&str; 2] = ["_ver", "_full"];
+
+/// A name for an error message: quoted, and cut short when long (the
+/// input may be hostile).
+pub fn show(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return format!("{s:?}");
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}...", &s[..end])
+}
+
 /// Parses a schema document and checks everything the client relies on.
 pub fn parse_schema(json: &str) -> Result<Schema> {
+    if json.len() > MAX_SCHEMA_BYTES {
+        return Err(Error::msg(format!(
+            "schema document is {} bytes, more than the limit of {MAX_SCHEMA_BYTES}",
+            json.len()
+        )));
+    }
     let schema: Schema = serde_json::from_str(json)
         .map_err(|e| Error::msg(format!("malformed JSON in schema: {e}")))?;
     validate_schema(&schema)?;
     Ok(schema)
 }
 
-/// Checks a schema: format, names, primary keys, column limits.
+/// Checks a schema: format, names (length, reserved names, collisions up to
+/// case, see `sync_core::schema::check_table_name`), primary keys, column
+/// limits.
 pub fn validate_schema(schema: &Schema) -> Result<()> {
     sync_core::wire::check_format(schema.format)?;
-    let mut names: HashMap<String, String> = HashMap::new();
-    let reserved = [META, CHANGES, ERRORS, BASE];
+    let mut seen: Vec<&str> = Vec::with_capacity(schema.tables.len());
+    // Length first, so an error never repeats a huge name in full.
+    let too_long = |what: &str, name: &str, of: &str| {
+        Error::msg(format!(
+            "{what} {}{of} is {} bytes, more than the limit of {MAX_NAME_BYTES}",
+            show(name),
+            name.len()
+        ))
+    };
     for t in &schema.tables {
-        if t.name.is_empty() {
-            return Err(Error::msg("schema has a table with an empty name"));
+        if t.name.len() > MAX_NAME_BYTES {
+            return Err(too_long("table name", &t.name, ""));
         }
-        if reserved.contains(&t.name.as_str()) || t.name.starts_with("_sync") {
+        for c in t.columns.iter().map(|c| &c.name).chain(t.pk.iter()) {
+            if c.len() > MAX_NAME_BYTES {
+                let of = format!(" of table {:?}", t.name);
+                return Err(too_long("column name", c, &of));
+            }
+        }
+        sync_core::schema::check_table_name(&t.name, seen.iter().copied())?;
+        if t.name.to_ascii_lowercase().starts_with("sqlite_") {
             return Err(Error::msg(format!(
-                "table name {:?} is reserved by sqlite_sync",
-                t.name
+                "table name {}: names starting with sqlite_ are reserved by SQLite",
+                show(&t.name)
             )));
         }
-        let info_names = [
-            t.name.clone(),
-            format!("{}_synced", t.name),
-            format!("{}_pending", t.name),
-            format!("{}_local", t.name),
-        ];
-        for n in info_names {
-            let lower = n.to_lowercase();
-            if let Some(other) = names.get(&lower) {
-                return Err(Error::msg(format!(
-                    "tables {:?} and {:?} would both need an object named {n:?}",
-                    other, t.name
-                )));
-            }
-            names.insert(lower, t.name.clone());
-        }
+        seen.push(&t.name);
         if t.pk.is_empty() {
             return Err(Error::msg(format!(
                 "table {:?} has no primary key in the schema; synced tables need one",
@@ -437,31 +482,30 @@ pub fn validate_schema(schema: &Schema) -> Result<()> {
                 t.columns.len()
             )));
         }
-        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut names: Vec<String> = Vec::with_capacity(t.columns.len());
         for c in &t.columns {
-            if c.name.is_empty() {
+            sync_core::schema::check_column_name(&t.name, &c.name)?;
+            let lower = c.name.to_ascii_lowercase();
+            if RESERVED_COLUMNS.contains(&lower.as_str()) {
                 return Err(Error::msg(format!(
-                    "table {:?} has a column with an empty name",
-                    t.name
+                    "column name {:?} of table {:?} is reserved by sqlite_sync",
+                    c.name, t.name
                 )));
             }
-            if c.name.eq_ignore_ascii_case("_ver") {
-                return Err(Error::msg(format!(
-                    "column name \"_ver\" of table {:?} is reserved by sqlite_sync",
-                    t.name
-                )));
-            }
-            if seen.insert(c.name.to_lowercase(), ()).is_some() {
+            // SQLite compares column names without (ASCII) case.
+            if names.contains(&lower) {
                 return Err(Error::msg(format!(
                     "table {:?} has column {:?} twice",
                     t.name, c.name
                 )));
             }
+            names.push(lower);
         }
         for p in &t.pk {
             if t.column_index(p).is_none() {
                 return Err(Error::msg(format!(
-                    "primary key column {p:?} of table {:?} is not among its columns",
+                    "primary key column {} of table {:?} is not among its columns",
+                    show(p),
                     t.name
                 )));
             }
@@ -527,7 +571,11 @@ fn bad_value(table: &str, col: &str, ty: ColumnType, v: &Json) -> Error {
     ))
 }
 
-/// Converts a wire value to the SQLite value stored for a column type.
+/// Converts a wire value the device itself produced (the keys of its
+/// in-flight batch, `sync_pending`'s argument) to the SQLite value stored
+/// for a column type. Lenient: a value that did not fit its type on the
+/// device comes back as it was sent. Server data goes through the strict
+/// `page::raw_to_sql` instead.
 pub fn json_to_sql(ty: ColumnType, v: &Json, table: &str, col: &str) -> Result<Value> {
     if v.is_null() {
         return Ok(Value::Null);
@@ -564,20 +612,22 @@ pub fn json_to_sql(ty: ColumnType, v: &Json, table: &str, col: &str) -> Result<V
             _ => return Err(bad_value(table, col, ty, v)),
         },
         ColumnType::Real => match v {
-            Json::Number(n) => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
+            Json::Number(n) => match n.as_f64() {
+                Some(f) => Value::Real(f),
+                None => Value::Text(n.to_string()),
+            },
             Json::String(s) => match s.as_str() {
-                "NaN" => Value::Real(f64::NAN),
+                // SQLite stores a NaN as NULL: keep it as text.
+                "NaN" => Value::Text("NaN".into()),
                 "Infinity" => Value::Real(f64::INFINITY),
                 "-Infinity" => Value::Real(f64::NEG_INFINITY),
                 _ => Value::Text(s.clone()),
             },
             _ => return Err(bad_value(table, col, ty, v)),
         },
+        // The literal's exact text (serde_json keeps it).
         ColumnType::Numeric => match v {
-            Json::Number(n) => match n.as_i64() {
-                Some(i) => Value::Int(i),
-                None => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
-            },
+            Json::Number(n) => Value::Text(n.to_string()),
             Json::String(s) => Value::Text(s.clone()),
             _ => return Err(bad_value(table, col, ty, v)),
         },
@@ -599,6 +649,41 @@ pub fn json_to_sql(ty: ColumnType, v: &Json, table: &str, col: &str) -> Result<V
             _ => return Err(bad_value(table, col, ty, v)),
         },
     })
+}
+
+/// The wire form of a numeric column's stored text: its exact literal when
+/// it is a JSON number (the digits go through unchanged, never through a
+/// float), the strings Postgres reads for NaN and the infinities, else the
+/// text as a string (the server parses it or rejects the change).
+fn numeric_text_json(s: &str) -> Json {
+    if sync_core::decimal::Decimal::parse(s).is_ok() {
+        if let Ok(n) = s.parse::<Number>() {
+            return Json::Number(n);
+        }
+    }
+    match s.to_ascii_lowercase().as_str() {
+        "nan" => Json::String("NaN".into()),
+        "inf" | "infinity" | "+inf" | "+infinity" => Json::String("Infinity".into()),
+        "-inf" | "-infinity" => Json::String("-Infinity".into()),
+        _ => Json::String(s.to_string()),
+    }
+}
+
+/// The exact decimal text of a float for a numeric column: its shortest
+/// round-trip digits, written without an exponent (`1e-7` is `0.0000001`).
+pub fn f64_numeric_text(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let short = Number::from_f64(f)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| f.to_string());
+    sync_core::decimal::Decimal::parse(&short)
+        .map(|d| d.to_string())
+        .unwrap_or(short)
 }
 
 fn f64_json(f: f64) -> Json {
@@ -644,7 +729,13 @@ pub fn sql_to_json(ty: ColumnType, v: &Value) -> Json {
             },
             other => Json::String(text_of(other)),
         },
-        ColumnType::Integer | ColumnType::Numeric | ColumnType::Real => match v {
+        ColumnType::Numeric => match v {
+            Value::Int(i) => Json::from(*i),
+            Value::Real(f) => numeric_text_json(&f64_numeric_text(*f)),
+            Value::Text(s) => numeric_text_json(s),
+            other => Json::String(text_of(other)),
+        },
+        ColumnType::Integer | ColumnType::Real => match v {
             Value::Int(i) => {
                 if ty == ColumnType::Real {
                     f64_json(*i as f64)

@@ -9,7 +9,8 @@ use sync_core::Hlc;
 
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Stmt, Value};
-use crate::model::{json_to_sql, q, ver_from_blob, ver_to_blob, Key, TableInfo, BASE};
+use crate::model::{q, show, ver_from_blob, ver_to_blob, Key, TableInfo, BASE};
+use crate::page::json_to_sql_strict;
 
 /// A server row: values of all columns in schema order, and their versions.
 pub struct SyncedRow {
@@ -407,9 +408,10 @@ fn build_sql(t: &TableInfo, name: &str) -> String {
     }
 }
 
-/// Converts a wire row to values of all columns in schema order. Key
-/// columns missing from `row` are taken from `pk`; other missing columns
-/// are NULL. A column the table does not have is an error.
+/// Converts a row the server sent (in a push result) to values of all
+/// columns in schema order, strictly (see `page::raw_to_sql`). Key columns
+/// missing from `row` are taken from `pk`; other missing columns are NULL.
+/// A column the table does not have is an error.
 pub fn row_values(
     t: &TableInfo,
     row: &Map<String, Json>,
@@ -418,17 +420,18 @@ pub fn row_values(
     for k in row.keys() {
         if t.def.column_index(k).is_none() {
             return Err(Error::msg(format!(
-                "table {:?} has no synced column {k:?}",
-                t.name()
+                "table {:?} has no synced column {}",
+                t.name(),
+                show(k)
             )));
         }
     }
     let mut vals = Vec::with_capacity(t.ncols());
     for c in &t.def.columns {
         let v = match row.get(&c.name) {
-            Some(v) => json_to_sql(c.ty, v, t.name(), &c.name)?,
+            Some(v) => json_to_sql_strict(c.ty, v, t.name(), &c.name)?,
             None => match pk.get(&c.name) {
-                Some(v) => json_to_sql(c.ty, v, t.name(), &c.name)?,
+                Some(v) => json_to_sql_strict(c.ty, v, t.name(), &c.name)?,
                 None => Value::Null,
             },
         };

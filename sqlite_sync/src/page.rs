@@ -260,22 +260,39 @@ fn bad(table: &str, col: &str, ty: ColumnType, raw: &str) -> Error {
     ))
 }
 
-enum Num {
-    Int(i64),
-    Real(f64),
+/// Whether a JSON number literal is a plain integer (`-?[0-9]+`).
+fn is_integer_literal(s: &str) -> bool {
+    let d = s.strip_prefix('-').unwrap_or(s);
+    !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn parse_num(s: &str) -> Option<Num> {
-    if !s.contains(['.', 'e', 'E']) {
-        if let Ok(i) = s.parse::<i64>() {
-            return Some(Num::Int(i));
-        }
-    }
-    s.parse::<f64>().ok().map(Num::Real)
+/// Whether the mantissa of a JSON number literal has a non-zero digit.
+fn nonzero_mantissa(s: &str) -> bool {
+    s.bytes()
+        .take_while(|b| !matches!(b, b'e' | b'E'))
+        .any(|b| (b'1'..=b'9').contains(&b))
 }
 
-/// Converts a raw wire value to the SQLite value stored for a column type
-/// (the same rules as `model::json_to_sql`).
+/// Converts a raw wire value sent by the server (a pull page's keys and
+/// rows, a push result's rows) to the SQLite value stored for a column type
+/// (see `model::decl_type`). Strict: a value that contradicts the column's
+/// type makes the document malformed, and the error names the table, the
+/// column and the value.
+///
+/// - boolean: `true` / `false`;
+/// - integer: an integer literal within 64 bits;
+/// - real: a number within double range (stored as a REAL, `-0` keeping its
+///   sign), or `"NaN"` (stored as the text `NaN`: SQLite would turn a NaN
+///   REAL into NULL), `"Infinity"`, `"-Infinity"`;
+/// - numeric: a number literal within Postgres' numeric range, stored as
+///   its exact decimal text without an exponent (`1.50` stays `1.50`,
+///   `1e3` is `1000`), or `"NaN"`, `"Infinity"`, `"-Infinity"`;
+/// - text: a string without NUL; timestamptz, timestamp, date: a string in
+///   the ISO 8601 form Postgres writes (see `temporal.rs`);
+/// - json: any JSON value, stored as compact JSON text;
+/// - blob: `"\\x<hex>"`.
+///
+/// `null` is NULL for every type.
 pub fn raw_to_sql<'a>(
     ty: ColumnType,
     raw: &'a RawValue,
@@ -284,78 +301,101 @@ pub fn raw_to_sql<'a>(
 ) -> Result<VRef<'a>> {
     let s = raw.get().trim();
     let first = s.as_bytes().first().copied().unwrap_or(b'n');
-    match first {
-        b'n' => Ok(VRef::Null),
-        b'"' => {
-            let v: CowStr<'a> =
-                serde_json::from_str(raw.get()).map_err(|_| bad(table, col, ty, s))?;
-            let text = v.0;
-            Ok(match ty {
-                ColumnType::Blob => {
-                    let hex = text
-                        .strip_prefix("\\x")
-                        .or_else(|| text.strip_prefix("\\X"))
-                        .ok_or_else(|| bad(table, col, ty, s))?;
-                    VRef::Blob(hex_decode(hex).ok_or_else(|| bad(table, col, ty, s))?)
+    if first == b'n' {
+        return Ok(VRef::Null);
+    }
+    let err = || bad(table, col, ty, s);
+    let string = || -> Result<Cow<'a, str>> {
+        if first != b'"' {
+            return Err(err());
+        }
+        let v: CowStr<'a> = serde_json::from_str(raw.get()).map_err(|_| err())?;
+        Ok(v.0)
+    };
+    let number = first == b'-' || first.is_ascii_digit();
+    Ok(match ty {
+        ColumnType::Json => VRef::Text(minify(s)),
+        ColumnType::Boolean => match s {
+            "true" => VRef::Int(1),
+            "false" => VRef::Int(0),
+            _ => return Err(err()),
+        },
+        ColumnType::Integer => {
+            if !number || !is_integer_literal(s) {
+                return Err(err());
+            }
+            VRef::Int(s.parse::<i64>().map_err(|_| err())?)
+        }
+        ColumnType::Real => {
+            if number {
+                let f = s.parse::<f64>().map_err(|_| err())?;
+                // Out of double range: Postgres' float8 refuses it too.
+                if f.is_infinite() || (f == 0.0 && nonzero_mantissa(s)) {
+                    return Err(err());
                 }
-                ColumnType::Boolean => match text.to_ascii_lowercase().as_str() {
-                    "true" | "t" | "1" | "yes" | "on" => VRef::Int(1),
-                    "false" | "f" | "0" | "no" | "off" => VRef::Int(0),
-                    _ => return Err(bad(table, col, ty, s)),
-                },
-                ColumnType::Real => match text.as_ref() {
-                    "NaN" => VRef::Real(f64::NAN),
+                VRef::Real(f)
+            } else {
+                match string()?.as_ref() {
+                    "NaN" => VRef::Text(Cow::Borrowed("NaN")),
                     "Infinity" => VRef::Real(f64::INFINITY),
                     "-Infinity" => VRef::Real(f64::NEG_INFINITY),
-                    _ => VRef::Text(text),
-                },
-                ColumnType::Json => VRef::Text(Cow::Borrowed(s)),
-                _ => VRef::Text(text),
-            })
-        }
-        b't' | b'f' => {
-            let b = first == b't';
-            Ok(match ty {
-                ColumnType::Boolean | ColumnType::Integer => VRef::Int(i64::from(b)),
-                ColumnType::Json
-                | ColumnType::Text
-                | ColumnType::Timestamptz
-                | ColumnType::Timestamp
-                | ColumnType::Date => VRef::Text(Cow::Borrowed(s)),
-                _ => return Err(bad(table, col, ty, s)),
-            })
-        }
-        b'{' | b'[' => Ok(match ty {
-            ColumnType::Json
-            | ColumnType::Text
-            | ColumnType::Timestamptz
-            | ColumnType::Timestamp
-            | ColumnType::Date => VRef::Text(minify(s)),
-            _ => return Err(bad(table, col, ty, s)),
-        }),
-        _ => {
-            let n = parse_num(s).ok_or_else(|| bad(table, col, ty, s))?;
-            Ok(match (ty, n) {
-                (ColumnType::Boolean, Num::Int(i)) => VRef::Int(i64::from(i != 0)),
-                (ColumnType::Boolean, Num::Real(f)) => VRef::Int(i64::from(f != 0.0)),
-                (ColumnType::Integer, Num::Int(i)) => VRef::Int(i),
-                (ColumnType::Integer, Num::Real(f)) => {
-                    if f.fract() == 0.0 && f.abs() < 9.2e18 {
-                        VRef::Int(f as i64)
-                    } else {
-                        VRef::Real(f)
-                    }
+                    _ => return Err(err()),
                 }
-                (ColumnType::Real, Num::Int(i)) => VRef::Real(i as f64),
-                (ColumnType::Real, Num::Real(f)) => VRef::Real(f),
-                (ColumnType::Numeric, Num::Int(i)) => VRef::Int(i),
-                (ColumnType::Numeric, Num::Real(f)) => VRef::Real(f),
-                (ColumnType::Blob, _) => return Err(bad(table, col, ty, s)),
-                // text, timestamps, json: the number's JSON text
-                _ => VRef::Text(Cow::Borrowed(s)),
-            })
+            }
         }
-    }
+        ColumnType::Numeric => {
+            if number {
+                let d = sync_core::decimal::Decimal::parse(s)
+                    .map_err(|e| Error::msg(format!("{} ({e})", err())))?;
+                let text = d.to_string();
+                if text == s {
+                    VRef::Text(Cow::Borrowed(s))
+                } else {
+                    VRef::Text(Cow::Owned(text))
+                }
+            } else {
+                match string()?.as_ref() {
+                    "NaN" => VRef::Text(Cow::Borrowed("NaN")),
+                    "Infinity" => VRef::Text(Cow::Borrowed("Infinity")),
+                    "-Infinity" => VRef::Text(Cow::Borrowed("-Infinity")),
+                    _ => return Err(err()),
+                }
+            }
+        }
+        ColumnType::Text => {
+            let t = string()?;
+            if t.contains('\0') {
+                return Err(err());
+            }
+            VRef::Text(t)
+        }
+        ColumnType::Timestamptz | ColumnType::Timestamp | ColumnType::Date => {
+            let t = string()?;
+            if !crate::temporal::valid(ty, &t) {
+                return Err(err());
+            }
+            VRef::Text(t)
+        }
+        ColumnType::Blob => {
+            let t = string()?;
+            let hex = t
+                .strip_prefix("\\x")
+                .or_else(|| t.strip_prefix("\\X"))
+                .ok_or_else(err)?;
+            VRef::Blob(hex_decode(hex).ok_or_else(err)?)
+        }
+    })
+}
+
+/// [`raw_to_sql`] for a value already parsed (the rows of a push result).
+pub fn json_to_sql_strict(
+    ty: ColumnType,
+    v: &serde_json::Value,
+    table: &str,
+    col: &str,
+) -> Result<Value> {
+    let raw = RawValue::from_string(v.to_string())?;
+    Ok(raw_to_sql(ty, &raw, table, col)?.to_value())
 }
 
 /// Values of all columns of a pulled row in schema order. Key columns
@@ -367,7 +407,11 @@ pub fn row_values<'a>(t: &TableInfo, row: &Obj<'a>, pk: &Obj<'a>) -> Result<Vec<
     let mut seen = 0u64;
     for (k, raw) in &row.0 {
         let i = t.def.column_index(k).ok_or_else(|| {
-            Error::msg(format!("table {:?} has no synced column {k:?}", t.name()))
+            Error::msg(format!(
+                "table {:?} has no synced column {}",
+                t.name(),
+                crate::model::show(k)
+            ))
         })?;
         out[i] = raw_to_sql(t.col_type(i), raw, t.name(), k)?;
         seen |= 1 << i;
@@ -392,7 +436,11 @@ pub fn key_from_obj(t: &TableInfo, pk: &Obj<'_>) -> Result<crate::model::Key> {
                     t.name()
                 ))
             } else {
-                Error::msg(format!("table {:?} has no synced column {k:?}", t.name()))
+                Error::msg(format!(
+                    "table {:?} has no synced column {}",
+                    t.name(),
+                    crate::model::show(k)
+                ))
             });
         }
     }
@@ -413,7 +461,7 @@ pub fn key_from_obj(t: &TableInfo, pk: &Obj<'_>) -> Result<crate::model::Key> {
             )));
         }
         parts.push(crate::model::KeyPart::from_value(
-            &crate::model::normalize_affinity(t.col_type(ci), v),
+            &crate::model::key_affinity(t.col_type(ci), v),
         ));
     }
     Ok(crate::model::Key(parts))
@@ -438,9 +486,10 @@ mod tests {
         let cases = [
             (ColumnType::Boolean, json!(true)),
             (ColumnType::Integer, json!(42)),
-            (ColumnType::Integer, json!(4.0)),
+            (ColumnType::Integer, json!(i64::MIN)),
             (ColumnType::Real, json!(0.1)),
             (ColumnType::Real, json!(3)),
+            (ColumnType::Real, json!(-0.0)),
             (ColumnType::Numeric, json!(12.5)),
             (ColumnType::Text, json!("héllo \"q\" \\ x")),
             (ColumnType::Json, json!({"a": [1, null]})),
@@ -454,6 +503,95 @@ mod tests {
             let fast = raw_to_sql(ty, raw, "t", "c").unwrap().to_value();
             let slow = crate::model::json_to_sql(ty, &v, "t", "c").unwrap();
             assert_eq!(fast, slow, "{ty:?} {v}");
+        }
+    }
+
+    fn strict(ty: ColumnType, text: &str) -> Result<Value> {
+        let raw: &RawValue = serde_json::from_str(text).unwrap();
+        raw_to_sql(ty, raw, "t", "c").map(|v| v.to_value())
+    }
+
+    #[test]
+    fn server_values_are_exact() {
+        use ColumnType::*;
+        let t = |s: &str| Value::Text(s.into());
+        for (ty, text, want) in [
+            (
+                Numeric,
+                "1234567890.012345678901",
+                t("1234567890.012345678901"),
+            ),
+            (Numeric, "1.10", t("1.10")),
+            (Numeric, "-0.000", t("0.000")),
+            (Numeric, "1.5e3", t("1500")),
+            (Numeric, "1e400", t(&format!("1{}", "0".repeat(400)))),
+            (Numeric, "\"NaN\"", t("NaN")),
+            (Numeric, "\"-Infinity\"", t("-Infinity")),
+            (Integer, "9223372036854775807", Value::Int(i64::MAX)),
+            (
+                Integer,
+                "-9007199254740993",
+                Value::Int(-9_007_199_254_740_993),
+            ),
+            (Real, "1.7976931348623157e308", Value::Real(f64::MAX)),
+            (Real, "1e-300", Value::Real(1e-300)),
+            (Real, "5e-324", Value::Real(5e-324)),
+            (Real, "\"NaN\"", t("NaN")),
+            (Real, "\"Infinity\"", Value::Real(f64::INFINITY)),
+            (
+                Text,
+                "\"\\udbff\\udfff \\ud83d\\ude00 \u{800} e\u{301}\"",
+                t("\u{10FFFF} \u{1F600} \u{800} e\u{301}"),
+            ),
+            (
+                Timestamptz,
+                "\"2026-06-30T23:59:59.123456+02:00\"",
+                t("2026-06-30T23:59:59.123456+02:00"),
+            ),
+        ] {
+            assert_eq!(strict(ty, text).unwrap(), want, "{ty:?} {text}");
+        }
+        let neg = strict(Real, "-0").unwrap();
+        assert!(matches!(neg, Value::Real(f) if f == 0.0 && f.is_sign_negative()));
+    }
+
+    #[test]
+    fn server_values_contradicting_the_type_are_refused() {
+        use ColumnType::*;
+        for (ty, text) in [
+            (Integer, "1e400"),
+            (Integer, "4.5"),
+            (Integer, "4.0"),
+            (Integer, "9223372036854775808"),
+            (Integer, "\"12\""),
+            (Integer, "true"),
+            (Numeric, "1e400000"),
+            (Numeric, "\"12.5\""),
+            (Numeric, "\"abc\""),
+            (Numeric, "true"),
+            (Numeric, "{}"),
+            (Real, "1e400"),
+            (Real, "-1e400"),
+            (Real, "1e-400"),
+            (Real, "\"1.5\""),
+            (Real, "\"inf\""),
+            (Boolean, "1"),
+            (Boolean, "\"true\""),
+            (Text, "12"),
+            (Text, "[\"a\"]"),
+            (Text, "\"a\\u0000b\""),
+            (Timestamptz, "\"not a date\""),
+            (Timestamptz, "\"2026-02-30T00:00:00+00:00\""),
+            (Timestamp, "12"),
+            (Date, "\"2026-01-01T00:00:00\""),
+            (Blob, "\"00ff\""),
+            (Blob, "12"),
+        ] {
+            let e = strict(ty, text).unwrap_err().to_string();
+            assert!(
+                e.contains("column \"c\" of table \"t\"") && e.contains("cannot hold"),
+                "{ty:?} {text}: {e}"
+            );
         }
     }
 }

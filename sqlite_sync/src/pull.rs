@@ -15,12 +15,23 @@ use crate::ops::{check_ver, TableOps};
 use crate::page::{self, key_from_obj};
 use crate::state::{in_savepoint, meta_delete, meta_set, schema_version, ConnState, Loaded};
 
+/// Longest cursor a page may carry, in bytes (it is stored and sent back).
+pub const MAX_CURSOR_BYTES: usize = 1 << 20;
+
 pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
     let page = page::parse(text)?;
+    if page.cursor.0.len() > MAX_CURSOR_BYTES {
+        return Err(Error::msg(format!(
+            "the page's cursor is {} bytes, more than the limit of {MAX_CURSOR_BYTES}",
+            page.cursor.0.len()
+        )));
+    }
     // Fails early when sync_init was never called.
-    st.loaded(db)?;
+    let current = st.loaded(db)?;
     let out = in_savepoint(db, "sync_apply", || {
         let _nc = st.no_capture();
+        ddl::check_clock_not_shadowed(db)?;
+        ddl::upgrade_layout(db, &current.schema)?;
         if let Some(schema) = &page.schema {
             validate_schema(schema)?;
             let current = schema_version(db)?.unwrap_or(i64::MIN);

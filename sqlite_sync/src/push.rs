@@ -22,6 +22,7 @@ pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
     let loaded = st.loaded(db)?;
     in_savepoint(db, "sync_changes", || {
         let _nc = st.no_capture();
+        crate::ddl::check_clock_not_shadowed(db)?;
         if let Some(Value::Text(j)) = meta_get(db, "inflight")? {
             return Ok(j);
         }
@@ -164,6 +165,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
     }
     in_savepoint(db, "sync_ack", || {
         let _nc = st.no_capture();
+        crate::ddl::check_clock_not_shadowed(db)?;
         let (mut confirmed, mut rejected, mut conflicts, mut ignored) = (0, 0, 0, 0);
         let inflight = match meta_get(db, "inflight")? {
             Some(Value::Text(j)) => Some(

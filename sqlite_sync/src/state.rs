@@ -37,7 +37,7 @@ impl Loaded {
     pub fn require(&self, name: &str) -> Result<(usize, &TableInfo)> {
         self.table_idx(name)
             .map(|i| (i, &self.tables[i]))
-            .ok_or_else(|| Error::msg(format!("table {name:?} is not synced")))
+            .ok_or_else(|| Error::msg(format!("table {} is not synced", crate::model::show(name))))
     }
 }
 

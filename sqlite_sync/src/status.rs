@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::changes::{self, Filter};
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::{json_to_sql, normalize_affinity, q, Key, KeyPart, ERRORS};
+use crate::model::{json_to_sql, key_affinity, q, Key, KeyPart, ERRORS};
 use crate::state::{client_id, meta_get, meta_text, ConnState};
 
 pub fn sync_status(st: &ConnState, db: Db) -> Result<String> {
@@ -83,5 +83,5 @@ fn plain_key(t: &crate::model::TableInfo, pk: &Value) -> Key {
         }
         other => other.clone(),
     };
-    Key(vec![KeyPart::from_value(&normalize_affinity(ty, v))])
+    Key(vec![KeyPart::from_value(&key_affinity(ty, v))])
 }
