@@ -33,7 +33,7 @@ pub enum Pos {
 }
 
 /// Positions for one table.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct TablePos {
     /// Live rows.
     #[serde(default)]
@@ -47,7 +47,7 @@ pub struct TablePos {
 }
 
 /// The decoded cursor.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Cursor {
     /// Cursor format.
     pub v: u32,

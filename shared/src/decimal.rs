@@ -17,6 +17,7 @@
 //! (the limits of PostgreSQL's `numeric`), checked before anything is
 //! allocated; anything larger is [`DecimalError::OutOfRange`].
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
@@ -189,25 +190,18 @@ impl Decimal {
         })
     }
 
-    /// The same value with `scale` digits after the point (`scale` must not
-    /// be below the current scale).
-    fn rescaled(&self, scale: usize) -> Decimal {
+    /// The unscaled digits of the value at `scale` (not below the current
+    /// scale): borrowed when the scale is the same.
+    fn digits_at(&self, scale: usize) -> Cow<'_, [u8]> {
         debug_assert!(scale >= self.scale);
-        if self.digits.is_empty() {
-            return Decimal {
-                scale,
-                ..Decimal::zero()
-            };
+        if scale == self.scale || self.digits.is_empty() {
+            return Cow::Borrowed(&self.digits);
         }
         let shift = scale - self.scale;
         let mut digits = Vec::with_capacity(shift + self.digits.len());
         digits.resize(shift, 0);
         digits.extend_from_slice(&self.digits);
-        Decimal {
-            negative: self.negative,
-            digits,
-            scale,
-        }
+        Cow::Owned(digits)
     }
 
     /// The value with the opposite sign (zero stays zero).
@@ -219,18 +213,19 @@ impl Decimal {
         }
     }
 
-    /// `self + other`, exactly, at the larger of the two scales; `None` when
-    /// the sum has more than [`MAX_INTEGER_DIGITS`] integer digits.
-    pub fn checked_add(&self, other: &Decimal) -> Option<Decimal> {
+    /// `self + other` (`other` negated when `negate_other`), at the larger
+    /// scale; `None` past [`MAX_INTEGER_DIGITS`].
+    fn add_signed(&self, other: &Decimal, negate_other: bool) -> Option<Decimal> {
         let scale = self.scale.max(other.scale);
-        let (a, b) = (self.rescaled(scale), other.rescaled(scale));
-        let (negative, digits) = if a.negative == b.negative {
-            (a.negative, add_magnitudes(&a.digits, &b.digits))
+        let (a, b) = (self.digits_at(scale), other.digits_at(scale));
+        let b_negative = other.negative != negate_other;
+        let (negative, digits) = if self.negative == b_negative {
+            (self.negative, add_magnitudes(&a, &b))
         } else {
-            match cmp_magnitudes(&a.digits, &b.digits) {
+            match cmp_magnitudes(&a, &b) {
                 Ordering::Equal => (false, Vec::new()),
-                Ordering::Greater => (a.negative, sub_magnitudes(&a.digits, &b.digits)),
-                Ordering::Less => (b.negative, sub_magnitudes(&b.digits, &a.digits)),
+                Ordering::Greater => (self.negative, sub_magnitudes(&a, &b)),
+                Ordering::Less => (b_negative, sub_magnitudes(&b, &a)),
             }
         };
         let sum = Decimal {
@@ -241,21 +236,27 @@ impl Decimal {
         (sum.integer_digits() <= MAX_INTEGER_DIGITS).then_some(sum)
     }
 
+    /// `self + other`, exactly, at the larger of the two scales; `None` when
+    /// the sum has more than [`MAX_INTEGER_DIGITS`] integer digits.
+    pub fn checked_add(&self, other: &Decimal) -> Option<Decimal> {
+        self.add_signed(other, false)
+    }
+
     /// `self - other`, exactly, at the larger of the two scales; `None` when
     /// the difference has more than [`MAX_INTEGER_DIGITS`] integer digits.
     pub fn checked_sub(&self, other: &Decimal) -> Option<Decimal> {
-        self.checked_add(&other.negated())
+        self.add_signed(other, true)
     }
 
     /// Compares the values (not the representations: `1.0` equals `1`).
     pub fn cmp_value(&self, other: &Decimal) -> Ordering {
         let scale = self.scale.max(other.scale);
-        let (a, b) = (self.rescaled(scale), other.rescaled(scale));
-        match (a.negative, b.negative) {
+        let (a, b) = (self.digits_at(scale), other.digits_at(scale));
+        match (self.negative, other.negative) {
             (false, true) => Ordering::Greater,
             (true, false) => Ordering::Less,
-            (false, false) => cmp_magnitudes(&a.digits, &b.digits),
-            (true, true) => cmp_magnitudes(&b.digits, &a.digits),
+            (false, false) => cmp_magnitudes(&a, &b),
+            (true, true) => cmp_magnitudes(&b, &a),
         }
     }
 }
@@ -272,27 +273,24 @@ impl FromStr for Decimal {
 /// same `Decimal`.
 impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::with_capacity(self.digits.len().max(self.scale) + 3);
+        let mut s: Vec<u8> = Vec::with_capacity(self.digits.len().max(self.scale) + 3);
         if self.negative {
-            s.push('-');
+            s.push(b'-');
         }
         if self.digits.len() > self.scale {
-            s.extend(self.digits[self.scale..].iter().rev().map(digit_char));
+            s.extend(self.digits[self.scale..].iter().rev().map(|d| b'0' + d));
         } else {
-            s.push('0');
+            s.push(b'0');
         }
         if self.scale > 0 {
-            s.push('.');
+            s.push(b'.');
             let frac = &self.digits[..self.digits.len().min(self.scale)];
-            s.extend(std::iter::repeat_n('0', self.scale - frac.len()));
-            s.extend(frac.iter().rev().map(digit_char));
+            s.resize(s.len() + (self.scale - frac.len()), b'0');
+            s.extend(frac.iter().rev().map(|d| b'0' + d));
         }
-        f.write_str(&s)
+        // Only ASCII digits, '-' and '.' were written.
+        f.write_str(std::str::from_utf8(&s).map_err(|_| fmt::Error)?)
     }
-}
-
-fn digit_char(d: &u8) -> char {
-    char::from(b'0' + d)
 }
 
 /// Compares two normalized magnitudes (no most significant zeros).
@@ -308,8 +306,8 @@ fn add_magnitudes(a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut carry = 0;
     for (i, &d) in long.iter().enumerate() {
         let s = d + short.get(i).copied().unwrap_or(0) + carry;
-        out.push(s % 10);
-        carry = s / 10;
+        carry = u8::from(s >= 10);
+        out.push(s - 10 * carry);
     }
     if carry > 0 {
         out.push(carry);

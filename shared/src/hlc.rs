@@ -83,12 +83,13 @@ impl Hlc {
 
     /// The smallest stamp of `tag` that is strictly greater than `self`
     /// in its (physical, counter) part. At the very last (physical, counter)
-    /// pair (year 2159) it saturates there instead of wrapping to a smaller
-    /// stamp.
+    /// pair (year 2159) it saturates there instead of wrapping: it returns
+    /// that pair with `tag`, or `self` when `self`'s tag is higher, so the
+    /// result is never smaller than `self`.
     pub fn next_with_tag(self, tag: u16) -> Hlc {
         let (ms, c) = (self.ms(), self.counter());
         if c >= COUNTER_MAX && ms >= MS_MAX {
-            Hlc::new(MS_MAX, COUNTER_MAX, tag)
+            self.max(Hlc::new(MS_MAX, COUNTER_MAX, tag))
         } else if c >= COUNTER_MAX {
             Hlc::new(ms + 1, 0, tag)
         } else {
@@ -340,6 +341,15 @@ mod tests {
         assert!(c.tick(EPOCH_UNIX_MS) >= last);
         let before = Hlc::new(MS_MAX - 1, COUNTER_MAX, 5);
         assert_eq!(before.next_with_tag(1), Hlc::new(MS_MAX, 0, 1));
+        // Found by the hlc fuzz target: at the last pair a lower tag gave a
+        // smaller stamp, so a column's version went backwards.
+        let top = Hlc(u64::MAX);
+        assert_eq!(top.next_with_tag(0x200), top);
+        assert_eq!(last.next_with_tag(9), Hlc::new(MS_MAX, COUNTER_MAX, 9));
+        assert!(crate::merge::superseding_ver(top, Hlc::new(5, 0, 1)) >= top);
+        let mut c = Clock::with_tag(1);
+        c.advance_to(top);
+        assert_eq!(c.tick(EPOCH_UNIX_MS), top);
     }
 
     #[test]

@@ -147,6 +147,16 @@ impl Schema {
     pub fn table(&self, name: &str) -> Option<&TableDef> {
         self.tables.iter().find(|t| t.name == name)
     }
+
+    /// Parses a schema document and checks its format. (The extensions
+    /// check names and keys on top; see [`check_table_name`] and
+    /// [`check_column_name`].)
+    pub fn parse(json: &str) -> Result<Schema, SyncError> {
+        let schema: Schema = serde_json::from_str(json)
+            .map_err(|e| SyncError::MalformedJson(format!("schema: {e}")))?;
+        crate::wire::check_format(schema.format)?;
+        Ok(schema)
+    }
 }
 
 /// Longest table or column name, in bytes (Postgres' identifier limit).
