@@ -290,3 +290,12 @@ pub fn bump_epoch() -> Result<i64> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| PgSyncError::Spi("could not raise the visibility epoch".into()))
 }
+
+/// Whether `sql` (a fixed `SELECT` of one key of a synced table, built by
+/// pg_sync with the key as parameter `$1`) finds the row as the catalog
+/// owner, whom no policy hides rows from. Used only to tell a row that left
+/// the caller's visible set from a deleted one; the answer reveals nothing
+/// the caller's own tombstones did not show it.
+pub fn exists(sql: &str, key_json: String) -> Result<bool> {
+    Ok(first(run(sql, &[key_json.into()])?).is_some())
+}

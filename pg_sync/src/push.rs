@@ -267,13 +267,22 @@ fn try_sql_diagnosed(
     Ok(Tried::Ok(v.get("ok").cloned().unwrap_or(Value::Null)))
 }
 
+/// One client stamp that ran too far ahead and was clamped.
+struct Clamp {
+    column: Option<String>,
+    original: Hlc,
+    clamped: Hlc,
+    ahead_ms: u64,
+}
+
 struct Applier<'a> {
     t: &'a TableInfo,
     c: &'a Change,
     client: &'a str,
-    /// Records of client stamps clamped for clock skew: reported with the
-    /// result but not a conflict of the change.
-    clamps: std::cell::RefCell<Vec<i64>>,
+    /// Client stamps clamped for clock skew, by column (`None`: the
+    /// change's own stamp), with how far ahead they ran; one record per
+    /// change says so.
+    clamps: std::cell::RefCell<Vec<Clamp>>,
     /// Bulk mode: the prefetched state and where writes and conflict
     /// records are collected; `None` runs everything at once.
     bulk: Option<Bulk<'a>>,
@@ -390,25 +399,96 @@ impl Applier<'_> {
         )
     }
 
-    /// Folds a client stamp into the server clock; a stamp too far ahead is
-    /// clamped and the clamp recorded.
-    fn observe(&self, stamp: Hlc) -> Result<Hlc> {
+    /// Folds a client stamp (of `column`, or the change's own) into the
+    /// server clock; a stamp too far ahead is clamped and noted.
+    fn observe(&self, stamp: Hlc, column: Option<&str>) -> Hlc {
         match clock::observe(stamp) {
-            Observed::Accepted(h) => Ok(h),
+            Observed::Accepted(h) => h,
             Observed::Clamped {
                 original,
                 clamped,
                 ahead_ms,
             } => {
-                let id = self.record(json!({
-                    "strategy": "hlc", "outcome": "clamped",
-                    "reason": format!("client clock ran {ahead_ms} ms ahead of the server; its stamp was clamped"),
-                    "client_ver": original.to_string(), "server_ver": clamped.to_string(),
-                }))?;
-                self.clamps.borrow_mut().push(id);
-                Ok(clamped)
+                self.clamps.borrow_mut().push(Clamp {
+                    column: column.map(str::to_string),
+                    original,
+                    clamped,
+                    ahead_ms,
+                });
+                clamped
             }
         }
+    }
+
+    /// One conflict record for all the clamped stamps of a change that
+    /// stands, naming the columns concerned; the change's status becomes
+    /// `conflict` so the device counts and shows it.
+    fn record_clamps(&self, r: &mut ChangeResult) -> Result<()> {
+        let clamps = std::mem::take(&mut *self.clamps.borrow_mut());
+        if clamps.is_empty() || r.status == Status::Rejected {
+            return Ok(());
+        }
+        let columns: Vec<&str> = self
+            .t
+            .columns
+            .iter()
+            .map(|col| col.name.as_str())
+            .filter(|name| clamps.iter().any(|c| c.column.as_deref() == Some(*name)))
+            .collect();
+        let ahead = clamps.iter().map(|c| c.ahead_ms).max().unwrap_or(0);
+        let original = clamps.iter().map(|c| c.original).max().unwrap_or(Hlc::ZERO);
+        let clamped = clamps.iter().map(|c| c.clamped).max().unwrap_or(Hlc::ZERO);
+        let what = if columns.is_empty() {
+            "its stamp was clamped".to_string()
+        } else {
+            format!("the stamps of {} were clamped", columns.join(", "))
+        };
+        let reason = format!("the client clock ran {ahead} ms ahead of the server; {what}");
+        let id = self.record(json!({
+            "strategy": "hlc", "outcome": "clamped", "reason": reason,
+            "column": if columns.is_empty() { Value::Null } else { json!(columns.join(", ")) },
+            "client_ver": original.to_string(), "server_ver": clamped.to_string(),
+        }))?;
+        r.conflicts.push(id);
+        if matches!(r.status, Status::Applied | Status::Merged) {
+            r.status = Status::Conflict;
+            r.reason = Some(reason);
+        }
+        Ok(())
+    }
+
+    /// Whether the change's key exists although the caller cannot see it:
+    /// the row left the rows its policies show it. Asked only when the
+    /// caller sees a tombstone of the key (it saw the row before), so it is
+    /// no oracle for keys it never saw. Checked as the catalog owner by
+    /// key; `false` when the key cannot be looked up that way.
+    fn hidden_row_exists(&self) -> bool {
+        let sql = format!(
+            "SELECT 'true'::pg_catalog.text FROM ONLY {tbl} t WHERE {cols} = {key} LIMIT 1",
+            tbl = self.t.qualified,
+            cols = self.t.pk_tuple("t"),
+            key = self.t.pk_from_json_param("$1"),
+        );
+        let pk = self.pk_json();
+        crate::spi_util::subxact(|| privileged::exists(&sql, pk))
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or(false)
+    }
+
+    /// The rejection of a write whose row the caller cannot see although
+    /// it exists, with its own record.
+    fn moved_out(&self, stamp: Hlc) -> Result<ChangeResult> {
+        let reason = "the row is no longer among the rows this role may see (row-level security); \
+                      the change was not applied"
+            .to_string();
+        let id = self.record(json!({
+            "strategy": "visibility", "outcome": "moved_out", "reason": reason,
+            "client_value": Value::Object(self.c.cols.clone()), "client_ver": stamp.to_string(),
+        }))?;
+        let mut r = self.rejected(reason, Some("row_not_visible".into()));
+        r.conflicts = vec![id];
+        Ok(r)
     }
 
     fn record(&self, mut fields: Value) -> Result<i64> {
@@ -470,7 +550,7 @@ impl Applier<'_> {
             (Some(cur), Op::Delete) => self.delete(cur)?,
             (Some(cur), _) => self.update(cur)?,
         };
-        r.conflicts.extend(self.clamps.borrow().iter().copied());
+        self.record_clamps(&mut r)?;
         Ok(r)
     }
 
@@ -491,11 +571,14 @@ impl Applier<'_> {
 
     fn write_missing(&self, op: Op) -> Result<ChangeResult> {
         let mut conflicts = Vec::new();
-        let stamp = self.observe(self.c.hlc)?;
+        let stamp = self.observe(self.c.hlc, None);
         if let Some(tomb) = self.tombstone()? {
             if decide_write_on_deleted(self.t.options.on_delete, op == Op::Insert, stamp, tomb)
                 == WriteOnDeleted::Reject
             {
+                if self.hidden_row_exists() {
+                    return self.moved_out(stamp);
+                }
                 let reason = "the row was deleted on the server; the delete wins over this update"
                     .to_string();
                 conflicts.push(self.record(json!({
@@ -508,6 +591,8 @@ impl Applier<'_> {
                 return Ok(r);
             }
         } else if op == Op::Update {
+            // No tombstone this role may see: it never saw the row, and is
+            // not told whether the key exists.
             return Ok(self.rejected(
                 "the row does not exist on the server (never synced, hidden by row-level security, or its tombstone was compacted)".into(),
                 None,
@@ -516,7 +601,7 @@ impl Applier<'_> {
         let mut ver = vec![0i64; self.t.columns.iter().map(|c| c.attnum).max().unwrap_or(0)];
         for col in &self.t.columns {
             let s = match self.c.ver.get(&col.name) {
-                Some(v) => self.observe(*v)?,
+                Some(v) => self.observe(*v, Some(&col.name)),
                 None => stamp,
             };
             ver[col.attnum - 1] = s.as_i64();
@@ -564,7 +649,7 @@ impl Applier<'_> {
 
     fn delete(&self, cur: RowState) -> Result<ChangeResult> {
         let mut conflicts = Vec::new();
-        let stamp = self.observe(self.c.hlc)?;
+        let stamp = self.observe(self.c.hlc, None);
         let changed: Vec<String> = self
             .t
             .columns
@@ -623,14 +708,14 @@ impl Applier<'_> {
         let mut writes: Map<String, Value> = Map::new();
         let mut merged_any = false;
         let mut ver_changed = false;
-        let change_stamp = self.observe(self.c.hlc)?;
+        let change_stamp = self.observe(self.c.hlc, None);
         for (name, value) in &self.c.cols {
             if self.t.is_pk(name) {
                 continue;
             }
             let col = self.t.column(name).expect("validated");
             let stamp = match self.c.ver.get(name) {
-                Some(v) => self.observe(*v)?,
+                Some(v) => self.observe(*v, Some(name)),
                 None => change_stamp,
             };
             let cur_value = catalog::field(&cur.row, name);
