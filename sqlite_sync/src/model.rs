@@ -619,6 +619,7 @@ pub fn json_to_sql(ty: ColumnType, v: &Json, table: &str, col: &str) -> Result<V
             Json::String(s) => match s.as_str() {
                 // SQLite stores a NaN as NULL: keep it as text.
                 "NaN" => Value::Text("NaN".into()),
+                "-0" => Value::Real(-0.0),
                 "Infinity" => Value::Real(f64::INFINITY),
                 "-Infinity" => Value::Real(f64::NEG_INFINITY),
                 _ => Value::Text(s.clone()),
@@ -695,6 +696,19 @@ fn f64_json(f: f64) -> Json {
     }
 }
 
+/// A real column's value on the wire: [`f64_json`], except that `-0.0` is
+/// the string `"-0"`. Postgres reads `sync_push`'s batch as jsonb, whose
+/// numbers are numerics, and numeric has no negative zero: the number
+/// `-0.0` would arrive as `0`. A string goes to float8's own input, which
+/// keeps the sign, as it does for `"NaN"` and `"Infinity"`.
+fn real_json(f: f64) -> Json {
+    if f == 0.0 && f.is_sign_negative() {
+        Json::String("-0".into())
+    } else {
+        f64_json(f)
+    }
+}
+
 fn text_of(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
@@ -735,16 +749,10 @@ pub fn sql_to_json(ty: ColumnType, v: &Value) -> Json {
             Value::Text(s) => numeric_text_json(s),
             other => Json::String(text_of(other)),
         },
-        ColumnType::Integer | ColumnType::Real => match v {
-            Value::Int(i) => {
-                if ty == ColumnType::Real {
-                    f64_json(*i as f64)
-                } else {
-                    Json::from(*i)
-                }
-            }
+        ColumnType::Integer => match v {
+            Value::Int(i) => Json::from(*i),
             Value::Real(f) => {
-                if ty == ColumnType::Integer && f.fract() == 0.0 && f.abs() < 9.2e18 {
+                if f.fract() == 0.0 && f.abs() < 9.2e18 {
                     Json::from(*f as i64)
                 } else {
                     f64_json(*f)
@@ -753,17 +761,22 @@ pub fn sql_to_json(ty: ColumnType, v: &Value) -> Json {
             Value::Text(s) => {
                 let t = s.trim();
                 if let Ok(i) = t.parse::<i64>() {
-                    if ty == ColumnType::Real {
-                        f64_json(i as f64)
-                    } else {
-                        Json::from(i)
-                    }
+                    Json::from(i)
                 } else if let Ok(f) = t.parse::<f64>() {
                     f64_json(f)
                 } else {
                     Json::String(s.clone())
                 }
             }
+            other => Json::String(text_of(other)),
+        },
+        ColumnType::Real => match v {
+            Value::Int(i) => f64_json(*i as f64),
+            Value::Real(f) => real_json(*f),
+            Value::Text(s) => match s.trim().parse::<f64>() {
+                Ok(f) => real_json(f),
+                Err(_) => Json::String(s.clone()),
+            },
             other => Json::String(text_of(other)),
         },
         ColumnType::Text | ColumnType::Timestamptz | ColumnType::Timestamp | ColumnType::Date => {

@@ -283,7 +283,8 @@ fn nonzero_mantissa(s: &str) -> bool {
 /// - integer: an integer literal within 64 bits;
 /// - real: a number within double range (stored as a REAL, `-0` keeping its
 ///   sign), or `"NaN"` (stored as the text `NaN`: SQLite would turn a NaN
-///   REAL into NULL), `"Infinity"`, `"-Infinity"`;
+///   REAL into NULL), `"Infinity"`, `"-Infinity"`, `"-0"` (the device's own
+///   form of `-0.0`, see `model::real_json`);
 /// - numeric: a number literal within Postgres' numeric range, stored as
 ///   its exact decimal text without an exponent (`1.50` stays `1.50`,
 ///   `1e3` is `1000`), or `"NaN"`, `"Infinity"`, `"-Infinity"`;
@@ -337,6 +338,7 @@ pub fn raw_to_sql<'a>(
             } else {
                 match string()?.as_ref() {
                     "NaN" => VRef::Text(Cow::Borrowed("NaN")),
+                    "-0" => VRef::Real(-0.0),
                     "Infinity" => VRef::Real(f64::INFINITY),
                     "-Infinity" => VRef::Real(f64::NEG_INFINITY),
                     _ => return Err(err()),
