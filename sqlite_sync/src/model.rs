@@ -257,6 +257,8 @@ impl KeyPart {
         match v {
             Value::Null => KeyPart::Null,
             Value::Int(i) => KeyPart::Int(*i),
+            // -0.0 and 0.0 are one key, in SQLite as in Postgres.
+            Value::Real(f) if *f == 0.0 => KeyPart::Real(0f64.to_bits()),
             Value::Real(f) => KeyPart::Real(f.to_bits()),
             Value::Text(s) => KeyPart::Text(s.clone()),
             Value::Blob(b) => KeyPart::Blob(b.clone()),
@@ -418,6 +420,20 @@ pub fn show(s: &str) -> String {
         end -= 1;
     }
     format!("{:?}...", &s[..end])
+}
+
+/// A JSON value for an error message, cut short when long.
+pub fn show_json(v: &Json) -> String {
+    const MAX: usize = 200;
+    let s = v.to_string();
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// Parses a schema document and checks everything the client relies on.

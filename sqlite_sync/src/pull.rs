@@ -33,6 +33,13 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         ddl::check_clock_not_shadowed(db)?;
         ddl::upgrade_layout(db, &current.schema)?;
         if let Some(schema) = &page.schema {
+            let size = serde_json::to_string(schema)?.len();
+            if size > crate::model::MAX_SCHEMA_BYTES {
+                return Err(Error::msg(format!(
+                    "the page's schema is {size} bytes, more than the limit of {}",
+                    crate::model::MAX_SCHEMA_BYTES
+                )));
+            }
             validate_schema(schema)?;
             let current = schema_version(db)?.unwrap_or(i64::MIN);
             if schema.version > current {
@@ -100,7 +107,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                         return Err(Error::msg(format!(
                             "upsert of {} {} has no row or no ver",
                             rc.table.0,
-                            serde_json::Value::Object(rc.pk.to_map())
+                            crate::model::show_json(&serde_json::Value::Object(rc.pk.to_map()))
                         )));
                     };
                     let ver = &ver.0;

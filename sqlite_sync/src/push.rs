@@ -9,7 +9,7 @@ use sync_core::Hlc;
 use crate::changes::{self, Filter, Group, Net};
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::{now_iso, q, sql_to_json, TableInfo, CHANGES, ERRORS};
+use crate::model::{now_iso, q, show, show_json, sql_to_json, TableInfo, CHANGES, ERRORS};
 use crate::ops::{check_ver, row_values, TableOps};
 use crate::state::{client_id, in_savepoint, meta_delete, meta_get, meta_set, ConnState};
 
@@ -159,8 +159,8 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
     let client = client_id(db)?;
     if result.client_id != client {
         return Err(Error::msg(format!(
-            "push result is for client {:?} but this database is client {client:?}",
-            result.client_id
+            "push result is for client {} but this database is client {client:?}",
+            show(&result.client_id)
         )));
     }
     in_savepoint(db, "sync_ack", || {
@@ -183,8 +183,10 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
             if let Some(c) = by_seq.get(&r.seq) {
                 if r.table != c.table {
                     return Err(Error::msg(format!(
-                        "result for seq {} names table {:?} but the change was on {:?}",
-                        r.seq, r.table, c.table
+                        "result for seq {} names table {} but the change was on {:?}",
+                        r.seq,
+                        show(&r.table),
+                        c.table
                     )));
                 }
                 if let Some(t) = loaded.table(&c.table) {
@@ -192,8 +194,8 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                         return Err(Error::msg(format!(
                             "result for seq {} has pk {} but the change was for {}",
                             r.seq,
-                            Json::Object(r.pk.clone()),
-                            Json::Object(c.pk.clone())
+                            show_json(&Json::Object(r.pk.clone())),
+                            show_json(&Json::Object(c.pk.clone()))
                         )));
                     }
                     if let (Some(row), Some(ver)) = (&r.row, &r.ver) {

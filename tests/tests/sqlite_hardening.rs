@@ -300,11 +300,20 @@ fn identifiers_and_documents_are_bounded() {
         (
             {
                 let mut p = page(2, "c", false, vec![]);
-                p["schema"] = schema_with(vec![table(&huge)]);
+                p["schema"] = schema_with(vec![table(&big)]);
                 p["schema"]["version"] = json!(2);
                 p
             },
-            "5242880 bytes",
+            "100000 bytes, more than the limit of 63",
+        ),
+        (
+            {
+                let mut p = page(2, "c", false, vec![]);
+                p["schema"] = schema_with((0..20_000).map(|i| table(&format!("t{i}"))).collect());
+                p["schema"]["version"] = json!(2);
+                p
+            },
+            "schema is",
         ),
     ] {
         let e = err_of(&c, "SELECT sync_apply(?1)", &p.to_string());
