@@ -31,13 +31,40 @@ fn sync_push(batch: JsonB) -> JsonB {
 }
 
 fn push(json: &str) -> Result<PushResult> {
-    let batch = PushBatch::parse(json)?;
+    let mut batch = PushBatch::parse(json)?;
     let tables: HashMap<String, TableInfo> = catalog::synced_tables()?
         .into_iter()
         .map(|t| (t.name.clone(), t))
         .collect();
-    for c in &batch.changes {
-        validate(&tables, c)?;
+    // Changes written against an older (or newer) schema: columns the
+    // server no longer has are ignored and reported; a table no longer
+    // synced or a key that no longer matches rejects that change alone.
+    let mut ignored: Vec<Vec<String>> = Vec::with_capacity(batch.changes.len());
+    let mut early: HashMap<usize, (ChangeResult, bool)> = HashMap::new();
+    for (i, c) in batch.changes.iter_mut().enumerate() {
+        match adapt(&tables, c) {
+            Adapted::Apply(cols) => ignored.push(cols),
+            Adapted::Reject {
+                reason,
+                constraint,
+                store,
+            } => {
+                ignored.push(Vec::new());
+                let r = ChangeResult {
+                    seq: c.seq,
+                    table: c.table.clone(),
+                    pk: c.pk.clone(),
+                    status: Status::Rejected,
+                    reason: Some(reason),
+                    constraint: Some(constraint.into()),
+                    conflicts: Vec::new(),
+                    row: None,
+                    ver: None,
+                    ignored: Vec::new(),
+                };
+                early.insert(i, (r, store));
+            }
+        }
     }
     crate::catalog::require_current_catalog()?;
     check_privileges(&tables, &batch)?;
@@ -51,13 +78,23 @@ fn push(json: &str) -> Result<PushResult> {
     }
     let mut results: Vec<Option<ChangeResult>> = vec![None; batch.changes.len()];
     let mut rest: Vec<usize> = Vec::new();
+    let mut fresh: Vec<usize> = Vec::new();
     for (i, c) in batch.changes.iter().enumerate() {
-        match stored.remove(&c.seq) {
-            Some(r) => results[i] = Some(r),
-            None => rest.push(i),
+        match (stored.remove(&c.seq), early.remove(&i)) {
+            (Some(r), _) => results[i] = Some(r),
+            (None, Some((r, store))) => {
+                results[i] = Some(r);
+                if store {
+                    fresh.push(i);
+                }
+            }
+            (None, None) => {
+                rest.push(i);
+                fresh.push(i);
+            }
         }
     }
-    let fresh: Vec<usize> = rest.clone();
+    fresh.sort_unstable();
     // Changes are applied in rounds in which each row appears once; a later
     // change of the same row waits for the next round.
     while !rest.is_empty() {
@@ -76,7 +113,14 @@ fn push(json: &str) -> Result<PushResult> {
     }
     let results: Vec<ChangeResult> = results
         .into_iter()
-        .map(|r| r.expect("every change has a result"))
+        .zip(ignored)
+        .map(|(r, ignored)| {
+            let mut r = r.expect("every change has a result");
+            if !ignored.is_empty() {
+                r.ignored = ignored;
+            }
+            r
+        })
         .collect();
     let to_store: Vec<Value> = fresh
         .iter()
@@ -90,10 +134,19 @@ fn push(json: &str) -> Result<PushResult> {
     if !to_store.is_empty() {
         privileged::results_put(&batch.client_id, Value::Array(to_store).to_string())?;
     }
+    let mut columns = std::collections::BTreeMap::new();
+    for c in &batch.changes {
+        if let Some(t) = tables.get(&c.table) {
+            columns
+                .entry(t.name.clone())
+                .or_insert_with(|| t.columns.iter().map(|col| col.name.clone()).collect());
+        }
+    }
     Ok(PushResult {
         format: FORMAT,
         client_id: batch.client_id,
         results,
+        columns,
     })
 }
 
@@ -114,7 +167,9 @@ fn check_privileges(tables: &HashMap<String, TableInfo>, batch: &PushBatch) -> R
         }
     }
     for (table, privilege) in needed {
-        let t = &tables[table];
+        let Some(t) = tables.get(table) else {
+            continue;
+        };
         let sql = if privilege == "DELETE" {
             "SELECT pg_catalog.has_table_privilege($1, $2)::pg_catalog.text"
         } else {
@@ -139,52 +194,75 @@ fn check_privileges(tables: &HashMap<String, TableInfo>, batch: &PushBatch) -> R
     Ok(())
 }
 
-/// Structural checks that make the whole batch fail before anything is applied.
-fn validate(tables: &HashMap<String, TableInfo>, c: &Change) -> Result<()> {
-    let t = tables
-        .get(&c.table)
-        .ok_or_else(|| SyncError::UnknownTable(c.table.clone()))?;
-    let unknown = |column: &str| SyncError::UnknownColumn {
-        table: c.table.clone(),
-        column: column.to_string(),
+/// What to do with a change, given the schema the server has now.
+enum Adapted {
+    /// Apply it; these columns of it were dropped (the server has no such
+    /// synced column any more) and are reported back.
+    Apply(Vec<String>),
+    /// Reject it alone; `store` says whether the answer is kept for
+    /// retries (not for tables that are not synced: nothing is stored on
+    /// their account).
+    Reject {
+        reason: String,
+        constraint: &'static str,
+        store: bool,
+    },
+}
+
+/// Fits a change to the server's schema: a device may write against a
+/// schema the server has since changed (a column dropped, a table
+/// disabled), and must never be stranded by it.
+fn adapt(tables: &HashMap<String, TableInfo>, c: &mut Change) -> Adapted {
+    let Some(t) = tables.get(&c.table) else {
+        return Adapted::Reject {
+            reason: format!(
+                "table {:?} is not synced (it may have been disabled); the change was not applied",
+                c.table
+            ),
+            constraint: "table_not_synced",
+            store: false,
+        };
     };
-    for k in c.pk.keys() {
-        if !t.is_pk(k) {
-            return Err(if t.column(k).is_some() {
-                SyncError::Invalid(format!(
-                    "change {}: {k:?} is not part of the primary key of {:?}",
-                    c.seq, c.table
-                ))
-                .into()
-            } else {
-                unknown(k).into()
-            });
-        }
+    let key_mismatch = |why: String| Adapted::Reject {
+        reason: format!(
+            "{why}; the key of {:?} is ({}), so the change was not applied",
+            c.table,
+            t.pk.join(", ")
+        ),
+        constraint: "key_mismatch",
+        store: true,
+    };
+    if let Some(k) = c.pk.keys().find(|k| !t.is_pk(k)) {
+        return key_mismatch(format!("{k:?} is not a key column"));
     }
     if let Some(missing) = t.pk.iter().find(|k| !c.pk.contains_key(*k)) {
-        return Err(SyncError::Invalid(format!(
-            "change {}: pk lacks key column {missing:?} of {:?}",
-            c.seq, c.table
-        ))
-        .into());
+        return key_mismatch(format!("the key lacks {missing:?}"));
     }
-    for k in c
+    let mut dropped: Vec<String> = c
         .cols
         .keys()
         .chain(c.ver.keys())
         .chain(c.base.keys())
         .chain(c.base_values.keys())
-    {
-        if t.column(k).is_none() {
-            return Err(unknown(k).into());
-        }
+        .filter(|k| t.column(k).is_none())
+        .cloned()
+        .collect();
+    dropped.sort();
+    dropped.dedup();
+    for k in &dropped {
+        c.cols.remove(k);
+        c.ver.remove(k);
+        c.base.remove(k);
+        c.base_values.remove(k);
     }
-    if c.op != Op::Delete && c.cols.is_empty() {
-        return Err(
-            SyncError::Invalid(format!("change {}: {:?} without cols", c.seq, c.op)).into(),
-        );
+    if c.op == Op::Insert && c.cols.is_empty() {
+        return Adapted::Reject {
+            reason: format!("an insert into {:?} with no column the table has", c.table),
+            constraint: "no_columns",
+            store: true,
+        };
     }
-    Ok(())
+    Adapted::Apply(dropped)
 }
 
 /// Result of running one statement in its own subtransaction.
@@ -366,6 +444,7 @@ impl Applier<'_> {
             conflicts: Vec::new(),
             row: None,
             ver: None,
+            ignored: Vec::new(),
         }
     }
 

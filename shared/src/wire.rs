@@ -121,6 +121,10 @@ pub struct ChangeResult {
     /// Column versions of `row`, in the schema's column order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ver: Option<Vec<Hlc>>,
+    /// Columns of the change the server no longer has (dropped since the
+    /// device wrote them): the server ignored them and applied the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 /// The answer to a [`PushBatch`], the argument of `sync_ack`.
@@ -132,6 +136,11 @@ pub struct PushResult {
     pub client_id: String,
     /// One result per change, in batch order.
     pub results: Vec<ChangeResult>,
+    /// Per table of the batch, the server's synced columns in the order of
+    /// the results' `ver` arrays, so a device whose schema is older or newer
+    /// than the server's can adopt `row` and `ver` by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub columns: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Kind of a pulled row change.

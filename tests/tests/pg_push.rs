@@ -217,25 +217,14 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     let (_db, mut c) = setup("push_bad");
     let cases = [
         (
-            json!({"format": 1, "client_id": "x", "changes": [
-            {"seq": 1, "table": "nope", "op": "insert", "pk": {"id": "a"}, "cols": {"id": "a"}, "hlc": now_stamp("x", 0)}]}),
-            "table \"nope\" is not synced",
-        ),
-        (
-            json!({"format": 1, "client_id": "x", "changes": [
-            {"seq": 1, "table": "tasks", "op": "insert", "pk": {"id": "a"}, "cols": {"id": "a", "title": "t"}, "hlc": now_stamp("x", 0)},
-            {"seq": 2, "table": "tasks", "op": "update", "pk": {"id": "t1"}, "cols": {"color": "red"}, "hlc": now_stamp("x", 0)}]}),
-            "table \"tasks\" has no synced column \"color\"",
-        ),
-        (
             json!({"format": 2, "client_id": "x", "changes": []}),
             "unsupported wire format 2",
         ),
         (json!({"client_id": "x"}), "malformed JSON"),
         (
             json!({"format": 1, "client_id": "x", "changes": [
-            {"seq": 1, "table": "tasks", "op": "update", "pk": {"id\"; DROP TABLE tasks; --": "a"}, "cols": {"title": "t"}, "hlc": now_stamp("x", 0)}]}),
-            "has no synced column",
+            {"seq": 0, "table": "tasks", "op": "update", "pk": {"id": "t1"}, "cols": {"title": "t"}, "hlc": now_stamp("x", 0)}]}),
+            "is not positive",
         ),
     ];
     for (batch, expect) in cases {
@@ -264,6 +253,62 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(r, 0);
+}
+
+/// A change naming what the server does not have (a table no longer
+/// synced, a dropped column, a key that does not match) gets its own
+/// answer naming the problem; the rest of the batch applies.
+#[test]
+fn changes_naming_what_the_server_lacks_get_their_own_answer() {
+    let (_db, mut c) = setup("push_lacks");
+    let batch = json!({"format": 1, "client_id": "x", "changes": [
+        {"seq": 1, "table": "nope", "op": "insert", "pk": {"id": "a"}, "cols": {"id": "a"}, "hlc": now_stamp("x", 0)},
+        {"seq": 2, "table": "tasks", "op": "update", "pk": {"id": "t1"},
+         "cols": {"color": "red", "title": "kept"}, "ver": {"color": now_stamp("x", 0)}, "hlc": now_stamp("x", 0)},
+        {"seq": 3, "table": "tasks", "op": "update", "pk": {"id\"; DROP TABLE tasks; --": "a"},
+         "cols": {"title": "t"}, "hlc": now_stamp("x", 0)},
+        {"seq": 4, "table": "tasks", "op": "insert", "pk": {"id": "n"},
+         "cols": {"id": "n", "title": "new", "old_col": 5}, "hlc": now_stamp("x", 0)}]});
+    let r = push(&mut c, &batch);
+    let res = r["results"].as_array().unwrap();
+    assert_eq!(res[0]["status"], "rejected");
+    assert_eq!(res[0]["constraint"], "table_not_synced");
+    assert!(res[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("\"nope\" is not synced"));
+    assert_ne!(res[1]["status"], "rejected", "{r}");
+    assert_eq!(res[1]["ignored"], json!(["color"]));
+    assert_eq!(res[1]["row"]["title"], "kept");
+    assert_eq!(res[2]["status"], "rejected");
+    assert_eq!(res[2]["constraint"], "key_mismatch");
+    assert!(res[2]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("is not a key column"));
+    assert_eq!(res[3]["status"], "applied", "{r}");
+    assert_eq!(res[3]["ignored"], json!(["old_col"]));
+    // The result names the server's columns, the order of every `ver`.
+    assert_eq!(
+        r["columns"]["tasks"].as_array().unwrap().len(),
+        res[1]["ver"].as_array().unwrap().len()
+    );
+    // A retry answers the same, and the unknown table stored nothing.
+    let again = push(&mut c, &batch);
+    assert_eq!(again["results"][1]["ignored"], json!(["color"]));
+    assert_eq!(again["results"][0]["constraint"], "table_not_synced");
+    let stored: Vec<i64> = c
+        .query("SELECT seq FROM pg_sync.push_results ORDER BY seq", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, vec![2, 3, 4]);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM tasks", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
 }
 
 #[test]
