@@ -639,3 +639,38 @@ fn a_device_of_the_previous_layout_is_upgraded_in_place() {
     c.call("SELECT sync_init(?1)", Some(&schema));
     assert_eq!(c.snapshot(), before);
 }
+
+#[test]
+fn a_pull_upgrades_a_device_of_the_previous_layout_too() {
+    let c = TestClient::new();
+    c.exec(LAYOUT1);
+    // Written as text: json! would take the number through an f64.
+    let p: Value = serde_json::from_str(&format!(
+        r#"{{"format": 1, "schema_version": 1, "cursor": "c2", "has_more": false,
+            "changes": [{{"table": "items", "op": "upsert", "pk": {{"id": "c"}},
+                          "row": {{"id": "c", "amount": 1234567890.012345678901, "price": -0.0}},
+                          "ver": {}}}]}}"#,
+        json!(vec![hlc(9, 0, 3); 5])
+    ))
+    .unwrap();
+    c.apply(&p);
+    assert_eq!(
+        c.int("SELECT value FROM _sync_meta WHERE key = 'layout'"),
+        2
+    );
+    assert_eq!(
+        c.rows("SELECT amount, typeof(amount), typeof(price) FROM items WHERE id = 'c'"),
+        vec![vec![
+            json!("1234567890.012345678901"),
+            json!("text"),
+            json!("real")
+        ]]
+    );
+    let price: f64 =
+        c.db.query_row("SELECT price FROM items WHERE id = 'c'", [], |r| r.get(0))
+            .unwrap();
+    assert!(price == 0.0 && price.is_sign_negative());
+    // A write is captured through the new triggers.
+    c.exec("UPDATE items SET qty = 5 WHERE id = 'c'");
+    assert_eq!(c.int("SELECT count(*) FROM _changes WHERE pk = 'c'"), 1);
+}
