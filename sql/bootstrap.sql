@@ -9,7 +9,7 @@ COMMENT ON SCHEMA pg_sync IS 'pg_sync: change tracking catalog, tombstones, conf
 
 -- One row per synced table.
 CREATE TABLE pg_sync.tables (
-    relid      oid PRIMARY KEY,
+    relid      regclass PRIMARY KEY,
     name       text NOT NULL UNIQUE,
     options    jsonb NOT NULL DEFAULT '{}',
     enabled_at timestamptz NOT NULL DEFAULT now()
@@ -254,3 +254,14 @@ ALTER POLICY tombstones_readable ON pg_sync.tombstones
 -- sync_push and the tombstone policy, so they stay executable.
 REVOKE ALL ON FUNCTION pg_sync._bump_epoch(), pg_sync._on_ddl(), pg_sync._on_access_ddl(),
     pg_sync._on_policy_drop() FROM PUBLIC;
+
+-- 0.3.0: pg_dump keeps what a restore needs to go on syncing: which tables
+-- are synced (by name: relid is a regclass), the conflict log, and the
+-- clients' stored push results (so a batch retried after a restore is
+-- still applied once). Tombstones, cursors' xids and the schema version
+-- belong to the old history: devices resync after a restore.
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.tables', '');
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.conflicts', '');
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.conflicts_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.clients', '');
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.push_results', '');

@@ -46,6 +46,8 @@ END;
 $$;
 
 DROP VIEW pg_sync.status;
+-- Synced tables are named, not numbered, so pg_dump / pg_restore keeps them.
+ALTER TABLE pg_sync.tables ALTER COLUMN relid TYPE regclass USING relid::regclass;
 CREATE VIEW pg_sync.status AS
 SELECT 'table'::text AS kind, t.name,
        coalesce(s.n_live_tup, 0) AS rows_tracked,
@@ -97,3 +99,9 @@ REVOKE ALL ON FUNCTION pg_sync._bump_epoch(), pg_sync._on_ddl(), pg_sync._on_acc
 REVOKE ALL ON FUNCTION sync_enable(regclass, jsonb), sync_disable(regclass),
     sync_compact(interval), sync_resync_all() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_sync.track(), pg_sync.track_delete(), pg_sync.track_truncate() FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.tables', '');
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.conflicts', '');
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.conflicts_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.clients', '');
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.push_results', '');

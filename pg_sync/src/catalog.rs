@@ -279,13 +279,14 @@ pub fn describe(relid: pg_sys::Oid, options: TableOptions) -> Result<TableInfo> 
 pub fn synced_tables() -> Result<Vec<TableInfo>> {
     let r = rows(
         "WITH RECURSIVE deps(relid, depth) AS ( \
-             SELECT relid, 0 FROM pg_sync.tables \
+             SELECT relid::pg_catalog.oid, 0 FROM pg_sync.tables \
              UNION ALL \
              SELECT c.conrelid, d.depth + 1 FROM deps d \
              JOIN pg_catalog.pg_constraint c ON c.contype = 'f' AND c.confrelid = d.relid AND c.conrelid <> d.relid \
              WHERE d.depth < 32) \
-         SELECT t.relid::text, t.options::text FROM pg_sync.tables t \
-         JOIN (SELECT relid, pg_catalog.max(depth) AS depth FROM deps GROUP BY relid) d USING (relid) \
+         SELECT t.relid::pg_catalog.oid::pg_catalog.text, t.options::text FROM pg_sync.tables t \
+         JOIN (SELECT relid, pg_catalog.max(depth) AS depth FROM deps GROUP BY relid) d \
+           ON d.relid = t.relid::pg_catalog.oid \
          ORDER BY d.depth, t.name",
         &[],
     )?;

@@ -240,7 +240,7 @@ pub fn pulled(client: &str, cursor: &str) -> Result<()> {
 pub fn conflict_get(id: i64) -> Result<Option<String>> {
     Ok(first(run(
         "SELECT (pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.||) \
-                 pg_catalog.jsonb_build_object('relid', t.relid::pg_catalog.int8))::pg_catalog.text \
+                 pg_catalog.jsonb_build_object('relid', t.relid::pg_catalog.oid::pg_catalog.int8))::pg_catalog.text \
          FROM pg_sync.conflicts c LEFT JOIN pg_sync.tables t \
            ON t.name OPERATOR(pg_catalog.=) c.table_name \
          WHERE c.id OPERATOR(pg_catalog.=) $1",

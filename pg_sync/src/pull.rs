@@ -63,13 +63,47 @@ pub unsafe extern "C-unwind" fn pg_sync_pull_json(
 /// reads run in one snapshot (read-only SPI shares the calling statement's),
 /// the horizon included, so the keys chosen for a page and the rows sent
 /// agree.
-fn horizon() -> Result<u64> {
-    rows_ro("SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text")?
-        .into_iter()
-        .next()
-        .and_then(|mut r| r.swap_remove(0))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| PgSyncError::Spi("could not read the snapshot horizon".into()))
+fn horizon() -> Result<Snapshot> {
+    let row = rows_ro(
+        "SELECT pg_catalog.pg_snapshot_xmin(s)::pg_catalog.text, \
+                pg_catalog.pg_snapshot_xmax(s)::pg_catalog.text, \
+                (pg_catalog.pg_control_system()).system_identifier::pg_catalog.text, \
+                CASE WHEN pg_catalog.pg_is_in_recovery() \
+                     THEN pg_catalog.lpad(pg_catalog.to_hex((pg_catalog.pg_control_checkpoint()).timeline_id), 8, '0') \
+                     ELSE pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_insert_lsn()) END, \
+                (SELECT d.oid::pg_catalog.text FROM pg_catalog.pg_database d \
+                 WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
+         FROM pg_catalog.pg_current_snapshot() s",
+    )?
+    .into_iter()
+    .next()
+    .unwrap_or_default();
+    let get = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    let xmin = get(0).parse().ok();
+    let xmax = get(1).parse().ok();
+    let (Some(xmin), Some(xmax)) = (xmin, xmax) else {
+        return Err(PgSyncError::Spi(
+            "could not read the snapshot horizon".into(),
+        ));
+    };
+    // The timeline is the first 8 hex digits of a WAL file name.
+    let timeline = u32::from_str_radix(get(3).get(..8).unwrap_or("0"), 16).unwrap_or(0);
+    Ok(Snapshot {
+        xmin,
+        xmax,
+        history: format!("{}-{timeline}-{}", get(2), get(4)),
+    })
+}
+
+/// The horizon of a pull and the database history it belongs to.
+struct Snapshot {
+    /// Every transaction below it has finished.
+    xmin: u64,
+    /// The next xid to be assigned.
+    xmax: u64,
+    /// System identifier, timeline and database oid: xids compare only
+    /// within one history.
+    history: String,
 }
 
 /// Everything `sync_pull` computed before building the page.
@@ -107,10 +141,17 @@ fn pull(
         },
     };
     // The horizon is taken before any row is read.
-    let h = horizon()?;
+    let snap = horizon()?;
+    let h = snap.xmin;
     let tables = catalog::synced_tables()?;
     let version = catalog::schema_version()?;
-    let send_schema = cursor.is_none() || cur.s != version;
+    // A cursor from another history (a restore into a new cluster, a
+    // point-in-time recovery, a promoted standby) or from this history's
+    // future (a restore from an older copy) names xids this database never
+    // gave out, or gave out to other changes: the device must resync.
+    let other_history = cur.h.as_deref().is_some_and(|c| c != snap.history)
+        || cur.newest_xid().is_some_and(|x| x > snap.xmax);
+    let send_schema = cursor.is_none() || cur.s != version || other_history;
     let schema = if send_schema {
         Some(serde_json::to_string(&catalog::schema(&tables)?).unwrap_or_default())
     } else {
@@ -132,7 +173,9 @@ fn pull(
     let epoch = field(1).unwrap_or(1);
     let stale_epoch = cur.e.is_some_and(|e| e != epoch);
     if cursor.is_some()
-        && (stale_epoch || cur.oldest_tombstone_xid().is_some_and(|x| x < compacted))
+        && (other_history
+            || stale_epoch
+            || cur.oldest_tombstone_xid().is_some_and(|x| x < compacted))
     {
         return build_page(
             &Page {
@@ -183,6 +226,7 @@ fn pull(
     cur.v = 1;
     cur.s = version;
     cur.e = Some(epoch);
+    cur.h = Some(snap.history);
     let encoded = cur.encode();
     if let Some(id) = client_id {
         crate::privileged::pulled(id, &encoded)?;

@@ -58,6 +58,12 @@ pub struct Cursor {
     /// Visibility epoch the client's state was built in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e: Option<i64>,
+    /// The database history the positions belong to (cluster system
+    /// identifier, timeline, database oid): xids are comparable only
+    /// within one history, so a cursor from another one (a restore, a
+    /// failover) must resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h: Option<String>,
 }
 
 const PREFIX: &str = "c1.";
@@ -91,6 +97,20 @@ impl Cursor {
             "{PREFIX}{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
         )
+    }
+
+    /// The highest xid any position of the cursor names: a server whose
+    /// next xid is not above it has been rewound (restored from an older
+    /// copy) since the cursor was handed out.
+    pub fn newest_xid(&self) -> Option<u64> {
+        self.t
+            .values()
+            .flat_map(|p| [&p.r, &p.d])
+            .filter_map(|p| match p {
+                Pos::Start => None,
+                Pos::Below([x]) | Pos::After(x, _) => Some(*x),
+            })
+            .max()
     }
 
     /// The smallest tombstone position xid of all tables, if any table has
