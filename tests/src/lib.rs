@@ -71,19 +71,7 @@ impl Cluster {
     }
 
     fn start() -> Cluster {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let dir = std::env::temp_dir().join(format!("pg_sync_test_{}_{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        if is_root() {
-            let st = Command::new("chown")
-                .args(["-R", "postgres:postgres", dir.to_str().unwrap()])
-                .status()
-                .unwrap();
-            assert!(st.success(), "chown of the cluster dir failed");
-        }
+        let (dir, port) = Cluster::new_dir();
         let data = dir.join("data");
         let out = run_pg(
             "initdb",
@@ -103,6 +91,24 @@ impl Cluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        Cluster::launch(dir, port)
+    }
+
+    /// A fresh directory (owned by the postgres user) and a free port.
+    fn new_dir() -> (PathBuf, u16) {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let dir = std::env::temp_dir().join(format!("pg_sync_test_{}_{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        chown_to_postgres(&dir);
+        (dir, port)
+    }
+
+    /// Starts the cluster whose data directory is `dir/data`.
+    fn launch(dir: PathBuf, port: u16) -> Cluster {
+        let data = dir.join("data");
         let opts = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off -c max_connections=60",
@@ -131,6 +137,12 @@ impl Cluster {
         Cluster { dir, port }
     }
 
+    /// A new cluster of the test's own (not the shared one), stopped and
+    /// removed when dropped.
+    pub fn private() -> OwnedCluster {
+        OwnedCluster(Cluster::start())
+    }
+
     fn stop(&self) {
         let data = self.dir.join("data");
         let _ = run_pg(
@@ -145,6 +157,104 @@ impl Cluster {
             ],
         );
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// A base backup of this cluster (`pg_basebackup -X stream`), started
+    /// as a cluster of its own: with `signal` = `"recovery.signal"` it runs
+    /// an archive recovery that ends on a new timeline (a point-in-time
+    /// restore); with `"standby.signal"` it is a streaming hot standby of
+    /// this cluster; with `None` it is just started.
+    pub fn base_backup(&self) -> BaseBackup {
+        let (dir, port) = Cluster::new_dir();
+        let data = dir.join("data");
+        let out = run_pg(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        BaseBackup {
+            dir,
+            port,
+            primary_port: self.port,
+        }
+    }
+
+    /// Promotes a standby to a primary (a new timeline).
+    pub fn promote(&self) {
+        let data = self.dir.join("data");
+        let out = run_pg("pg_ctl", &["-D", data.to_str().unwrap(), "-w", "promote"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl promote failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `pg_dump -Fc` of `db` into `file`.
+    pub fn dump(&self, db: &str, file: &Path) {
+        let out = Command::new(format!("{PG_BIN}/pg_dump"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-Fc",
+            ])
+            .arg("-f")
+            .arg(file)
+            .arg(db)
+            .output()
+            .expect("pg_dump");
+        assert!(
+            out.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Creates `db` and restores `file` (a `pg_dump -Fc` archive) into it.
+    pub fn restore(&self, db: &str, file: &Path) {
+        self.connect("postgres")
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+        let out = Command::new(format!("{PG_BIN}/pg_restore"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .arg(file)
+            .output()
+            .expect("pg_restore");
+        assert!(
+            out.status.success(),
+            "pg_restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The TCP port.
@@ -175,6 +285,99 @@ impl Cluster {
         let mut db = self.connect(&name);
         db.batch_execute("CREATE EXTENSION pg_sync").unwrap();
         name
+    }
+}
+
+fn chown_to_postgres(dir: &Path) {
+    if is_root() {
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown of the cluster dir failed");
+    }
+}
+
+/// A cluster owned by one test: stopped and removed when dropped.
+pub struct OwnedCluster(Cluster);
+
+impl std::ops::Deref for OwnedCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl Drop for OwnedCluster {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+impl OwnedCluster {
+    /// Starts the cluster again after [`OwnedCluster::shut_down`].
+    pub fn start_again(&mut self) {
+        self.0 = Cluster::launch(self.0.dir.clone(), self.0.port);
+    }
+
+    /// Waits until the cluster accepts writes (recovery has ended).
+    pub fn wait_writable(&self) {
+        assert!(
+            eventually(60, || {
+                Client::connect(&self.conn_str("postgres"), NoTls)
+                    .ok()
+                    .and_then(|mut c| c.query_one("SELECT pg_is_in_recovery()", &[]).ok())
+                    .is_some_and(|r| !r.get::<_, bool>(0))
+            }),
+            "the cluster never left recovery"
+        );
+    }
+
+    /// Stops the cluster now, keeping its directory until dropped.
+    pub fn shut_down(&self) {
+        let data = self.0.dir.join("data");
+        let _ = run_pg(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
+    }
+}
+
+/// A base backup of a cluster, not yet started.
+pub struct BaseBackup {
+    dir: PathBuf,
+    port: u16,
+    primary_port: u16,
+}
+
+impl BaseBackup {
+    /// Starts it: `"recovery.signal"` (archive recovery ending on a new
+    /// timeline), `"standby.signal"` (a streaming standby of the source) or
+    /// `None`.
+    pub fn start(self, signal: Option<&str>) -> OwnedCluster {
+        let data = self.dir.join("data");
+        if let Some(sig) = signal {
+            std::fs::write(data.join(sig), "").unwrap();
+            let conf = if sig == "standby.signal" {
+                format!(
+                    "\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres'\nhot_standby = on\n",
+                    self.primary_port
+                )
+            } else {
+                // No archive: recovery replays the WAL the backup holds,
+                // then ends on a new timeline.
+                "\nrestore_command = 'false'\n".to_string()
+            };
+            {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(data.join("postgresql.auto.conf"))
+                    .unwrap();
+                std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+            }
+        }
+        chown_to_postgres(&self.dir);
+        OwnedCluster(Cluster::launch(self.dir, self.port))
     }
 }
 
