@@ -176,6 +176,14 @@ pub const RESERVED_PREFIX: &str = "_sync_";
 /// Suffixes of the objects the device derives from a synced table `t`.
 pub const DERIVED_SUFFIXES: &[&str] = &["_synced", "_local", "_pending"];
 
+/// A name as an error message shows it: at most 80 characters.
+fn shown(name: &str) -> String {
+    match name.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &name[..cut]),
+        None => name.to_string(),
+    }
+}
+
 /// Checks that `name` may be a synced table next to the synced tables
 /// `others`: not empty, at most [`MAX_NAME_BYTES`], not reserved, and not
 /// equal (up to ASCII case, as SQLite compares names) to another synced
@@ -186,7 +194,12 @@ pub fn check_table_name<'a>(
     name: &str,
     others: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), SyncError> {
-    let bad = |why: String| Err(SyncError::Invalid(format!("table name {name:?}: {why}")));
+    let bad = |why: String| {
+        Err(SyncError::Invalid(format!(
+            "table name {:?}: {why}",
+            shown(name)
+        )))
+    };
     if name.is_empty() {
         return bad("is empty".into());
     }
@@ -229,7 +242,9 @@ pub fn check_table_name<'a>(
 pub fn check_column_name(table: &str, name: &str) -> Result<(), SyncError> {
     let bad = |why: String| {
         Err(SyncError::Invalid(format!(
-            "column name {name:?} of table {table:?}: {why}"
+            "column name {:?} of table {:?}: {why}",
+            shown(name),
+            shown(table)
         )))
     };
     if name.is_empty() {
@@ -268,5 +283,8 @@ mod name_tests {
         assert!(check_table_name("tasks_pending", ["TASKS"]).is_err());
         assert!(check_column_name("t", "_sync_x").is_err());
         assert!(check_column_name("t", "title").is_ok());
+        let huge = "n".repeat(5_000_000);
+        let e = check_table_name(&huge, []).unwrap_err().to_string();
+        assert!(e.len() < 300, "{}", e.len());
     }
 }
