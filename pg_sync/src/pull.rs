@@ -7,7 +7,7 @@ use crate::error::{or_raise, PgSyncError, Result};
 use sync_core::cursor::{Cursor, Pos, TablePos};
 use sync_core::wire::MAX_CLIENT_ID_BYTES;
 
-use crate::spi_util::{ident, literal, one_cached, rows_cached, rows_ro, TextRow};
+use crate::spi_util::{ident, one_cached, rows_cached, rows_ro, rows_ro_args, Args, TextRow};
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
@@ -26,6 +26,11 @@ RETURNS json VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_pull_json';
 finfo_v1!(pg_finfo_pg_sync_pull);
 finfo_v1!(pg_finfo_pg_sync_pull_json);
 
+/// Reads the arguments of `sync_pull` / `sync_pull_json` and runs it.
+///
+/// # Safety
+/// `fcinfo` is the call info fmgr passed to one of the two functions,
+/// whose arguments are `(text, int, text)` (any of them NULL).
 unsafe fn pull_args(fcinfo: pg_sys::FunctionCallInfo, as_jsonb: bool) -> pg_sys::Datum {
     let cursor: Option<String> = pgrx::pg_getarg::<String>(fcinfo, 0);
     let max_changes: i32 = pgrx::pg_getarg::<i32>(fcinfo, 1).unwrap_or(10000);
@@ -42,6 +47,9 @@ unsafe fn pull_args(fcinfo: pg_sys::FunctionCallInfo, as_jsonb: bool) -> pg_sys:
 /// after `cursor` (all rows when NULL), at most `max_changes`, as a pull
 /// page `{format, schema_version, schema?, cursor, has_more,
 /// resync_required, changes}`.
+///
+/// # Safety
+/// Called by fmgr with the declared signature.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn pg_sync_pull(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
@@ -51,6 +59,9 @@ pub unsafe extern "C-unwind" fn pg_sync_pull(fcinfo: pg_sys::FunctionCallInfo) -
 /// `sync_pull_json(...) RETURNS json`: the same page as JSON text that the
 /// server never parses: the fast path for apps that forward the page to a
 /// device as it is.
+///
+/// # Safety
+/// Called by fmgr with the declared signature.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn pg_sync_pull_json(
@@ -106,6 +117,9 @@ struct Snapshot {
     history: String,
 }
 
+/// A statement with its values, yielding a JSON array of changes as text.
+type Segment = (String, Args);
+
 /// Everything `sync_pull` computed before building the page.
 struct Page {
     version: i64,
@@ -114,7 +128,7 @@ struct Page {
     has_more: bool,
     resync: bool,
     /// Statements each yielding a JSON array of changes as text.
-    segments: Vec<String>,
+    segments: Vec<Segment>,
 }
 
 fn pull(
@@ -249,8 +263,8 @@ fn pull(
 /// rows), and the arrays are spliced, never parsed.
 fn page_text(p: &Page) -> Result<String> {
     let mut changes = String::new();
-    for sql in &p.segments {
-        let Some(arr) = rows_ro(sql)?
+    for (sql, args) in &p.segments {
+        let Some(arr) = rows_ro_args(sql, args)?
             .into_iter()
             .next()
             .and_then(|mut r| r.swap_remove(0))
@@ -305,26 +319,30 @@ fn build_page(p: &Page, as_jsonb: bool) -> Result<pg_sys::Datum> {
 }
 
 /// A condition selecting a stream's entries strictly after `pos`
-/// (`op` = ">") or up to and including it (`op` = "<=").
+/// (`op` = ">") or up to and including it (`op` = "<="); the xid and the
+/// key travel as parameters.
 fn pos_cond(
     pos: &Pos,
     op: &str,
     xid_expr: &str,
     key_tuple: &str,
     key_of: &dyn Fn(&str) -> String,
+    args: &mut Args,
 ) -> String {
     match (pos, op) {
         (Pos::Start, _) => "true".into(),
-        (Pos::Below([x]), ">") => format!("{xid_expr} >= '{x}'::xid8"),
-        (Pos::Below([x]), _) => format!("{xid_expr} < '{x}'::xid8"),
+        (Pos::Below([x]), ">") => format!("{xid_expr} >= {}::pg_catalog.xid8", args.push(x)),
+        (Pos::Below([x]), _) => format!("{xid_expr} < {}::pg_catalog.xid8", args.push(x)),
         (Pos::After(x, key), _) => {
             let k = match key {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
+            let x = args.push(x);
+            let k = args.push(k);
             format!(
-                "({xid_expr}, {key_tuple}) {op} ('{x}'::xid8, {})",
-                key_of(&literal(&k))
+                "({xid_expr}, {key_tuple}) {op} ({x}::pg_catalog.xid8, {})",
+                key_of(&k)
             )
         }
     }
@@ -335,31 +353,36 @@ fn key_cols(t: &TableInfo) -> String {
     cols.join(", ")
 }
 
-fn rows_after(t: &TableInfo, pos: &Pos) -> String {
+/// Live rows of `t` after (`op` ">") or up to (`op` "<=") `pos`.
+fn rows_cond(t: &TableInfo, pos: &Pos, op: &str, args: &mut Args) -> String {
     pos_cond(
         pos,
-        ">",
+        op,
         "t._sync_xid",
         &format!("({})", key_cols(t)),
-        &|lit| t.pk_from_json_param(&format!("{lit}::jsonb")),
+        &|p| t.pk_from_json_param(&format!("{p}::pg_catalog.jsonb")),
+        args,
     )
 }
 
-fn tombs_after(pos: &Pos) -> String {
-    pos_cond(pos, ">", "d.xid", "d.pk", &|lit| lit.to_string())
+/// Tombstones after (`op` ">") or up to (`op` "<=") `pos`.
+fn tombs_cond(pos: &Pos, op: &str, args: &mut Args) -> String {
+    pos_cond(pos, op, "d.xid", "d.pk", &|p| p.to_string(), args)
 }
 
 /// Keys of the live rows after `pos`, below the horizon, in stream order.
 fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
+    let mut args = Args::default();
     let sql = format!(
         "SELECT t._sync_xid::text, {pk}::text FROM {tbl} t \
-         WHERE {cond} AND t._sync_xid < '{h}'::xid8 ORDER BY t._sync_xid, {keys} LIMIT {limit}",
+         WHERE {cond} AND t._sync_xid < {h}::pg_catalog.xid8 ORDER BY t._sync_xid, {keys} LIMIT {limit}",
         pk = t.pk_expr("t"),
         tbl = t.qualified,
-        cond = rows_after(t, pos),
+        cond = rows_cond(t, pos, ">", &mut args),
+        h = args.push(h),
         keys = key_cols(t),
     );
-    rows_ro(&sql)
+    rows_ro_args(&sql, &args)
 }
 
 /// The filter every sent tombstone passes. A tombstone whose key exists
@@ -368,26 +391,28 @@ fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextR
 /// followed; the live row's own state is what the client must end with.
 /// Under row-level security, the policy on `pg_sync.tombstones` shows the
 /// caller only tombstones of rows its own policies would have let it see.
-fn tomb_filter(t: &TableInfo, h: u64) -> Result<String> {
-    Ok(format!(
-        "d.relid = {relid} AND d.xid < '{h}'::xid8 \
+fn tomb_filter(t: &TableInfo, h: u64, args: &mut Args) -> String {
+    format!(
+        "d.relid = {relid}::pg_catalog.oid AND d.xid < {h}::pg_catalog.xid8 \
          AND NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {live} = {key})",
-        relid = u32::from(t.relid),
+        relid = args.push(u32::from(t.relid)),
+        h = args.push(h),
         tbl = t.qualified,
         live = t.pk_tuple("t"),
         key = t.pk_from_json_param("d.pk"),
-    ))
+    )
 }
 
 /// Keys of the tombstones after `pos`, in stream order.
 fn tombs_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
+    let mut args = Args::default();
     let sql = format!(
         "SELECT d.xid::text, d.pk FROM pg_sync.tombstones d WHERE {cond} AND {filter} \
          ORDER BY d.xid, d.pk LIMIT {limit}",
-        cond = tombs_after(pos),
-        filter = tomb_filter(t, h)?,
+        cond = tombs_cond(pos, ">", &mut args),
+        filter = tomb_filter(t, h, &mut args),
     );
-    rows_ro(&sql)
+    rows_ro_args(&sql, &args)
 }
 
 fn stream_nonempty(t: &TableInfo, pos: &TablePos, h: u64) -> Result<bool> {
@@ -408,7 +433,7 @@ fn plan_table(
     pos: &mut TablePos,
     h: u64,
     budget: usize,
-) -> Result<(usize, bool, Vec<String>)> {
+) -> Result<(usize, bool, Vec<Segment>)> {
     let live = rows_keys(t, &pos.r, h, budget + 1)?;
     let tombs = tombs_keys(t, &pos.d, h, budget + 1)?;
     let (mut i, mut j) = (0usize, 0usize);
@@ -443,19 +468,21 @@ fn plan_table(
     let tombs_done = j == tombs.len() && tombs.len() <= budget;
 
     let mut segments = Vec::new();
-    let name = literal(&t.name);
     // Tombstones in a page are for keys that do not exist now, rows for keys
     // that do: the two lists never share a key, so their relative order does
     // not matter and each keeps its index order.
     if j > 0 {
-        segments.push(format!(
+        let mut args = Args::default();
+        let name = format!("{}::pg_catalog.text", args.push(&t.name));
+        let sql = format!(
             "SELECT pg_catalog.json_agg(c)::text FROM (SELECT pg_catalog.json_build_object('table', {name}, 'op', 'delete', \
              'pk', d.pk::json) AS c FROM pg_sync.tombstones d WHERE {after} AND {upto} AND {filter} \
              ORDER BY d.xid, d.pk) s",
-            after = tombs_after(&start.d),
-            upto = pos_cond(&pos.d, "<=", "d.xid", "d.pk", &|lit| lit.to_string()),
-            filter = tomb_filter(t, h)?,
-        ));
+            after = tombs_cond(&start.d, ">", &mut args),
+            upto = tombs_cond(&pos.d, "<=", &mut args),
+            filter = tomb_filter(t, h, &mut args),
+        );
+        segments.push((sql, args));
     }
     if i > 0 {
         let ver: Vec<String> = t
@@ -468,21 +495,23 @@ fn plan_table(
                 )
             })
             .collect();
-        segments.push(format!(
+        let mut args = Args::default();
+        let name = format!("{}::pg_catalog.text", args.push(&t.name));
+        let sql = format!(
             "SELECT pg_catalog.json_agg(c)::text FROM (SELECT pg_catalog.json_build_object('table', {name}, 'op', 'upsert', \
              'pk', {pk}, 'row', {row}, 'ver', pg_catalog.to_json(ARRAY[{ver}]::text[])) AS c \
-             FROM {tbl} t WHERE {after} AND {upto} AND t._sync_xid < '{h}'::xid8 \
+             FROM {tbl} t WHERE {after} AND {upto} AND t._sync_xid < {h}::pg_catalog.xid8 \
              ORDER BY t._sync_xid, {keys}) s",
             pk = t.pk_expr("t"),
             row = t.row_expr("t"),
             ver = ver.join(", "),
             tbl = t.qualified,
-            after = rows_after(t, &start.r),
-            upto = pos_cond(&pos.r, "<=", "t._sync_xid", &format!("({})", key_cols(t)), &|lit| {
-                t.pk_from_json_param(&format!("{lit}::jsonb"))
-            }),
+            after = rows_cond(t, &start.r, ">", &mut args),
+            upto = rows_cond(t, &pos.r, "<=", &mut args),
+            h = args.push(h),
             keys = key_cols(t),
-        ));
+        );
+        segments.push((sql, args));
     }
     if live_done {
         pos.r = Pos::Below([h]);

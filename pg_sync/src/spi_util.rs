@@ -1,5 +1,7 @@
 //! Thin helpers over SPI: every internal query passes its values as
-//! parameters and returns text columns.
+//! parameters (statements built at run time collect them in [`Args`]) and
+//! returns text columns. Identifiers are the only names spliced into SQL
+//! text, always quoted by [`ident`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -156,16 +158,57 @@ pub fn one_cached(sql: &str, args: &[DatumWithOid]) -> Result<Option<String>> {
 /// statement: SPI in read-only mode takes no new snapshot per query, so all
 /// of a pull's reads see the same data. Every column comes back as text.
 pub fn rows_ro(sql: &str) -> Result<Vec<TextRow>> {
+    rows_ro_args(sql, &Args::default())
+}
+
+/// The values of a statement built at run time, passed as text parameters
+/// `$1, $2, ...`; the statement casts each to its type.
+#[derive(Default)]
+pub struct Args(Vec<String>);
+
+impl Args {
+    /// Adds a value and returns its placeholder (`$n`).
+    pub fn push(&mut self, value: impl ToString) -> String {
+        self.0.push(value.to_string());
+        format!("${}", self.0.len())
+    }
+}
+
+/// Like [`rows_ro`], with text parameters.
+pub fn rows_ro_args(sql: &str, args: &Args) -> Result<Vec<TextRow>> {
     use pgrx::pg_sys;
     let query = std::ffi::CString::new(sql)
         .map_err(|_| crate::error::PgSyncError::Spi("query contains a NUL byte".into()))?;
-    // SAFETY: plain SPI protocol; values are copied into Rust strings
-    // before SPI_finish frees SPI's memory.
+    let values: Vec<std::ffi::CString> = args
+        .0
+        .iter()
+        .map(|v| std::ffi::CString::new(v.as_str()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| crate::error::PgSyncError::Spi("a parameter contains a NUL byte".into()))?;
+    // SAFETY: plain SPI protocol. The parameter datums are text values
+    // palloc'd in the current memory context, alive through the call;
+    // results are copied into Rust strings before SPI_finish frees SPI's
+    // memory.
     unsafe {
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             return Err(crate::error::PgSyncError::Spi("SPI_connect failed".into()));
         }
-        let rc = pg_sys::SPI_execute(query.as_ptr(), true, 0);
+        let n = values.len();
+        let mut types = vec![pg_sys::TEXTOID; n];
+        let mut datums: Vec<pg_sys::Datum> = values
+            .iter()
+            .map(|v| pg_sys::Datum::from(pg_sys::cstring_to_text(v.as_ptr())))
+            .collect();
+        let nulls = vec![b' ' as std::ffi::c_char; n + 1];
+        let rc = pg_sys::SPI_execute_with_args(
+            query.as_ptr(),
+            n as i32,
+            types.as_mut_ptr(),
+            datums.as_mut_ptr(),
+            nulls.as_ptr(),
+            true,
+            0,
+        );
         if rc != pg_sys::SPI_OK_SELECT as i32 {
             pg_sys::SPI_finish();
             return Err(crate::error::PgSyncError::Spi(format!(
@@ -173,12 +216,12 @@ pub fn rows_ro(sql: &str) -> Result<Vec<TextRow>> {
             )));
         }
         let table = pg_sys::SPI_tuptable;
-        let n = pg_sys::SPI_processed as usize;
-        let mut out = Vec::with_capacity(n);
+        let rows = pg_sys::SPI_processed as usize;
+        let mut out = Vec::with_capacity(rows);
         if !table.is_null() {
             let tupdesc = (*table).tupdesc;
             let ncols = (*tupdesc).natts;
-            for i in 0..n {
+            for i in 0..rows {
                 let tuple = *(*table).vals.add(i);
                 let mut r = Vec::with_capacity(ncols as usize);
                 for col in 1..=ncols {

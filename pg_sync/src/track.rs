@@ -7,6 +7,13 @@
 //! - `pg_sync.track_delete()`: AFTER DELETE, FOR EACH ROW. Writes a tombstone.
 //! - `pg_sync.track_truncate()`: BEFORE TRUNCATE. Tombstones every row.
 //!
+//! Every `unsafe` here is the C trigger API: the functions below are
+//! called by the executor with a valid `FunctionCallInfo` whose context is
+//! `TriggerData` (checked by [`trigger_data`]), and read the trigger's
+//! relation, tuple descriptor and tuples only while the executor keeps them
+//! alive (the duration of the call). Each unsafe function states what it
+//! relies on under `# Safety`.
+//!
 //! Tombstones are written through `privileged::elevated` (the catalog
 //! owner, `search_path` pinned, every name qualified), so writers need no
 //! privilege on the catalog and cannot reach it any other way.
@@ -69,6 +76,8 @@ pub const NOTIFY_CHANNEL: &str = "pg_sync";
 
 /// Queues `NOTIFY pg_sync, '<table>'` once per transaction and table; it is
 /// delivered only if the transaction commits.
+/// # Safety
+/// `rel` is the open relation of the firing trigger.
 unsafe fn notify_once(rel: pg_sys::Relation) {
     if !NOTIFY.get() {
         return;
@@ -102,6 +111,11 @@ finfo_v1!(pg_finfo_pg_sync_track);
 finfo_v1!(pg_finfo_pg_sync_track_delete);
 finfo_v1!(pg_finfo_pg_sync_track_truncate);
 
+/// The trigger data of a call, or an ERROR if the function was not
+/// called as a trigger.
+///
+/// # Safety
+/// `fcinfo` is the call info fmgr passed to a trigger function.
 unsafe fn trigger_data(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> *mut pg_sys::TriggerData {
     if !pgrx::trigger_support::called_as_trigger(fcinfo) {
         error!("{what} must be called as a trigger");
@@ -109,10 +123,16 @@ unsafe fn trigger_data(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> *mut pg_
     (*fcinfo).context as *mut pg_sys::TriggerData
 }
 
+/// The attributes of a tuple descriptor.
+///
+/// # Safety
+/// `tupdesc` is valid for `'a` (the relation's descriptor during the call).
 unsafe fn attrs<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
     (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)
 }
 
+/// # Safety
+/// `a` is an attribute of a valid descriptor (its name is NUL-terminated).
 unsafe fn attname(a: &pg_sys::FormData_pg_attribute) -> &str {
     std::ffi::CStr::from_ptr(a.attname.data.as_ptr())
         .to_str()
@@ -120,6 +140,8 @@ unsafe fn attname(a: &pg_sys::FormData_pg_attribute) -> &str {
 }
 
 /// Zero-based indexes of `_sync_xid` and `_sync_ver`.
+/// # Safety
+/// `tupdesc` is the firing relation's descriptor.
 unsafe fn tracking_columns(tupdesc: pg_sys::TupleDesc) -> (usize, usize) {
     let mut xid = None;
     let mut ver = None;
@@ -140,6 +162,8 @@ unsafe fn tracking_columns(tupdesc: pg_sys::TupleDesc) -> (usize, usize) {
 }
 
 /// Binary equality of two non-null datums of one attribute.
+/// # Safety
+/// `a` and `b` are non-null datums of attribute `att` of live tuples.
 unsafe fn datum_eq(
     a: pg_sys::Datum,
     b: pg_sys::Datum,
@@ -172,6 +196,8 @@ unsafe fn datum_eq(
 }
 
 /// Reads an int8[] datum into a vector indexed from 0 (nulls as 0).
+/// # Safety
+/// `d` is a non-null `int8[]` datum.
 unsafe fn read_versions(d: pg_sys::Datum) -> Vec<i64> {
     let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
     let mut elems: *mut pg_sys::Datum = std::ptr::null_mut();
@@ -198,6 +224,10 @@ unsafe fn read_versions(d: pg_sys::Datum) -> Vec<i64> {
         .collect()
 }
 
+/// Builds an `int8[]` datum in the current memory context.
+///
+/// # Safety
+/// Called inside a transaction, with a valid current memory context.
 unsafe fn build_versions(v: &[i64]) -> pg_sys::Datum {
     let mut elems: Vec<pg_sys::Datum> = v.iter().map(|x| pg_sys::Datum::from(*x)).collect();
     let arr = pg_sys::construct_array(
@@ -214,6 +244,8 @@ unsafe fn build_versions(v: &[i64]) -> pg_sys::Datum {
 /// BEFORE INSERT OR UPDATE row trigger.
 #[pg_guard]
 #[no_mangle]
+/// # Safety
+/// Called by fmgr as a trigger function (see the module's note).
 pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let td = trigger_data(fcinfo, "pg_sync.track()");
     let event = (*td).tg_event;
@@ -397,6 +429,8 @@ fn tomb_insert_sql(relid: pg_sys::Oid, from_rows: bool, with_old: bool) -> Strin
 }
 
 /// Writes a tombstone for `tuple` (a row of `rel`), elevated.
+/// # Safety
+/// `rel` is the firing relation and `tuple` one of its live tuples.
 unsafe fn write_tombstone(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, hlc: Hlc) {
     let relid = (*rel).rd_id;
     let rowtype = (*(*rel).rd_rel).reltype;
@@ -438,6 +472,8 @@ unsafe fn write_tombstone(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, hlc: 
 /// AFTER DELETE row trigger: records a tombstone.
 #[pg_guard]
 #[no_mangle]
+/// # Safety
+/// Called by fmgr as a trigger function (see the module's note).
 pub unsafe extern "C-unwind" fn pg_sync_track_delete(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
@@ -451,6 +487,8 @@ pub unsafe extern "C-unwind" fn pg_sync_track_delete(
 /// BEFORE TRUNCATE statement trigger: tombstones every row.
 #[pg_guard]
 #[no_mangle]
+/// # Safety
+/// Called by fmgr as a trigger function (see the module's note).
 pub unsafe extern "C-unwind" fn pg_sync_track_truncate(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
