@@ -30,7 +30,8 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
         echo "bench: sqlite_sync does not build; its figures will read 'not measured'"
     fi
     echo "bench: building the bench binary (release)"
-    cargo build -q -p sync_tests --release --bin bench
+    cargo build -q -p sync_bench --release --bin bench
+    cargo test -q -p sync_bench --release
 fi
 
 work=$(mktemp -d /tmp/pg_sync_bench_run.XXXXXX)

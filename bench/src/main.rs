@@ -139,7 +139,7 @@ fn results_path() -> PathBuf {
 }
 
 /// `BENCH_RENDER=1`: rewrites the report from the last run's results
-/// (after editing tests/bench/analysis.md or method.md) without running.
+/// (after editing bench/analysis.md or method.md) without running.
 fn render_only(cfg: &Config) {
     let text =
         std::fs::read_to_string(results_path()).expect("no saved results: run the bench first");

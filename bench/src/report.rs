@@ -534,12 +534,12 @@ pub fn write(
         let _ = writeln!(md, "| {k} | {} |", v.replace('|', "/"));
     }
     let _ = writeln!(md, "\n## What is measured\n");
-    md.push_str(include_str!("../../../bench/method.md"));
+    md.push_str(include_str!("../method.md"));
     let _ = writeln!(md, "\n## Analysis\n");
-    let analysis = sync_tests::workspace_root().join("tests/bench/analysis.md");
+    let analysis = sync_tests::workspace_root().join("bench/analysis.md");
     match std::fs::read_to_string(&analysis) {
         Ok(a) => md.push_str(&a),
-        Err(_) => md.push_str("(tests/bench/analysis.md is missing)\n"),
+        Err(_) => md.push_str("(bench/analysis.md is missing)\n"),
     }
     let path = cfg.out_dir.join("benchmarks.md");
     std::fs::write(&path, md).unwrap();

@@ -193,7 +193,7 @@ fn refill_p1(c: &mut Client, variant: &str, rows: u64) -> bool {
 }
 
 fn write_script(dir: &Path, op: &str, table: &str, rows: u64) -> std::path::PathBuf {
-    let tmpl_path = sync_tests::workspace_root().join(format!("tests/bench/{op}.sql"));
+    let tmpl_path = sync_tests::workspace_root().join(format!("bench/{op}.sql"));
     let tmpl = std::fs::read_to_string(&tmpl_path)
         .unwrap_or_else(|e| panic!("{}: {e}", tmpl_path.display()));
     let seq = if op == "insert" {
