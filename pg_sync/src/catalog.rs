@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use pgrx::pg_sys;
 use serde::Deserialize;
-use serde_json::Value;
 use sync_core::merge::Strategy;
 use sync_core::schema::{ColumnDef, ColumnType, DeletePolicy, Schema, TableDef, WriteMode};
 use sync_core::wire::FORMAT;
@@ -155,6 +154,25 @@ impl TableInfo {
             })
             .collect();
         format!("({})", cols.join(", "))
+    }
+
+    /// The table as `sync_core::decide` needs it.
+    pub fn rules(&self) -> sync_core::decide::Table {
+        sync_core::decide::Table {
+            name: self.name.clone(),
+            columns: self
+                .columns
+                .iter()
+                .map(|c| sync_core::decide::Column {
+                    name: c.name.clone(),
+                    slot: c.attnum - 1,
+                    strategy: c.strategy,
+                    pk: self.is_pk(&c.name),
+                    fills_null: !c.nullable && c.has_default,
+                })
+                .collect(),
+            on_delete: self.options.on_delete,
+        }
     }
 
     /// The wire definition of the table.
@@ -313,11 +331,6 @@ pub fn schema(tables: &[TableInfo]) -> Result<Schema> {
         version: schema_version()?,
         tables: tables.iter().map(TableInfo::table_def).collect(),
     })
-}
-
-/// Reads a JSON column value out of a row object.
-pub fn field<'a>(row: &'a serde_json::Map<String, Value>, name: &str) -> &'a Value {
-    row.get(name).unwrap_or(&Value::Null)
 }
 
 /// Fails with an actionable message when the database's pg_sync catalog is

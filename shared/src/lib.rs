@@ -6,9 +6,12 @@
 //! - [`hlc`]: hybrid logical clocks packed into 64 bits;
 //! - [`merge`]: the per-column merge rules (the only place they live);
 //! - [`cursor`]: the opaque pull cursor the server hands out;
+//! - [`decide`]: how a pushed change is decided (the write, the records,
+//!   the answer), a pure function the server executes;
 //! - [`decimal`]: exact decimal arithmetic for `counter` columns.
 
 pub mod cursor;
+pub mod decide;
 pub mod decimal;
 pub mod hlc;
 pub mod merge;
