@@ -110,14 +110,10 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
-fn build(
-    c: &Case,
-) -> (
-    Table,
-    Change,
-    Option<(Map<String, Value>, Vec<i64>)>,
-    Stamps,
-) {
+/// The server row: values and versions by slot.
+type ServerRow = (Map<String, Value>, Vec<i64>);
+
+fn build(c: &Case) -> (Table, Change, Option<ServerRow>, Stamps) {
     let name = |i: &usize| format!("c{i}");
     let mut cols: Map<String, Value> = c.cols.iter().map(|(i, v)| (name(i), v.clone())).collect();
     if c.op == Op::Insert {
