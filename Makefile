@@ -8,7 +8,7 @@ PG_CONFIG ?= /usr/bin/pg_config
 PGRX_VERSION := 0.18.1
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install test unit pgrx-test integration test-node demo bench lint clean-clusters
+.PHONY: all deps build install test unit pgrx-test integration test-node demo bench lint clean-clusters fuzz
 
 all: build
 
@@ -61,3 +61,9 @@ demo: deps
 
 bench: deps
 	@bash scripts/bench.sh
+
+# Fuzzes sync_core's decoders and merge rules (cargo-fuzz on the nightly
+# toolchain; installs cargo-fuzz on first use): every target in fuzz/ for
+# 1,000,000 runs, one after another. See docs/fuzzing.md.
+fuzz:
+	@bash scripts/fuzz.sh
