@@ -260,46 +260,34 @@ fn pull(
 
 /// Builds the page as JSON text: each segment statement renders its rows
 /// with `json_build_object`/`json_agg` (the same work as `to_json` of the
-/// rows), and the arrays are spliced, never parsed.
+/// rows), and the shared page writer splices the arrays, never parsed.
 fn page_text(p: &Page) -> Result<String> {
-    let mut changes = String::new();
+    let mut arrays = Vec::with_capacity(p.segments.len());
     for (sql, args) in &p.segments {
-        let Some(arr) = rows_ro_args(sql, args)?
+        if let Some(arr) = rows_ro_args(sql, args)?
             .into_iter()
             .next()
             .and_then(|mut r| r.swap_remove(0))
-        else {
-            continue;
-        };
-        let inner = arr.trim();
-        let inner = inner
-            .strip_prefix('[')
+        {
+            arrays.push(arr);
+        }
+    }
+    let inner = arrays.iter().map(|a| {
+        let a = a.trim();
+        a.strip_prefix('[')
             .and_then(|x| x.strip_suffix(']'))
-            .unwrap_or("");
-        if inner.trim().is_empty() {
-            continue;
-        }
-        if !changes.is_empty() {
-            changes.push_str(", ");
-        }
-        changes.push_str(inner);
-    }
-    let mut out = String::with_capacity(changes.len() + 512);
-    out.push_str(&format!(
-        "{{\"format\": {}, \"schema_version\": {}, ",
-        sync_core::wire::FORMAT,
-        p.version
-    ));
-    if let Some(schema) = &p.schema {
-        out.push_str(&format!("\"schema\": {schema}, "));
-    }
-    out.push_str(&format!(
-        "\"cursor\": {}, \"has_more\": {}, \"resync_required\": {}, \"changes\": [{changes}]}}",
-        serde_json::to_string(&p.cursor).unwrap_or_default(),
-        p.has_more,
-        p.resync,
-    ));
-    Ok(out)
+            .unwrap_or("")
+    });
+    Ok(sync_core::wire::page::write_page(
+        &sync_core::wire::page::PageHead {
+            schema_version: p.version,
+            schema: p.schema.as_deref(),
+            cursor: &p.cursor,
+            has_more: p.has_more,
+            resync_required: p.resync,
+        },
+        inner,
+    ))
 }
 
 /// The page as a datum of the requested type.

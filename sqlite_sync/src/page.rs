@@ -1,164 +1,21 @@
-//! Fast reading of pull pages.
-//!
-//! A page can hold tens of thousands of rows; parsing it into
-//! `sync_core::wire::PullPage` (a map of `serde_json::Value` per row) costs
-//! more than writing the rows. This module reads the same document with
-//! borrowed strings and raw values, converting each value straight to what
-//! SQLite stores. The accepted shape is exactly `PullPage`'s.
+//! Pull pages on the device: the document is read by the shared borrowed
+//! reader (`sync_core::wire::page`); this module converts each raw value
+//! straight to what SQLite stores, checked against the column's type.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 use serde_json::value::RawValue;
-use sync_core::schema::{ColumnType, Schema};
-use sync_core::wire::PullOp;
-use sync_core::Hlc;
+use sync_core::schema::ColumnType;
 
 use crate::error::{Error, Result};
 use crate::ffi::Value;
 use crate::model::{hex_decode, TableInfo};
 
-/// A string that borrows from the input when it has no escapes.
-#[derive(Debug, Clone)]
-pub struct CowStr<'a>(pub Cow<'a, str>);
+pub use sync_core::wire::page::{CowStr, Obj, PageIn};
 
-impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = CowStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(
-                self,
-                v: &'de str,
-            ) -> std::result::Result<Self::Value, E> {
-                Ok(CowStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// A JSON object as (key, raw value) pairs in document order.
-#[derive(Debug, Default)]
-pub struct Obj<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'a> Obj<'a> {
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
-    }
-
-    /// The object as a `serde_json` map (for error messages and slow paths).
-    pub fn to_map(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.0
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    serde_json::from_str(v.get()).unwrap_or(serde_json::Value::Null),
-                )
-            })
-            .collect()
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Obj<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Obj<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: MapAccess<'de>>(
-                self,
-                mut m: M,
-            ) -> std::result::Result<Self::Value, M::Error> {
-                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
-                while let Some(k) = m.next_key::<CowStr<'de>>()? {
-                    let v: &'de RawValue = m.next_value()?;
-                    out.push((k.0, v));
-                }
-                Ok(Obj(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// A list of HLC stamps parsed without allocating.
-#[derive(Debug)]
-pub struct Vers(pub Vec<Hlc>);
-
-impl<'de> Deserialize<'de> for Vers {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Vers;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of 16-hex-digit HLC stamps")
-            }
-            fn visit_seq<S: SeqAccess<'de>>(
-                self,
-                mut s: S,
-            ) -> std::result::Result<Self::Value, S::Error> {
-                let mut out = Vec::with_capacity(s.size_hint().unwrap_or(8));
-                while let Some(x) = s.next_element::<CowStr<'de>>()? {
-                    out.push(x.0.parse::<Hlc>().map_err(de::Error::custom)?);
-                }
-                Ok(Vers(out))
-            }
-        }
-        d.deserialize_seq(V)
-    }
-}
-
-/// One row change of a page.
-#[derive(Debug, Deserialize)]
-pub struct RowIn<'a> {
-    #[serde(borrow)]
-    pub table: CowStr<'a>,
-    pub op: PullOp,
-    #[serde(borrow)]
-    pub pk: Obj<'a>,
-    #[serde(borrow, default)]
-    pub row: Option<Obj<'a>>,
-    #[serde(default)]
-    pub ver: Option<Vers>,
-}
-
-/// A pull page.
-#[derive(Debug, Deserialize)]
-pub struct PageIn<'a> {
-    pub format: u32,
-    pub schema_version: i64,
-    #[serde(default)]
-    pub schema: Option<Schema>,
-    #[serde(borrow)]
-    pub cursor: CowStr<'a>,
-    pub has_more: bool,
-    #[serde(default)]
-    pub resync_required: bool,
-    #[serde(borrow)]
-    pub changes: Vec<RowIn<'a>>,
-}
-
-/// Parses and validates a page.
+/// Parses and validates a page (the reader is `sync_core::wire::page`).
 pub fn parse(text: &str) -> Result<PageIn<'_>> {
-    let p: PageIn = serde_json::from_str(text)
-        .map_err(|e| Error::msg(format!("malformed JSON in pull page: {e}")))?;
-    sync_core::wire::check_format(p.format)?;
-    Ok(p)
+    Ok(sync_core::wire::page::read_page(text)?)
 }
 
 /// A value ready to bind, borrowing text from the page where possible.

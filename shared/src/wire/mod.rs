@@ -14,6 +14,8 @@ use crate::hlc::Hlc;
 use crate::schema::Schema;
 use crate::SyncError;
 
+pub mod page;
+
 /// The wire format version this crate reads and writes.
 pub const FORMAT: u32 = 1;
 
