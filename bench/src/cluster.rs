@@ -18,6 +18,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use md5::{Digest, Md5};
 use sync_tests::{Client, NoTls};
 
 fn is_root() -> bool {
@@ -108,8 +109,7 @@ impl BenchCluster {
             let _ = std::fs::write(f, dir.display().to_string());
         }
         let bindir = private_install(&dir.join("inst"));
-        let pg_sync_md5 =
-            crate::report::file_md5(&dir.join("inst/usr/lib/postgresql/15/lib/pg_sync.so"));
+        let pg_sync_md5 = file_md5(&dir.join("inst/usr/lib/postgresql/15/lib/pg_sync.so"));
         if is_root() {
             let st = Command::new("chown")
                 .args(["-R", "postgres:postgres", dir.to_str().unwrap()])
@@ -215,4 +215,11 @@ impl Drop for BenchCluster {
         );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// md5 of a file's contents (empty when unreadable).
+pub fn file_md5(p: &Path) -> String {
+    std::fs::read(p)
+        .map(|b| Md5::digest(&b).iter().map(|x| format!("{x:02x}")).collect())
+        .unwrap_or_default()
 }

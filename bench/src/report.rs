@@ -4,20 +4,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use md5::{Digest, Md5};
 use serde_json::Value;
 
 use crate::plot::{self, Bar};
 use crate::results::{fmt_num, On, Status};
 use crate::sqlite::{self, SqliteState};
 use crate::{Config, Figure};
-
-/// md5 of a file's contents (empty when unreadable).
-pub fn file_md5(p: &Path) -> String {
-    std::fs::read(p)
-        .map(|b| Md5::digest(&b).iter().map(|x| format!("{x:02x}")).collect())
-        .unwrap_or_default()
-}
 
 /// `merge <strategy> <merges/s>` results.
 pub fn read_merge(p: Option<&Path>) -> Vec<(String, f64)> {

@@ -21,6 +21,21 @@ pub mod wire;
 
 pub use hlc::{Clock, Hlc};
 
+/// The wire format version this crate reads and writes.
+pub const FORMAT: u32 = 1;
+
+/// Checks the `format` field of an incoming document.
+pub fn check_format(found: u32) -> Result<(), SyncError> {
+    if found == FORMAT {
+        Ok(())
+    } else {
+        Err(SyncError::UnsupportedFormat {
+            found,
+            expected: FORMAT,
+        })
+    }
+}
+
 /// Errors a DBA or app developer can act on.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SyncError {

@@ -18,7 +18,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::hlc::Hlc;
-use crate::schema::DeletePolicy;
+
+/// What happens when a delete meets a concurrent update of the same row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeletePolicy {
+    /// The delete wins; the update is recorded as a conflict.
+    #[default]
+    DeleteWins,
+    /// The update re-creates the deleted row.
+    Resurrect,
+}
 
 /// Per-column conflict strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

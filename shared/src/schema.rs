@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::merge::Strategy;
-use crate::wire::FORMAT;
 use crate::SyncError;
+use crate::FORMAT;
 
 /// Logical column types, mapped faithfully on both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,16 +62,7 @@ pub enum WriteMode {
     Confirmed,
 }
 
-/// What happens when a delete meets a concurrent update of the same row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum DeletePolicy {
-    /// The delete wins; the update is recorded as a conflict.
-    #[default]
-    DeleteWins,
-    /// The update re-creates the deleted row.
-    Resurrect,
-}
+pub use crate::merge::DeletePolicy;
 
 /// One synced column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +145,7 @@ impl Schema {
     pub fn parse(json: &str) -> Result<Schema, SyncError> {
         let schema: Schema = serde_json::from_str(json)
             .map_err(|e| SyncError::MalformedJson(format!("schema: {e}")))?;
-        crate::wire::check_format(schema.format)?;
+        crate::check_format(schema.format)?;
         Ok(schema)
     }
 }

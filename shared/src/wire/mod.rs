@@ -16,8 +16,7 @@ use crate::SyncError;
 
 pub mod page;
 
-/// The wire format version this crate reads and writes.
-pub const FORMAT: u32 = 1;
+pub use crate::{check_format, FORMAT};
 
 /// Largest push batch accepted, in changes.
 pub const MAX_BATCH_CHANGES: usize = 100_000;
@@ -192,18 +191,6 @@ pub struct PullPage {
     pub resync_required: bool,
     /// The changes, in commit order per table.
     pub changes: Vec<RowChange>,
-}
-
-/// Checks the `format` field of an incoming document.
-pub fn check_format(found: u32) -> Result<(), SyncError> {
-    if found == FORMAT {
-        Ok(())
-    } else {
-        Err(SyncError::UnsupportedFormat {
-            found,
-            expected: FORMAT,
-        })
-    }
 }
 
 impl PushBatch {
