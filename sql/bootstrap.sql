@@ -265,3 +265,31 @@ SELECT pg_catalog.pg_extension_config_dump('pg_sync.conflicts', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_sync.conflicts_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_sync.clients', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_sync.push_results', '');
+
+-- 0.3.0: rows restored by pg_restore carry the _sync_xid of the database
+-- they were dumped from, which can be ahead of this cluster's xids: such a
+-- row would stay below no pull's horizon, and devices would miss it. The
+-- data is loaded before the tracking triggers are created, so when a
+-- restore (or sync_enable) creates a table's tracking trigger, rows with an
+-- xid this cluster has not handed out yet take the current one. Other
+-- triggers of the table do not fire for it (replica role).
+CREATE FUNCTION pg_sync._on_trigger_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record; v_role text;
+BEGIN
+    FOR r IN SELECT t.tgrelid::regclass AS rel FROM pg_event_trigger_ddl_commands() c
+             JOIN pg_trigger t ON t.oid = c.objid
+             WHERE c.classid = 'pg_trigger'::regclass AND t.tgname = 'zz_pg_sync_track'
+    LOOP
+        v_role := current_setting('session_replication_role');
+        PERFORM set_config('session_replication_role', 'replica', true);
+        EXECUTE format('UPDATE %s SET _sync_xid = pg_current_xact_id() '
+                       'WHERE _sync_xid >= pg_current_xact_id()', r.rel);
+        PERFORM set_config('session_replication_role', v_role, true);
+    END LOOP;
+END;
+$$;
+CREATE EVENT TRIGGER pg_sync_restore ON ddl_command_end WHEN TAG IN ('CREATE TRIGGER')
+    EXECUTE FUNCTION pg_sync._on_trigger_ddl();
+REVOKE ALL ON FUNCTION pg_sync._on_trigger_ddl() FROM PUBLIC;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::catalog;
 use crate::error::{or_raise, PgSyncError, Result};
 use crate::privileged;
-use crate::spi_util::{ident, one};
+use crate::spi_util::{ident, one, write_one};
 
 /// Removes tombstones and push results older than `retain`. Clients whose
 /// cursor is older than what was removed get `resync_required` on their
@@ -93,7 +93,7 @@ fn resolve(id: i64, resolution: &str, value: Option<Value>) -> Result<bool> {
         return Err(missing());
     }
     let pk = c["pk"].to_string();
-    let visible = one(
+    let visible = write_one(
         &format!(
             "SELECT 'true' FROM {tbl} t WHERE {cols} = {key} FOR UPDATE",
             tbl = t.qualified,
@@ -145,7 +145,7 @@ fn resolve(id: i64, resolution: &str, value: Option<Value>) -> Result<bool> {
             key = t.pk_from_json_param("$2"),
         );
         // Runs as the caller: its UPDATE policies decide.
-        let updated = one(&sql, &[Value::Object(obj).to_string().into(), pk.into()])?;
+        let updated = write_one(&sql, &[Value::Object(obj).to_string().into(), pk.into()])?;
         if updated.is_none() {
             return Err(PgSyncError::PermissionDenied(format!(
                 "the row of conflict {id} may not be updated by this role"

@@ -27,7 +27,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 
 use crate::error::{PgSyncError, Result};
-use crate::spi_util::{rows_cached, TextRow};
+use crate::spi_util::{rows_cached, write_rows_cached, TextRow};
 
 /// The role the current pg_sync call acts for (the effective user).
 pub fn caller() -> pg_sys::Oid {
@@ -103,9 +103,14 @@ fn first(rows: Vec<TextRow>) -> Option<String> {
         .and_then(|mut r| if r.is_empty() { None } else { r.swap_remove(0) })
 }
 
-/// Runs one fixed catalog statement elevated; every column comes back as
-/// text (a statement that writes must say RETURNING).
+/// Runs one fixed catalog statement that writes, elevated; every column
+/// comes back as text (it must say RETURNING).
 fn run(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
+    elevated(|| write_rows_cached(sql, args))
+}
+
+/// Runs one fixed catalog read, elevated.
+fn read(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
     elevated(|| rows_cached(sql, args))
 }
 
@@ -160,7 +165,7 @@ pub fn client_begin(client: &str) -> Result<i64> {
 /// The stored results of `seqs` for `client` of the calling role, as
 /// `(seq, result JSON)`.
 pub fn results_get(client: &str, seqs: Vec<i64>) -> Result<Vec<(i64, String)>> {
-    let got = run(
+    let got = read(
         "SELECT r.seq::pg_catalog.text, r.result::pg_catalog.text FROM pg_sync.push_results r \
          WHERE r.role OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regrole \
            AND r.client_id OPERATOR(pg_catalog.=) $2 \
@@ -238,7 +243,7 @@ pub fn pulled(client: &str, cursor: &str) -> Result<()> {
 /// One conflict record as JSON (with its table's oid as `relid`, or null
 /// when the table is no longer synced).
 pub fn conflict_get(id: i64) -> Result<Option<String>> {
-    Ok(first(run(
+    Ok(first(read(
         "SELECT (pg_catalog.to_jsonb(c) OPERATOR(pg_catalog.||) \
                  pg_catalog.jsonb_build_object('relid', t.relid::pg_catalog.oid::pg_catalog.int8))::pg_catalog.text \
          FROM pg_sync.conflicts c LEFT JOIN pg_sync.tables t \
@@ -297,5 +302,5 @@ pub fn bump_epoch() -> Result<i64> {
 /// the caller's visible set from a deleted one; the answer reveals nothing
 /// the caller's own tombstones did not show it.
 pub fn exists(sql: &str, key_json: String) -> Result<bool> {
-    Ok(first(run(sql, &[key_json.into()])?).is_some())
+    Ok(first(read(sql, &[key_json.into()])?).is_some())
 }

@@ -83,7 +83,8 @@ fn horizon() -> Result<Snapshot> {
                      THEN pg_catalog.lpad(pg_catalog.to_hex((pg_catalog.pg_control_checkpoint()).timeline_id), 8, '0') \
                      ELSE pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_insert_lsn()) END, \
                 (SELECT d.oid::pg_catalog.text FROM pg_catalog.pg_database d \
-                 WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
+                 WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()), \
+                pg_catalog.pg_is_in_recovery()::pg_catalog.text \
          FROM pg_catalog.pg_current_snapshot() s",
     )?
     .into_iter()
@@ -103,6 +104,7 @@ fn horizon() -> Result<Snapshot> {
         xmin,
         xmax,
         history: format!("{}-{timeline}-{}", get(2), get(4)),
+        in_recovery: get(5) == "true",
     })
 }
 
@@ -115,6 +117,8 @@ struct Snapshot {
     /// System identifier, timeline and database oid: xids compare only
     /// within one history.
     history: String,
+    /// The server is a hot standby.
+    in_recovery: bool,
 }
 
 /// A statement with its values, yielding a JSON array of changes as text.
@@ -164,7 +168,27 @@ fn pull(
     // future (a restore from an older copy) names xids this database never
     // gave out, or gave out to other changes: the device must resync.
     let other_history = cur.h.as_deref().is_some_and(|c| c != snap.history)
-        || cur.newest_xid().is_some_and(|x| x > snap.xmax);
+        || (!snap.in_recovery && cur.newest_xid().is_some_and(|x| x > snap.xmax));
+    // A hot standby that has not replayed up to the cursor (it came from
+    // the primary or a standby further ahead) answers "behind": no
+    // changes, the same cursor, so nothing is lost or sent twice; the
+    // device pulls again later (or from another server).
+    if let (Some(text), true) = (cursor, snap.in_recovery) {
+        if !other_history && cur.newest_xid().is_some_and(|x| x > snap.xmin) {
+            let page = sync_core::wire::page::write_page(
+                &sync_core::wire::page::PageHead {
+                    schema_version: catalog::schema_version()?,
+                    schema: None,
+                    cursor: text,
+                    has_more: false,
+                    resync_required: false,
+                    behind: true,
+                },
+                std::iter::empty(),
+            );
+            return text_datum(page, as_jsonb);
+        }
+    }
     let send_schema = cursor.is_none() || cur.s != version || other_history;
     let schema = if send_schema {
         Some(serde_json::to_string(&catalog::schema(&tables)?).unwrap_or_default())
@@ -242,7 +266,9 @@ fn pull(
     cur.e = Some(epoch);
     cur.h = Some(snap.history);
     let encoded = cur.encode();
-    if let Some(id) = client_id {
+    // A hot standby records nothing (it cannot write); the primary records
+    // the pull for pg_sync.status.
+    if let Some(id) = client_id.filter(|_| !snap.in_recovery) {
         crate::privileged::pulled(id, &encoded)?;
     }
     build_page(
@@ -285,6 +311,7 @@ fn page_text(p: &Page) -> Result<String> {
             cursor: &p.cursor,
             has_more: p.has_more,
             resync_required: p.resync,
+            behind: false,
         },
         inner,
     ))
@@ -292,7 +319,11 @@ fn page_text(p: &Page) -> Result<String> {
 
 /// The page as a datum of the requested type.
 fn build_page(p: &Page, as_jsonb: bool) -> Result<pg_sys::Datum> {
-    let text = page_text(p)?;
+    text_datum(page_text(p)?, as_jsonb)
+}
+
+/// JSON text as a `jsonb` or `json` datum.
+fn text_datum(text: String, as_jsonb: bool) -> Result<pg_sys::Datum> {
     let c = std::ffi::CString::new(text)
         .map_err(|_| PgSyncError::Spi("the page contains a NUL byte".into()))?;
     // SAFETY: json's representation is text; jsonb_in parses the C string.

@@ -16,28 +16,60 @@ use crate::error::Result;
 /// A row of text columns.
 pub type TextRow = Vec<Option<String>>;
 
-/// Runs a query (read or write) and returns all rows, every column as text.
-pub fn rows(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
-    Spi::connect_mut(|client| {
-        let table = client.update(sql, None, args)?;
-        let ncols = if table.is_empty() {
-            0
-        } else {
-            table.columns()?
-        };
-        let mut out = Vec::with_capacity(table.len());
-        for row in table {
-            let mut r = Vec::with_capacity(ncols);
-            for i in 1..=ncols {
-                r.push(row.get::<String>(i)?);
-            }
-            out.push(r);
+/// Reads run read-only until the transaction has written (no xid is
+/// assigned for them, so pulls work on a hot standby and take no xid on a
+/// primary); writes say so and mark the transaction as writing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    Read,
+    Write,
+}
+
+fn collect(table: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<TextRow>> {
+    let ncols = if table.is_empty() {
+        0
+    } else {
+        table.columns()?
+    };
+    let mut out = Vec::with_capacity(table.len());
+    for row in table {
+        let mut r = Vec::with_capacity(ncols);
+        for i in 1..=ncols {
+            r.push(row.get::<String>(i)?);
         }
-        Ok(out)
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn run(sql: &str, args: &[DatumWithOid], mode: Mode) -> Result<Vec<TextRow>> {
+    Spi::connect_mut(|client| match mode {
+        Mode::Read => collect(client.select(sql, None, args)?),
+        Mode::Write => collect(client.update(sql, None, args)?),
     })
 }
 
-type PlanKey = (String, Vec<u32>);
+fn run_cached(sql: &str, args: &[DatumWithOid], mode: Mode) -> Result<Vec<TextRow>> {
+    Spi::connect_mut(|client| {
+        let stmt = cached_plan(client, sql, args, mode)?;
+        match mode {
+            Mode::Read => collect(client.select(&*stmt, None, args)?),
+            Mode::Write => collect(client.update(&*stmt, None, args)?),
+        }
+    })
+}
+
+/// Runs a read and returns all rows, every column as text.
+pub fn rows(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
+    run(sql, args, Mode::Read)
+}
+
+/// Runs a statement that writes (or locks rows) and returns its rows.
+pub fn write_rows(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
+    run(sql, args, Mode::Write)
+}
+
+type PlanKey = (String, Vec<u32>, Mode);
 
 /// Most plans a backend keeps; the cache is cleared when it grows past this.
 const MAX_CACHED_PLANS: usize = 512;
@@ -50,42 +82,36 @@ thread_local! {
 
 /// Like [`rows`], through a plan prepared once per backend.
 pub fn rows_cached(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
-    Spi::connect_mut(|client| {
-        let stmt = cached_plan(client, sql, args)?;
-        let table = client.update(&*stmt, None, args)?;
-        let ncols = if table.is_empty() {
-            0
-        } else {
-            table.columns()?
-        };
-        let mut out = Vec::with_capacity(table.len());
-        for row in table {
-            let mut r = Vec::with_capacity(ncols);
-            for i in 1..=ncols {
-                r.push(row.get::<String>(i)?);
-            }
-            out.push(r);
-        }
-        Ok(out)
-    })
+    run_cached(sql, args, Mode::Read)
 }
 
-/// Prepares `sql` once per backend (keyed by text and argument types).
+/// Like [`write_rows`], through a plan prepared once per backend.
+pub fn write_rows_cached(sql: &str, args: &[DatumWithOid]) -> Result<Vec<TextRow>> {
+    run_cached(sql, args, Mode::Write)
+}
+
+/// Prepares `sql` once per backend (keyed by text, argument types and mode).
 fn cached_plan(
     client: &pgrx::spi::SpiClient<'_>,
     sql: &str,
     args: &[DatumWithOid],
+    mode: Mode,
 ) -> Result<Rc<OwnedPreparedStatement>> {
     let oids: Vec<pgrx::pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
     let key: PlanKey = (
         sql.to_string(),
         oids.iter().map(|o| u32::from(*o)).collect(),
+        mode,
     );
     if let Some(s) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
         return Ok(s);
     }
     let pg_oids: Vec<pgrx::PgOid> = oids.iter().map(|o| pgrx::PgOid::from(*o)).collect();
-    let s = Rc::new(client.prepare_mut(sql, &pg_oids)?.keep());
+    let prepared = match mode {
+        Mode::Read => client.prepare(sql, &pg_oids)?,
+        Mode::Write => client.prepare_mut(sql, &pg_oids)?,
+    };
+    let s = Rc::new(prepared.keep());
     PLANS.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() >= MAX_CACHED_PLANS {
@@ -97,10 +123,10 @@ fn cached_plan(
 }
 
 /// The first column of the first row as JSON (the column must be jsonb),
-/// through a cached plan.
+/// through a cached plan, for a statement that writes or locks rows.
 pub fn json_cached(sql: &str, args: &[DatumWithOid]) -> Result<Option<serde_json::Value>> {
     Spi::connect_mut(|client| {
-        let stmt = cached_plan(client, sql, args)?;
+        let stmt = cached_plan(client, sql, args, Mode::Write)?;
         let table = client.update(&*stmt, None, args)?;
         if table.is_empty() {
             return Ok(None);
@@ -148,10 +174,7 @@ pub fn subxact<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
 
 /// Like [`one`], through a cached plan.
 pub fn one_cached(sql: &str, args: &[DatumWithOid]) -> Result<Option<String>> {
-    Ok(rows_cached(sql, args)?
-        .into_iter()
-        .next()
-        .and_then(|mut r| if r.is_empty() { None } else { r.swap_remove(0) }))
+    Ok(first(rows_cached(sql, args)?))
 }
 
 /// Runs a read-only query (no parameters) in the snapshot of the calling
@@ -248,15 +271,20 @@ pub fn exec(sql: &str, args: &[DatumWithOid]) -> Result<()> {
     })
 }
 
-/// The first column of the first row, as text.
+/// The first column of the first row of a read, as text.
 pub fn one(sql: &str, args: &[DatumWithOid]) -> Result<Option<String>> {
-    Ok(rows(sql, args)?.into_iter().next().and_then(|mut r| {
-        if r.is_empty() {
-            None
-        } else {
-            r.swap_remove(0)
-        }
-    }))
+    Ok(first(rows(sql, args)?))
+}
+
+/// The first column of the first row of a statement that writes or locks.
+pub fn write_one(sql: &str, args: &[DatumWithOid]) -> Result<Option<String>> {
+    Ok(first(write_rows(sql, args)?))
+}
+
+fn first(rows: Vec<TextRow>) -> Option<String> {
+    rows.into_iter()
+        .next()
+        .and_then(|mut r| if r.is_empty() { None } else { r.swap_remove(0) })
 }
 
 /// Quotes an identifier for SQL.

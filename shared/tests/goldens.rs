@@ -172,6 +172,7 @@ fn the_pages_read_back_and_the_writer_reproduces_them() {
                 cursor: &typed.cursor,
                 has_more: typed.has_more,
                 resync_required: typed.resync_required,
+                behind: typed.behind,
             },
             changes.iter().map(String::as_str),
         );

@@ -55,8 +55,9 @@ fn a_dump_restored_into_a_new_cluster_makes_devices_resync() {
     c.batch_execute(SETUP).unwrap();
     let d = Device::new(&mut c, "restore_dump");
     converge(&d, &mut c);
-    // Push the shared cluster's xids well past the new cluster's.
-    for i in 0..50 {
+    // Push the shared cluster's xids well past the new cluster's, so the
+    // dump carries rows whose xids the new cluster has not handed out.
+    for i in 0..300 {
         c.batch_execute(&format!("UPDATE tasks SET title = 'v{i}' WHERE id = 7"))
             .unwrap();
     }
@@ -72,6 +73,18 @@ fn a_dump_restored_into_a_new_cluster_makes_devices_resync() {
         .unwrap()
         .get(0);
     assert_eq!(synced, 1, "the dump keeps which tables are synced");
+    let ahead: i64 = r
+        .query_one(
+            "SELECT count(*) FROM tasks WHERE _sync_xid::text::numeric \
+             >= pg_snapshot_xmax(pg_current_snapshot())::text::numeric",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        ahead, 0,
+        "restored rows carry xids this cluster has handed out"
+    );
     edit_after_restore(&mut r);
     let resyncs_before = resync_count(&d, &mut r);
     assert_eq!(

@@ -16,7 +16,7 @@ use super::{answer, exec, found_gone, observe, records_json, with_state, RowStat
 use crate::catalog::TableInfo;
 use crate::error::Result;
 use crate::privileged;
-use crate::spi_util::{ident, rows_cached, subxact};
+use crate::spi_util::{ident, rows_cached, subxact, write_rows_cached};
 use crate::track::with_delete_hlc;
 
 /// One kind of write, for many rows of a table at once.
@@ -76,7 +76,7 @@ fn prefetch(
         tpk = t.pk_tuple("t"),
     );
     let arg = Value::Array(keys.clone());
-    let found = match subxact(|| rows_cached(&read, &[text_arg(arg)])) {
+    let found = match subxact(|| write_rows_cached(&read, &[text_arg(arg)])) {
         Ok(r) => r?,
         Err(_) => return Ok(None),
     };
@@ -173,7 +173,7 @@ fn run_group(
         ),
     };
     let outcome = subxact(|| -> Result<Vec<crate::spi_util::TextRow>> {
-        let mut out = with_delete_hlc(delete_hlc, || rows_cached(&write, &[arg()]))?;
+        let mut out = with_delete_hlc(delete_hlc, || write_rows_cached(&write, &[arg()]))?;
         if matches!(kind, WriteKind::Insert(_)) {
             out = rows_cached(&fetch_states, &[arg()])?;
         }

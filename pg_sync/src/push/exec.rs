@@ -13,7 +13,7 @@ use super::{answer, found_gone, observe, records_json, with_state, RowState};
 use crate::catalog::TableInfo;
 use crate::error::Result;
 use crate::privileged;
-use crate::spi_util::{ident, one_cached};
+use crate::spi_util::{ident, one_cached, write_rows_cached};
 use crate::track::with_delete_hlc;
 
 /// Result of running one statement in its own subtransaction.
@@ -69,7 +69,7 @@ fn try_sql_diagnosed(
             v.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
         )
     });
-    let out = one_cached(
+    let out = write_rows_cached(
         "SELECT pg_sync._try($1, $2::jsonb, $3::bigint[], $4::jsonb)::text",
         &[
             sql.to_string().into(),
@@ -78,6 +78,9 @@ fn try_sql_diagnosed(
             text_or_null(c),
         ],
     )?
+    .into_iter()
+    .next()
+    .and_then(|mut r| r.pop().flatten())
     .unwrap_or_else(|| "{}".into());
     let v: Value = serde_json::from_str(&out).unwrap_or_default();
     if let Some(err) = v.get("error").and_then(Value::as_str) {

@@ -189,6 +189,10 @@ pub struct PullPage {
     /// must drop its server state and pull again from no cursor.
     #[serde(default)]
     pub resync_required: bool,
+    /// True when the server (a hot standby) has not yet replayed up to the
+    /// cursor: the page has no changes and the same cursor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub behind: bool,
     /// The changes, in commit order per table.
     pub changes: Vec<RowChange>,
 }

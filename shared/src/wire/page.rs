@@ -28,6 +28,9 @@ pub struct PageHead<'a> {
     pub has_more: bool,
     /// The device must drop its server state and start over.
     pub resync_required: bool,
+    /// This server (a hot standby) has not yet replayed up to the cursor:
+    /// no changes, the same cursor; pull again later or elsewhere.
+    pub behind: bool,
 }
 
 /// Writes a pull page: the head, then the changes, given as lists each
@@ -51,6 +54,9 @@ pub fn write_page<'c>(head: &PageHead<'_>, lists: impl IntoIterator<Item = &'c s
     ));
     if let Some(schema) = head.schema {
         out.push_str(&format!("\"schema\": {schema}, "));
+    }
+    if head.behind {
+        out.push_str("\"behind\": true, ");
     }
     out.push_str(&format!(
         "\"cursor\": {}, \"has_more\": {}, \"resync_required\": {}, \"changes\": [{changes}]}}",
@@ -202,6 +208,9 @@ pub struct PageIn<'a> {
     /// The device must start over.
     #[serde(default)]
     pub resync_required: bool,
+    /// The server has not replayed up to the cursor yet (a hot standby).
+    #[serde(default)]
+    pub behind: bool,
     /// The changes.
     #[serde(borrow)]
     pub changes: Vec<RowIn<'a>>,
