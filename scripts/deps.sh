@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, skipping what is already there:
 # Postgres 15 server headers (pinned to the installed server), sudo, the
-# sqlite3 shell, cargo-pgrx 0.18.1 and its init for Postgres 15.
+# sqlite3 shell, pgbouncer (tests/tests/pgbouncer.rs and the load figure of
+# make bench start their own), cargo-pgrx 0.18.1 and its init for Postgres 15.
 set -euo pipefail
 PG_CONFIG=${PG_CONFIG:-/usr/bin/pg_config}
 need_apt=()
@@ -9,6 +10,7 @@ need_apt=()
 command -v sudo >/dev/null || need_apt+=(sudo)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 command -v psql >/dev/null || need_apt+=(postgresql-client-15)
+[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null || need_apt+=(pgbouncer)
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     pkgs=()
