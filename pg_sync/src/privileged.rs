@@ -2,9 +2,10 @@
 //!
 //! pg_sync's catalog (tombstones, clients, stored push results, conflicts)
 //! is written on behalf of roles that hold no privilege on it: by the
-//! tracking triggers and by the bookkeeping of `sync_push`, `sync_pull` and
-//! the admin functions. Those writes, and nothing else, run in
-//! [`elevated`], which:
+//! TRUNCATE trigger and by the bookkeeping of `sync_push`, `sync_pull` and
+//! the admin functions (a delete's tombstone needs no elevation: the
+//! trigger inserts it into the heap directly, see `track.rs`). Those
+//! writes, and nothing else, run in [`elevated`], which:
 //!
 //! - pins `search_path` to `pg_catalog, pg_temp` before anything else (the
 //!   caller's schemas are out of reach for the whole span, and `pg_temp`,

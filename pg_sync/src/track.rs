@@ -14,12 +14,15 @@
 //! alive (the duration of the call). Each unsafe function states what it
 //! relies on under `# Safety`.
 //!
-//! Tombstones are written through `privileged::elevated` (the catalog
-//! owner, `search_path` pinned, every name qualified), so writers need no
-//! privilege on the catalog and cannot reach it any other way.
+//! A delete's tombstone is inserted straight into the heap and indexes of
+//! `pg_sync.tombstones` (no SQL, no switch of user: a heap insert checks no
+//! privilege and resolves no name), so writers need no privilege on the
+//! catalog and cannot reach it any other way. Only TRUNCATE, which
+//! tombstones every row of the table, runs one fixed statement through
+//! `privileged::elevated` (catalog owner, `search_path` pinned, every name
+//! qualified).
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::ffi::CString;
 
 use pgrx::pg_sys;
@@ -34,8 +37,6 @@ thread_local! {
     static PUSH_DELETE_HLC: Cell<Option<Hlc>> = const { Cell::new(None) };
     /// The last (transaction, table) a NOTIFY was queued for.
     static NOTIFIED: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
-    /// Prepared tombstone inserts per table.
-    static TOMB_PLANS: RefCell<HashMap<(u32, bool), pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `f` with tombstones carrying `hlc` (the client's delete stamp).
@@ -381,9 +382,10 @@ pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) 
     pg_sys::Datum::from(out)
 }
 
-/// The tombstone insert of a table. Tables under row-level security also
-/// keep the old row image, so pulls can tell who was allowed to see it.
-fn tomb_insert_sql(relid: pg_sys::Oid, from_rows: bool, with_old: bool) -> String {
+/// The statement that tombstones every row of a table (TRUNCATE), run
+/// elevated. Tables under row-level security also keep the old row image,
+/// so pulls can tell who was allowed to see it.
+fn truncate_tombs_sql(relid: pg_sys::Oid, with_old: bool) -> String {
     let pk = crate::catalog::primary_key(relid).unwrap_or_else(|e| error!("pg_sync: {e}"));
     if pk.is_empty() {
         error!("pg_sync: synced table {relid:?} lost its primary key");
@@ -404,69 +406,134 @@ fn tomb_insert_sql(relid: pg_sys::Oid, from_rows: bool, with_old: bool) -> Strin
     } else {
         "NULL"
     };
-    if from_rows {
-        let t = Spi::get_one_with_args::<String>(
-            "SELECT $1::pg_catalog.regclass::pg_catalog.text",
-            &[relid.into()],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-        format!(
-            "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc, old) \
-             SELECT $1, pg_catalog.jsonb_build_object({})::pg_catalog.text, \
-             pg_catalog.pg_current_xact_id(), $2, {old} FROM ONLY {t} r",
-            parts.join(", ")
-        )
-    } else {
-        format!(
-            "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc, old) \
-             SELECT $1, pg_catalog.jsonb_build_object({})::pg_catalog.text, \
-             pg_catalog.pg_current_xact_id(), $3, {old} FROM (SELECT ($2).*) r",
-            parts.join(", ")
-        )
-    }
+    let t = Spi::get_one_with_args::<String>(
+        "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+        &[relid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    format!(
+        "INSERT INTO pg_sync.tombstones (relid, pk, xid, hlc, old) \
+         SELECT $1, pg_catalog.jsonb_build_object({})::pg_catalog.text, \
+         pg_catalog.pg_current_xact_id(), $2, {old} FROM ONLY {t} r",
+        parts.join(", ")
+    )
 }
 
-/// Writes a tombstone for `tuple` (a row of `rel`), elevated.
+/// Calls a one-argument fmgr function (no collation, no expression
+/// context: `row_to_json`, `jsonb_in`, `jsonb_out`).
+///
+/// # Safety
+/// `f` takes one non-null argument of the given datum's type.
+unsafe fn call1(
+    f: unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum,
+    arg: pg_sys::Datum,
+) -> pg_sys::Datum {
+    pgrx::direct_function_call_as_datum(f, &[Some(arg)])
+        .unwrap_or_else(|| error!("pg_sync: an internal function returned NULL"))
+}
+
+/// JSON text as a jsonb datum (through `jsonb_in`, no SQL).
+///
+/// # Safety
+/// Inside a transaction.
+unsafe fn jsonb_datum(json: &str) -> pg_sys::Datum {
+    let c = CString::new(json).unwrap_or_else(|_| error!("pg_sync: a key contains a NUL byte"));
+    call1(pg_sys::jsonb_in, pg_sys::Datum::from(c.as_ptr()))
+}
+
+/// Writes a tombstone for `tuple` (a row of `rel`) straight into the heap
+/// and indexes of `pg_sync.tombstones`: no SQL runs and no user is
+/// switched to (a heap insert checks no privilege, and nothing is resolved
+/// through a `search_path`). The key is the canonical text of
+/// `jsonb_build_object(<key columns>)`; under row-level security the old
+/// row image is kept too.
+///
 /// # Safety
 /// `rel` is the firing relation and `tuple` one of its live tuples.
 unsafe fn write_tombstone(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, hlc: Hlc) {
     let relid = (*rel).rd_id;
-    let rowtype = (*(*rel).rd_rel).reltype;
+    let tupdesc = (*rel).rd_att;
     let rls = (*(*rel).rd_rel).relrowsecurity;
-    let row = pg_sys::heap_copy_tuple_as_datum(tuple, (*rel).rd_att);
-    crate::privileged::elevated(|| {
-        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            error!("pg_sync: SPI_connect failed");
+    // The row as JSON (row_to_json renders every type as jsonb does).
+    let row = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
+    let json = call1(pg_sys::row_to_json, row);
+    let json = String::from_datum(json, false)
+        .unwrap_or_else(|| error!("pg_sync: could not render the deleted row"));
+    let serde_json::Value::Object(mut fields) = serde_json::from_str::<serde_json::Value>(&json)
+        .unwrap_or_else(|e| error!("pg_sync: could not read the deleted row: {e}"))
+    else {
+        error!("pg_sync: the deleted row is not an object");
+    };
+    let pk_attrs = pg_sys::RelationGetIndexAttrBitmap(
+        rel,
+        pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
+    );
+    let mut key = serde_json::Map::new();
+    for (i, a) in attrs(tupdesc).iter().enumerate() {
+        if !a.attisdropped
+            && pg_sys::bms_is_member(
+                i as i32 + 1 - pg_sys::FirstLowInvalidHeapAttributeNumber,
+                pk_attrs,
+            )
+        {
+            let name = attname(a);
+            key.insert(
+                name.to_string(),
+                fields.get(name).cloned().unwrap_or(serde_json::Value::Null),
+            );
         }
-        let plan = TOMB_PLANS.with(|p| {
-            let key = (u32::from(relid), rls);
-            if let Some(plan) = p.borrow().get(&key) {
-                return *plan;
-            }
-            let sql = CString::new(tomb_insert_sql(relid, false, rls)).unwrap();
-            let mut argtypes = [pg_sys::OIDOID, rowtype, pg_sys::INT8OID];
-            let plan = pg_sys::SPI_prepare(sql.as_ptr(), 3, argtypes.as_mut_ptr());
-            if plan.is_null() {
-                error!("pg_sync: could not prepare the tombstone insert");
-            }
-            pg_sys::SPI_keepplan(plan);
-            p.borrow_mut().insert(key, plan);
-            plan
-        });
-        let mut args = [
-            pg_sys::Datum::from(relid),
-            row,
-            pg_sys::Datum::from(hlc.as_i64()),
-        ];
-        let nulls = [b' ' as std::ffi::c_char; 3];
-        let rc = pg_sys::SPI_execute_plan(plan, args.as_mut_ptr(), nulls.as_ptr(), false, 0);
-        if rc != pg_sys::SPI_OK_INSERT as i32 {
-            error!("pg_sync: tombstone insert failed ({rc})");
-        }
-        pg_sys::SPI_finish();
+    }
+    if key.is_empty() {
+        error!("pg_sync: synced table {relid:?} lost its primary key");
+    }
+    let pk = call1(
+        pg_sys::jsonb_out,
+        jsonb_datum(&serde_json::Value::Object(key).to_string()),
+    );
+    let pk_text = pg_sys::cstring_to_text(pk.cast_mut_ptr());
+    let old = rls.then(|| {
+        fields.remove(XID_COL);
+        fields.remove(VER_COL);
+        jsonb_datum(&serde_json::Value::Object(fields).to_string())
     });
+
+    let nsp = pg_sys::get_namespace_oid(c"pg_sync".as_ptr(), false);
+    let tombs = pg_sys::get_relname_relid(c"tombstones".as_ptr(), nsp);
+    if tombs == pg_sys::Oid::INVALID {
+        error!("pg_sync: catalog table pg_sync.tombstones is missing");
+    }
+    let trel = pg_sys::table_open(tombs, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    let tdesc = (*trel).rd_att;
+    let n = (*tdesc).natts as usize;
+    let mut values = vec![pg_sys::Datum::from(0usize); n];
+    let mut nulls = vec![true; n];
+    // By name: upgraded catalogs order the columns differently.
+    for (i, a) in attrs(tdesc).iter().enumerate() {
+        if a.attisdropped {
+            continue;
+        }
+        let v = match attname(a) {
+            "relid" => Some(pg_sys::Datum::from(relid)),
+            "pk" => Some(pg_sys::Datum::from(pk_text)),
+            "xid" => Some(pg_sys::Datum::from(pg_sys::GetTopFullTransactionId().value)),
+            "hlc" => Some(pg_sys::Datum::from(hlc.as_i64())),
+            "old" => old,
+            "at" => Some(pg_sys::Datum::from(
+                pg_sys::GetCurrentTransactionStartTimestamp(),
+            )),
+            _ => None,
+        };
+        if let Some(v) = v {
+            values[i] = v;
+            nulls[i] = false;
+        }
+    }
+    let tup = pg_sys::heap_form_tuple(tdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    pg_sys::CatalogTupleInsert(trel, tup);
+    pg_sys::heap_freetuple(tup);
+    pg_sys::table_close(trel, pg_sys::NoLock as pg_sys::LOCKMODE);
 }
 
 /// AFTER DELETE row trigger: records a tombstone.
@@ -498,7 +565,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track_truncate(
     notify_once((*td).tg_relation);
     crate::privileged::elevated(|| {
         let rls = (*(*(*td).tg_relation).rd_rel).relrowsecurity;
-        let sql = tomb_insert_sql(relid, true, rls);
+        let sql = truncate_tombs_sql(relid, rls);
         Spi::run_with_args(&sql, &[relid.into(), hlc.as_i64().into()])
             .unwrap_or_else(|e| error!("pg_sync: tombstones for TRUNCATE failed: {e}"));
     });
