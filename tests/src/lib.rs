@@ -14,6 +14,7 @@ use std::sync::{Mutex, OnceLock};
 pub use postgres::{Client, NoTls};
 
 pub mod e2e;
+pub mod pgbouncer;
 pub mod sqlite;
 
 /// Directory of the Postgres 15 server binaries.
