@@ -5,12 +5,25 @@
 //! wire seq of the change that carries it. A row with op `mark` only keeps
 //! the highest sequence number alive after the queue was emptied, so `seq`
 //! never goes backwards (the server applies a change once per seq).
+//!
+//! `mask` holds the columns a write set: the changed columns of an update,
+//! and for an insert every synced column the table had when the row was
+//! inserted (a column a migration adds later is not the device's write).
+//!
+//! The queue is indexed by row (`_sync_changes_row` on `(tbl, pk)`, whose
+//! entries SQLite orders by seq within a row): building a batch reads the
+//! queue in seq order only until it has `max` rows, and fetches the other
+//! writes of those rows through the index; acknowledgements and pulls look
+//! rows up the same way. No call reads the whole queue except
+//! `sync_status` and a resync.
 
 use std::collections::HashMap;
 
 use crate::error::Result;
 use crate::ffi::{Db, Value};
-use crate::model::{q, Key, TableInfo, CHANGES};
+use sync_core::schema::ColumnType;
+
+use crate::model::{q, Key, KeyPart, TableInfo, CHANGES};
 use crate::state::Loaded;
 
 /// Kind of a queued write.
@@ -43,10 +56,12 @@ pub struct ChangeRow {
 }
 
 impl ChangeRow {
-    /// Columns this write set (all for an insert, none for a delete).
+    /// Columns this write set: the changed columns of an update, the
+    /// columns the table had when the row was inserted for an insert, none
+    /// for a delete.
     pub fn effective_mask(&self, t: &TableInfo) -> i64 {
         match self.op {
-            Op::Insert => t.all_mask,
+            Op::Insert => (self.mask & t.all_mask) | t.pk_mask,
             Op::Update => self.mask & t.all_mask,
             Op::Delete => 0,
         }
@@ -82,6 +97,11 @@ impl Group {
         self.rows.iter().any(|r| r.batch.is_some())
     }
 
+    /// Columns the unsent writes set (key columns included for an insert).
+    pub fn unsent_mask(&self, t: &TableInfo) -> i64 {
+        self.unsent().fold(0, |m, r| m | r.effective_mask(t))
+    }
+
     /// Coalesces the unsent writes.
     pub fn net(&self, t: &TableInfo) -> Net {
         let unsent: Vec<&ChangeRow> = self.unsent().collect();
@@ -98,12 +118,10 @@ impl Group {
         if first.op == Op::Insert {
             return Net::Insert;
         }
+        // Updates, or a delete followed by an insert of the same key: the
+        // columns written (an insert wrote every column the table had).
         let non_pk = t.all_mask & !t.pk_mask;
-        let mask = if unsent.iter().any(|r| r.op == Op::Insert) {
-            non_pk
-        } else {
-            unsent.iter().fold(0, |m, r| m | r.mask) & non_pk
-        };
+        let mask = unsent.iter().fold(0, |m, r| m | r.effective_mask(t)) & non_pk;
         if mask == 0 {
             Net::Nothing
         } else {
@@ -140,15 +158,6 @@ impl Group {
     }
 }
 
-/// Which queued writes to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Filter {
-    /// Not yet put in a batch.
-    Unsent,
-    /// Unsent and in flight.
-    All,
-}
-
 /// Queued writes grouped by row, groups in order of their first write.
 pub struct Groups {
     pub groups: Vec<Group>,
@@ -163,20 +172,28 @@ impl Groups {
             .get(&(table, key.clone()))
             .map(|&i| &self.groups[i])
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
-    }
 }
 
-/// Reads and groups the queue.
-pub fn load(db: Db, loaded: &Loaded, filter: Filter) -> Result<Groups> {
-    let cond = match filter {
-        Filter::Unsent => "batch IS NULL AND op <> 'mark'",
-        Filter::All => "op <> 'mark'",
-    };
+fn read_row(st: &crate::ffi::Stmt, first: usize) -> Option<ChangeRow> {
+    let op = st.col_text(first + 1).as_deref().and_then(Op::parse)?;
+    Some(ChangeRow {
+        seq: st.col_i64(first),
+        op,
+        mask: st.col_i64(first + 2),
+        hlc: st.col_i64(first + 3),
+        batch: if st.col_type_is_null(first + 4) {
+            None
+        } else {
+            Some(st.col_i64(first + 4))
+        },
+    })
+}
+
+/// Reads and groups the whole queue, in flight or not (`sync_status`, a
+/// resync).
+pub fn load(db: Db, loaded: &Loaded) -> Result<Groups> {
     let mut st = db.prepare(&format!(
-        "SELECT seq, tbl, pk, op, mask, hlc, batch FROM {} WHERE {cond} ORDER BY seq",
+        "SELECT tbl, pk, seq, op, mask, hlc, batch FROM {} WHERE op <> 'mark' ORDER BY seq",
         q(CHANGES)
     ))?;
     let mut out = Groups {
@@ -186,28 +203,16 @@ pub fn load(db: Db, loaded: &Loaded, filter: Filter) -> Result<Groups> {
     };
     let mut table_cache: HashMap<String, Option<usize>> = HashMap::new();
     while st.step()? {
-        let seq = st.col_i64(0);
-        let tbl = st.col_text(1).unwrap_or_default();
+        let tbl = st.col_text(0).unwrap_or_default();
         let ti = *table_cache
             .entry(tbl.clone())
             .or_insert_with(|| loaded.table_idx(&tbl));
-        let op = st.col_text(3).as_deref().and_then(Op::parse);
-        let (Some(ti), Some(op)) = (ti, op) else {
-            out.orphans.push(seq);
+        let row = read_row(&st, 2);
+        let (Some(ti), Some(row)) = (ti, row) else {
+            out.orphans.push(st.col_i64(2));
             continue;
         };
-        let key = loaded.tables[ti].key_from_stored(&st.col(2))?;
-        let row = ChangeRow {
-            seq,
-            op,
-            mask: st.col_i64(4),
-            hlc: st.col_i64(5),
-            batch: if st.col_type_is_null(6) {
-                None
-            } else {
-                Some(st.col_i64(6))
-            },
-        };
+        let key = loaded.tables[ti].key_from_stored(&st.col(1))?;
         match out.index.get(&(ti, key.clone())) {
             Some(&gi) => out.groups[gi].rows.push(row),
             None => {
@@ -223,14 +228,179 @@ pub fn load(db: Db, loaded: &Loaded, filter: Filter) -> Result<Groups> {
     Ok(out)
 }
 
+/// Looks up the queued writes of single rows through the index on
+/// `_changes(tbl, pk)`, with statements prepared once per call.
+pub struct RowLookup<'a> {
+    db: Db,
+    loaded: &'a Loaded,
+    /// By stored key value.
+    stored: Option<crate::ffi::Stmt>,
+    /// Per table with a composite key: by the expression the triggers
+    /// store (`json_array(...)` of the key values).
+    composite: HashMap<usize, crate::ffi::Stmt>,
+}
+
+const ROW_COLS: &str = "seq, op, mask, hlc, batch";
+
+impl<'a> RowLookup<'a> {
+    pub fn new(db: Db, loaded: &'a Loaded) -> RowLookup<'a> {
+        RowLookup {
+            db,
+            loaded,
+            stored: None,
+            composite: HashMap::new(),
+        }
+    }
+
+    fn collect(st: &mut crate::ffi::Stmt, table: usize, key: Key) -> Result<Option<Group>> {
+        let mut rows = Vec::new();
+        let r: Result<()> = (|| {
+            while st.step()? {
+                if let Some(row) = read_row(st, 0) {
+                    rows.push(row);
+                }
+            }
+            Ok(())
+        })();
+        st.reset();
+        r?;
+        Ok(if rows.is_empty() {
+            None
+        } else {
+            Some(Group { table, key, rows })
+        })
+    }
+
+    /// The writes of a row given its key as `_changes.pk` stores it.
+    pub fn by_stored(&mut self, table: usize, stored: &Value) -> Result<Option<Group>> {
+        let t = &self.loaded.tables[table];
+        let key = t.key_from_stored(stored)?;
+        if self.stored.is_none() {
+            self.stored = Some(self.db.prepare(&format!(
+                "SELECT {ROW_COLS} FROM {} WHERE tbl = ?1 AND pk IS ?2 AND op <> 'mark' \
+                 ORDER BY seq",
+                q(CHANGES)
+            ))?);
+        }
+        let Some(st) = self.stored.as_mut() else {
+            return Ok(None);
+        };
+        st.bind_text(1, t.name())?;
+        st.bind(2, stored)?;
+        Self::collect(st, table, key)
+    }
+
+    /// The writes of a row given its key.
+    pub fn by_key(&mut self, table: usize, key: &Key) -> Result<Option<Group>> {
+        let t = &self.loaded.tables[table];
+        if t.single_pk() {
+            let v = key.0.first().map(KeyPart::to_value).unwrap_or(Value::Null);
+            return self.by_stored(table, &v);
+        }
+        let st = match self.composite.entry(table) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let parts: Vec<String> = t
+                    .pk_idx
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &ci)| {
+                        if t.col_type(ci) == ColumnType::Blob {
+                            format!("hex(?{})", j + 2)
+                        } else {
+                            format!("?{}", j + 2)
+                        }
+                    })
+                    .collect();
+                v.insert(self.db.prepare(&format!(
+                    "SELECT {ROW_COLS} FROM {} WHERE tbl = ?1 AND pk = json_array({}) \
+                     AND op <> 'mark' ORDER BY seq",
+                    q(CHANGES),
+                    parts.join(", ")
+                ))?)
+            }
+        };
+        st.bind_text(1, t.name())?;
+        for (j, p) in key.0.iter().enumerate() {
+            st.bind(j + 2, &p.to_value())?;
+        }
+        Self::collect(st, table, key.clone())
+    }
+}
+
+/// The rows a batch of at most `max` changes carries: the queue is read in
+/// seq order until `max` rows with writes that amount to something were
+/// found, and each row's other writes are fetched through the index.
+pub struct Selection {
+    /// Rows to send, in order of their first unsent write.
+    pub groups: Vec<Group>,
+    /// Rows whose writes amount to nothing: to purge.
+    pub nothing: Vec<Group>,
+    /// Seqs of writes to tables that are no longer synced.
+    pub orphans: Vec<i64>,
+}
+
+pub fn select_unsent(db: Db, loaded: &Loaded, max: usize) -> Result<Selection> {
+    let mut out = Selection {
+        groups: Vec::new(),
+        nothing: Vec::new(),
+        orphans: Vec::new(),
+    };
+    let mut scan = db.prepare(&format!(
+        "SELECT seq, tbl, pk FROM {} WHERE batch IS NULL AND op <> 'mark' ORDER BY seq",
+        q(CHANGES)
+    ))?;
+    let mut lookup = RowLookup::new(db, loaded);
+    let mut seen: std::collections::HashSet<(usize, Key)> = std::collections::HashSet::new();
+    let mut table_cache: HashMap<String, Option<usize>> = HashMap::new();
+    while scan.step()? {
+        let tbl = scan.col_text(1).unwrap_or_default();
+        let ti = *table_cache
+            .entry(tbl.clone())
+            .or_insert_with(|| loaded.table_idx(&tbl));
+        let Some(ti) = ti else {
+            out.orphans.push(scan.col_i64(0));
+            continue;
+        };
+        let stored = scan.col(2);
+        let t = &loaded.tables[ti];
+        let key = t.key_from_stored(&stored)?;
+        if seen.contains(&(ti, key.clone())) {
+            continue;
+        }
+        if out.groups.len() >= max {
+            break;
+        }
+        seen.insert((ti, key));
+        let Some(mut g) = lookup.by_stored(ti, &stored)? else {
+            continue;
+        };
+        g.rows.retain(|r| r.batch.is_none());
+        if g.net(t) == Net::Nothing {
+            out.nothing.push(g);
+        } else {
+            out.groups.push(g);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether anything is queued (marks aside).
+pub fn any_queued(db: Db) -> Result<bool> {
+    let mut st = db.prepare(&format!(
+        "SELECT 1 FROM {} WHERE op <> 'mark' LIMIT 1",
+        q(CHANGES)
+    ))?;
+    st.step()
+}
+
 /// Drops the queued writes of rows whose writes amount to nothing (and of
 /// tables no longer synced): such a row shows the server's state again, and
 /// the bases recorded for it go. The caller must have capture turned off.
-pub fn purge(db: Db, loaded: &Loaded, groups: &Groups, keys: &[usize]) -> Result<()> {
-    let mut all: Vec<i64> = groups.orphans.clone();
+pub fn purge(db: Db, loaded: &Loaded, groups: &[&Group], orphans: &[i64]) -> Result<()> {
+    let mut all: Vec<i64> = orphans.to_vec();
     let mut ops: HashMap<usize, crate::ops::TableOps> = HashMap::new();
-    for &gi in keys {
-        let g = &groups.groups[gi];
+    for g in groups {
         all.extend(g.rows.iter().map(|r| r.seq));
         let t = &loaded.tables[g.table];
         let o = ops
@@ -280,8 +450,9 @@ pub fn keep_high_water(db: Db, high_water: i64) -> Result<()> {
         ))?;
         st.run_with(&[Value::Int(high_water)])?;
     }
+    // Marks have tbl '': the row index finds them.
     let mut st = db.prepare(&format!(
-        "DELETE FROM {changes} WHERE op = 'mark' AND seq < ?1"
+        "DELETE FROM {changes} WHERE tbl = '' AND op = 'mark' AND seq < ?1"
     ))?;
     st.run_with(&[Value::Int(high_water)])
 }

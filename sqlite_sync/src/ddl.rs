@@ -39,8 +39,11 @@ use crate::model::{
 };
 use crate::state::{meta_get, meta_set, object_exists};
 
-/// The current layout of the device's objects (see [`upgrade_layout`]).
-pub const LAYOUT: i64 = 2;
+/// The current layout of the device's objects (see [`upgrade_layout`]):
+/// 2 gave columns their exact types and the triggers `sync_clock()`; 3 adds
+/// the queue's index by row (`_sync_changes_row`) and shows an insert's
+/// written columns in `T_local._mask`.
+pub const LAYOUT: i64 = 3;
 
 /// The clock the triggers read; no other object may take its name.
 pub const CLOCK: &str = "sync_clock";
@@ -78,6 +81,7 @@ pub fn create_meta(db: Db) -> Result<()> {
              batch INTEGER);
          DROP INDEX IF EXISTS {old_changes_batch};
          CREATE INDEX IF NOT EXISTS {changes_batch} ON {changes}(batch) WHERE batch IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS {changes_row} ON {changes}(tbl, pk);
          CREATE TABLE IF NOT EXISTS {errors}(
              id INTEGER PRIMARY KEY AUTOINCREMENT,
              seq INTEGER,
@@ -98,6 +102,7 @@ pub fn create_meta(db: Db) -> Result<()> {
         changes = q(CHANGES),
         old_changes_batch = q("_changes_batch"),
         changes_batch = q("_sync_changes_batch"),
+        changes_row = q("_sync_changes_row"),
         errors = q(ERRORS),
         base = q(BASE),
     ))
@@ -207,14 +212,9 @@ fn drop_triggers_and_view(db: Db, table: &str, mode: WriteMode) -> Result<()> {
 fn create_local_view(db: Db, info: &TableInfo) -> Result<()> {
     let t = &info.def;
     let name = format!("{}_local", t.name);
-    let all = info.all_mask;
+    // An insert's mask holds the columns the table had when it was written.
     let mask_terms: Vec<String> = (0..t.columns.len())
-        .map(|i| {
-            format!(
-                "max((CASE WHEN op = 'insert' THEN {all} ELSE mask END) & {})",
-                1i64 << i
-            )
-        })
+        .map(|i| format!("max(mask & {})", 1i64 << i))
         .collect();
     let key_part = |j: usize| -> String {
         if info.single_pk() {
@@ -477,49 +477,144 @@ pub fn create_table(db: Db, def: &TableDef) -> Result<()> {
     create_triggers(db, &info)
 }
 
-/// Removes a table that left the synced schema, with its queued changes.
-fn drop_table(db: Db, def: &TableDef) -> Result<()> {
+/// Why a table's objects are dropped.
+enum Dropped {
+    /// It left the synced schema.
+    NotSynced,
+    /// Its primary key changed (it is created again with the new one).
+    KeyChanged(Vec<String>),
+}
+
+/// Removes a table's objects with its queued changes. Each row whose
+/// unconfirmed writes are dropped gets a `_sync_errors` row (constraint
+/// `table_not_synced` or `key_mismatch`), as when the server rejects them
+/// for the same reason: the outcome does not depend on whether the device
+/// pushed or pulled first.
+fn drop_table(db: Db, def: &TableDef, why: Dropped) -> Result<()> {
     let info = TableInfo::new(def);
     drop_triggers_and_view(db, &def.name, def.mode)?;
     db.exec(&format!("DROP TABLE IF EXISTS {}", q(&info.state)))?;
     db.exec(&format!("DROP TABLE IF EXISTS {}", q(&info.synced)))?;
+    record_dropped_writes(db, &info, &why)?;
+    let high_water = crate::changes::max_seq(db)?;
     let mut st = db.prepare(&format!(
         "DELETE FROM {} WHERE tbl = ?1 AND op <> 'mark'",
         q(CHANGES)
     ))?;
     st.bind_text(1, &def.name)?;
     st.run()?;
+    drop(st);
+    // Seqs the server may have seen are never reused.
+    crate::changes::keep_high_water(db, high_water)?;
     let mut st = db.prepare(&format!("DELETE FROM {} WHERE tbl = ?1", q(BASE)))?;
     st.bind_text(1, &def.name)?;
     st.run()
 }
 
+/// Adds a `_sync_errors` row for each row of `info` whose queued writes
+/// amount to something.
+fn record_dropped_writes(db: Db, info: &TableInfo, why: &Dropped) -> Result<()> {
+    let mut st = db.prepare(&format!(
+        "SELECT seq, pk, op FROM {} WHERE tbl = ?1 AND op <> 'mark' ORDER BY seq",
+        q(CHANGES)
+    ))?;
+    st.bind_text(1, info.name())?;
+    // Per row: last seq, first op, last op.
+    let mut rows: Vec<(crate::model::Key, i64, String, String)> = Vec::new();
+    let mut index: std::collections::HashMap<crate::model::Key, usize> =
+        std::collections::HashMap::new();
+    while st.step()? {
+        let Ok(key) = info.key_from_stored(&st.col(1)) else {
+            continue;
+        };
+        let (seq, op) = (st.col_i64(0), st.col_text(2).unwrap_or_default());
+        match index.get(&key) {
+            Some(&i) => {
+                rows[i].1 = seq;
+                rows[i].3 = op;
+            }
+            None => {
+                index.insert(key.clone(), rows.len());
+                rows.push((key, seq, op.clone(), op));
+            }
+        }
+    }
+    drop(st);
+    let mut ins = db.prepare(&format!(
+        "INSERT INTO {}(seq, tbl, pk, op, reason, constraint_name, at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        q(ERRORS)
+    ))?;
+    let (reason, code) = match why {
+        Dropped::NotSynced => (
+            format!(
+                "table {:?} is no longer synced (it left the server's schema); the row's \
+                 unconfirmed writes were dropped",
+                info.name()
+            ),
+            "table_not_synced",
+        ),
+        Dropped::KeyChanged(pk) => (
+            format!(
+                "the primary key of table {:?} changed from {:?} to {pk:?}; the row's \
+                 unconfirmed writes were dropped",
+                info.name(),
+                info.def.pk
+            ),
+            "key_mismatch",
+        ),
+    };
+    let now = crate::model::now_iso();
+    for (key, seq, first, last) in rows {
+        let op = match (first.as_str(), last.as_str()) {
+            ("insert", "delete") => continue,
+            (_, "delete") => "delete",
+            ("insert", _) => "insert",
+            _ => "update",
+        };
+        ins.run_with(&[
+            Value::Int(seq),
+            Value::Text(info.name().to_string()),
+            Value::Text(serde_json::Value::Object(info.key_to_json(&key)).to_string()),
+            Value::Text(op.into()),
+            Value::Text(reason.clone()),
+            Value::Text(code.into()),
+            Value::Text(now.clone()),
+        ])?;
+    }
+    Ok(())
+}
+
 /// Migrates the objects from `old` to `new` in place, keeping pending
-/// changes (their column masks are remapped by column name).
-pub fn migrate(db: Db, old: &Schema, new: &Schema) -> Result<()> {
+/// changes (their column masks are remapped by column name). Returns true
+/// when the device must download the server's rows again (a table whose
+/// primary key changed was created again, empty): the caller resyncs.
+pub fn migrate(db: Db, old: &Schema, new: &Schema) -> Result<bool> {
+    let mut resync = false;
     for ot in &old.tables {
         if new.table(&ot.name).is_none() {
-            drop_table(db, ot)?;
+            drop_table(db, ot, Dropped::NotSynced)?;
         }
     }
     for nt in &new.tables {
         match old.table(&nt.name) {
             None => create_table(db, nt)?,
+            // A changed key cannot be migrated in place: rows and queued
+            // writes are addressed by it. The table is created again and
+            // filled by a resync; its queued writes (which the server
+            // rejects as key_mismatch) are dropped and reported.
+            Some(ot) if ot.pk != nt.pk => {
+                drop_table(db, ot, Dropped::KeyChanged(nt.pk.clone()))?;
+                create_table(db, nt)?;
+                resync = true;
+            }
             Some(ot) => migrate_table(db, ot, nt)?,
         }
     }
-    Ok(())
+    Ok(resync)
 }
 
 fn migrate_table(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
-    if ot.pk != nt.pk {
-        return Err(Error::msg(format!(
-            "the primary key of table {:?} changed from {:?} to {:?}; sqlite_sync cannot \
-             migrate a primary key change in place (drop the table from the synced schema \
-             and add it back under a new name)",
-            nt.name, ot.pk, nt.pk
-        )));
-    }
     if ot == nt {
         return Ok(());
     }
@@ -607,7 +702,6 @@ fn remap(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
         .iter()
         .map(|c| nt.column_index(&c.name))
         .collect();
-    let new_all = TableInfo::new(nt).all_mask;
     let remap_mask = |m: i64| -> i64 {
         let mut out = 0i64;
         for (i, target) in map.iter().enumerate() {
@@ -619,7 +713,9 @@ fn remap(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
         }
         out
     };
-    // Pending change masks. An insert covers all columns, new ones included.
+    // Pending change masks. An insert covers the columns the table had when
+    // the row was written: a column added since is not the device's write
+    // (the server gives it its default, and the device adopts it).
     let mut st = db.prepare(&format!(
         "SELECT seq, mask, op FROM {} WHERE tbl = ?1 AND op <> 'mark'",
         q(CHANGES)
@@ -629,11 +725,7 @@ fn remap(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
     while st.step()? {
         let (seq, mask) = (st.col_i64(0), st.col_i64(1));
         let op = st.col_text(2).unwrap_or_default();
-        let nm = if op == "insert" {
-            new_all
-        } else {
-            remap_mask(mask)
-        };
+        let nm = if op == "delete" { 0 } else { remap_mask(mask) };
         if nm != mask {
             updates.push((seq, nm));
         }

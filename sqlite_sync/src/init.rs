@@ -43,8 +43,14 @@ pub fn sync_init(st: &ConnState, db: Db, text: &str, local: Option<&str>) -> Res
                 if schema.version <= v {
                     false
                 } else {
-                    ddl::migrate(db, &old.schema, &schema)?;
+                    let resync = ddl::migrate(db, &old.schema, &schema)?;
                     store_schema(db, &schema)?;
+                    if resync {
+                        // A table whose key changed was created again:
+                        // the next pull downloads everything (pending
+                        // writes are kept).
+                        crate::pull::resync(db, &crate::state::Loaded::new(schema.clone()))?;
+                    }
                     true
                 }
             }

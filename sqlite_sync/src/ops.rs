@@ -262,6 +262,21 @@ impl<'a> TableOps<'a> {
         ])
     }
 
+    /// Records the base of a column, replacing one already recorded.
+    pub fn stash_replace(&mut self, key: &Key, col: usize, ver: Hlc, val: &Value) -> Result<()> {
+        let canon = key.canonical();
+        let name = self.t.name().to_string();
+        let col_name = self.t.col_name(col).to_string();
+        let st = self.stmt("stash_replace")?;
+        st.run_with(&[
+            Value::Text(name),
+            Value::Text(canon),
+            Value::Text(col_name),
+            Value::Int(ver.as_i64()),
+            val.clone(),
+        ])
+    }
+
     /// Forgets all stashed bases of a row.
     pub fn stash_clear(&mut self, key: &Key) -> Result<()> {
         let canon = key.canonical();
@@ -399,6 +414,9 @@ fn build_sql(t: &TableInfo, name: &str) -> String {
         "stash_get" => format!("SELECT col, ver, val FROM {base} WHERE tbl = ?1 AND key = ?2"),
         "stash_put" => format!(
             "INSERT OR IGNORE INTO {base}(tbl, key, col, ver, val) VALUES (?1, ?2, ?3, ?4, ?5)"
+        ),
+        "stash_replace" => format!(
+            "INSERT OR REPLACE INTO {base}(tbl, key, col, ver, val) VALUES (?1, ?2, ?3, ?4, ?5)"
         ),
         "stash_clear" => format!("DELETE FROM {base} WHERE tbl = ?1 AND key = ?2"),
         "stash_delete_col" => {

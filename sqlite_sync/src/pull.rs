@@ -6,7 +6,7 @@ use serde_json::json;
 use sync_core::wire::PullOp;
 use sync_core::Hlc;
 
-use crate::changes::{self, Filter};
+use crate::changes;
 use crate::ddl;
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
@@ -32,6 +32,9 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         let _nc = st.no_capture();
         ddl::check_clock_not_shadowed(db)?;
         ddl::upgrade_layout(db, &current.schema)?;
+        // A table whose primary key changed is created again: the device
+        // downloads the server's rows again (keeping pending writes).
+        let mut force_resync = false;
         if let Some(schema) = &page.schema {
             let size = serde_json::to_string(schema)?.len();
             if size > crate::model::MAX_SCHEMA_BYTES {
@@ -44,7 +47,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
             let current = schema_version(db)?.unwrap_or(i64::MIN);
             if schema.version > current {
                 let old = st.loaded(db)?;
-                ddl::migrate(db, &old.schema, schema)?;
+                force_resync = ddl::migrate(db, &old.schema, schema)?;
                 crate::init::store_schema(db, schema)?;
                 crate::local::apply(db, schema, crate::local::stored(db)?)?;
                 st.invalidate();
@@ -58,7 +61,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                 page.schema_version, loaded.schema.version
             )));
         }
-        if page.resync_required {
+        if page.resync_required || force_resync {
             return resync(db, &loaded).map(|dropped| {
                 json!({
                     "upserts": 0,
@@ -70,16 +73,6 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                 .to_string()
             });
         }
-        let pending = changes::load(db, &loaded, Filter::All)?;
-        // Queued writes that amount to nothing (an insert and delete never
-        // sent) must not hide the server's row: drop them now.
-        let nothing: Vec<usize> = (0..pending.groups.len())
-            .filter(|&gi| {
-                let g = &pending.groups[gi];
-                !g.is_pending(&loaded.tables[g.table])
-            })
-            .collect();
-        changes::purge(db, &loaded, &pending, &nothing)?;
         let mut ops: HashMap<usize, TableOps> = HashMap::new();
         let (mut upserts, mut deletes) = (0usize, 0usize);
         let mut max_seen = Hlc::ZERO;
@@ -92,15 +85,35 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
             order.push((ti, key_from_obj(t, &rc.pk)?, i));
         }
         order.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.sqlite_cmp(&b.1)));
-        for (ti, key, i) in &order {
+        // The queued writes of the page's rows, looked up by row. Writes
+        // that amount to nothing (an insert and delete never sent) must not
+        // hide the server's row: they are dropped now.
+        let mut pending: Vec<Option<changes::Group>> = vec![None; order.len()];
+        if changes::any_queued(db)? {
+            let mut lookup = changes::RowLookup::new(db, &loaded);
+            let mut nothing: Vec<changes::Group> = Vec::new();
+            for (j, (ti, key, _)) in order.iter().enumerate() {
+                if j > 0 && order[j - 1].0 == *ti && order[j - 1].1 == *key {
+                    pending[j] = pending[j - 1].clone();
+                    continue;
+                }
+                if let Some(g) = lookup.by_key(*ti, key)? {
+                    if g.is_pending(&loaded.tables[*ti]) {
+                        pending[j] = Some(g);
+                    } else {
+                        nothing.push(g);
+                    }
+                }
+            }
+            drop(lookup);
+            let refs: Vec<&changes::Group> = nothing.iter().collect();
+            changes::purge(db, &loaded, &refs, &[])?;
+        }
+        for (j, (ti, key, i)) in order.iter().enumerate() {
             let rc = &page.changes[*i];
             let t = &loaded.tables[*ti];
             let o = ops.entry(*ti).or_insert_with(|| TableOps::new(db, t));
-            let overlay = if pending.is_empty() {
-                None
-            } else {
-                pending.get(*ti, key).and_then(|g| g.pending_overlay(t))
-            };
+            let overlay = pending[j].as_ref().and_then(|g| g.pending_overlay(t));
             match rc.op {
                 PullOp::Upsert => {
                     let (Some(row), Some(ver)) = (&rc.row, &rc.ver) else {
@@ -169,8 +182,8 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
 /// Drops all server state (keeping pending writes and their bases) and the
 /// cursor, so the next pull starts from scratch. Returns the number of local
 /// rows removed.
-fn resync(db: Db, loaded: &Loaded) -> Result<usize> {
-    let pending = changes::load(db, loaded, Filter::All)?;
+pub fn resync(db: Db, loaded: &Loaded) -> Result<usize> {
+    let pending = changes::load(db, loaded)?;
     let mut dropped = 0usize;
     for (ti, t) in loaded.tables.iter().enumerate() {
         let mut o = TableOps::new(db, t);

@@ -3,14 +3,17 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Map, Value as Json};
-use sync_core::wire::{Change, Op as WireOp, PushBatch, PushResult, Status, FORMAT};
+use sync_core::wire::{Change, ChangeResult, Op as WireOp, PushBatch, PushResult, Status, FORMAT};
 use sync_core::Hlc;
 
-use crate::changes::{self, Filter, Group, Net};
+use crate::changes::{self, ChangeRow, Group, Net, RowLookup};
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::{now_iso, q, show, show_json, sql_to_json, TableInfo, CHANGES, ERRORS};
+use crate::model::{
+    json_to_sql, now_iso, q, show, show_json, sql_to_json, Key, TableInfo, CHANGES, ERRORS,
+};
 use crate::ops::{check_ver, row_values, TableOps};
+use crate::page::json_to_sql_strict;
 use crate::state::{client_id, in_savepoint, meta_delete, meta_get, meta_set, ConnState};
 
 /// Builds (or returns the stored) push batch.
@@ -27,29 +30,26 @@ pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
             return Ok(j);
         }
         let client = client_id(db)?;
-        let groups = changes::load(db, &loaded, Filter::Unsent)?;
-        let mut purge: Vec<usize> = Vec::new();
-        let mut candidates: Vec<(i64, usize, Net)> = Vec::new();
-        for (gi, g) in groups.groups.iter().enumerate() {
-            let t = &loaded.tables[g.table];
-            match g.net(t) {
-                Net::Nothing => purge.push(gi),
-                net => {
-                    let wire_seq = g.rows.last().map(|r| r.seq).unwrap_or(0);
-                    candidates.push((wire_seq, gi, net));
-                }
-            }
-        }
+        // Only the rows this batch takes are read: the queue in seq order
+        // up to `max` rows, and their other writes through the row index.
+        let sel = changes::select_unsent(db, &loaded, max)?;
+        let mut purge: Vec<&Group> = sel.nothing.iter().collect();
+        let mut candidates: Vec<(i64, &Group, Net)> = sel
+            .groups
+            .iter()
+            .map(|g| {
+                let wire_seq = g.rows.last().map(|r| r.seq).unwrap_or(0);
+                (wire_seq, g, g.net(&loaded.tables[g.table]))
+            })
+            .collect();
         candidates.sort_by_key(|c| c.0);
-        candidates.truncate(max);
         let mut ops: HashMap<usize, TableOps> = HashMap::new();
         let mut out: Vec<Change> = Vec::with_capacity(candidates.len());
         let mut mark = db.prepare(&format!(
             "UPDATE {} SET batch = ?1 WHERE seq = ?2",
             q(CHANGES)
         ))?;
-        for (wire_seq, gi, net) in candidates {
-            let g = &groups.groups[gi];
+        for (wire_seq, g, net) in candidates {
             let t = &loaded.tables[g.table];
             let o = ops.entry(g.table).or_insert_with(|| TableOps::new(db, t));
             match build_change(o, g, net, wire_seq)? {
@@ -59,12 +59,12 @@ pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
                     }
                     out.push(c);
                 }
-                None => purge.push(gi),
+                None => purge.push(g),
             }
         }
         drop(mark);
         drop(ops);
-        changes::purge(db, &loaded, &groups, &purge)?;
+        changes::purge(db, &loaded, &purge, &sel.orphans)?;
         let batch = PushBatch {
             format: FORMAT,
             client_id: client,
@@ -109,7 +109,13 @@ fn build_change(o: &mut TableOps, g: &Group, net: Net, wire_seq: i64) -> Result<
         synced.as_ref().map(|r| (r.ver[i], r.vals[i].clone()))
     };
     let (op, cols_mask, base_mask) = match net {
-        Net::Insert => (WireOp::Insert, t.all_mask, t.all_mask & !t.pk_mask),
+        // The columns the device wrote: every column the table had when
+        // the row was inserted, and the ones updated since. A column a
+        // migration added later is left to the server (its default).
+        Net::Insert => {
+            let written = g.unsent_mask(t) | t.pk_mask;
+            (WireOp::Insert, written, written & !t.pk_mask)
+        }
         Net::Update(m) => (WireOp::Update, m, m),
         Net::Delete => (WireOp::Delete, 0, t.all_mask & !t.pk_mask),
         Net::Nothing => return Ok(None),
@@ -150,6 +156,232 @@ fn build_change(o: &mut TableOps, g: &Group, net: Net, wire_seq: i64) -> Result<
         base_values,
         hlc: Hlc::from_i64(hlc),
     }))
+}
+
+/// The server's row of a result, in the device's column order.
+struct ServerRow {
+    vals: Vec<Value>,
+    ver: Vec<Hlc>,
+    /// The device's columns the result gives. The others are columns the
+    /// server does not have (dropped there, or the device's schema is
+    /// newer) or has with another type (the device has not migrated yet).
+    known: i64,
+}
+
+/// Reads a result's `row` and `ver` by column name, with the server's
+/// column order from the result's `columns`. Columns the device does not
+/// know are left out (the next pull brings them, since the column list
+/// changed); so are values a device column cannot hold when the result
+/// names its columns (the server's type of that column changed; the next
+/// pull re-sends the rows with the new schema). A result without
+/// `columns` follows the device's schema and is checked strictly.
+fn result_row(
+    t: &TableInfo,
+    r: &ChangeResult,
+    columns: Option<&Vec<String>>,
+) -> Result<Option<ServerRow>> {
+    let (Some(row), Some(ver)) = (&r.row, &r.ver) else {
+        return Ok(None);
+    };
+    let Some(cols) = columns else {
+        check_ver(t, ver)?;
+        let vals = row_values(t, row, &r.pk)?;
+        return Ok(Some(ServerRow {
+            vals,
+            ver: ver.clone(),
+            known: t.all_mask,
+        }));
+    };
+    if cols.len() != ver.len() {
+        return Err(Error::msg(format!(
+            "ver has {} entries but the result names {} columns of table {:?}",
+            ver.len(),
+            cols.len(),
+            t.name()
+        )));
+    }
+    let n = t.ncols();
+    let mut out = ServerRow {
+        vals: vec![Value::Null; n],
+        ver: vec![Hlc::ZERO; n],
+        known: 0,
+    };
+    for (j, name) in cols.iter().enumerate() {
+        let Some(i) = t.def.column_index(name) else {
+            continue;
+        };
+        let bit = 1i64 << i;
+        if out.known & bit != 0 {
+            continue;
+        }
+        let is_pk = t.pk_mask & bit != 0;
+        let raw = row
+            .get(name)
+            .or_else(|| if is_pk { r.pk.get(name) } else { None });
+        let val = match raw {
+            Some(v) => json_to_sql_strict(t.col_type(i), v, t.name(), name),
+            None => Ok(Value::Null),
+        };
+        match val {
+            Ok(v) => {
+                out.vals[i] = v;
+                out.ver[i] = ver[j];
+                out.known |= bit;
+            }
+            Err(e) if is_pk => return Err(e),
+            Err(_) => {}
+        }
+    }
+    for &i in &t.pk_idx {
+        let bit = 1i64 << i;
+        if out.known & bit == 0 {
+            let name = t.col_name(i);
+            let v = r.pk.get(name).ok_or_else(|| {
+                Error::msg(format!(
+                    "primary key of table {:?} is missing column {name:?}",
+                    t.name()
+                ))
+            })?;
+            out.vals[i] = json_to_sql_strict(t.col_type(i), v, t.name(), name)?;
+            out.known |= bit;
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Completes a result's row with what the device holds: a column the
+/// result does not give keeps the device's server copy (or its local value
+/// when it has none), except a column of `taken` (the change wrote it and
+/// the server took it, in a type the device does not have yet), which keeps
+/// the local value at the change's stamp; and a column whose server
+/// version the device already holds newer (a pull that came after the
+/// push) keeps that.
+fn complete_row(
+    o: &mut TableOps,
+    key: &Key,
+    mut sr: ServerRow,
+    c: &Change,
+    taken: i64,
+) -> Result<(Vec<Value>, Vec<Hlc>)> {
+    let t = o.t;
+    let old = o.synced_row(key)?;
+    let cur = if sr.known != t.all_mask {
+        o.state_row(key)?
+    } else {
+        None
+    };
+    for i in 0..t.ncols() {
+        let bit = 1i64 << i;
+        if t.pk_mask & bit != 0 {
+            continue;
+        }
+        if sr.known & bit == 0 && taken & bit != 0 {
+            if let Some(cur) = &cur {
+                sr.vals[i] = cur[i].clone();
+                let h = c.ver.get(t.col_name(i)).copied().unwrap_or(c.hlc);
+                sr.ver[i] = old.as_ref().map_or(h, |o| o.ver[i].max(h));
+                continue;
+            }
+        }
+        match (&old, &cur) {
+            (Some(old), _) if sr.known & bit == 0 || old.ver[i] > sr.ver[i] => {
+                sr.vals[i] = old.vals[i].clone();
+                sr.ver[i] = old.ver[i];
+            }
+            (None, Some(cur)) if sr.known & bit == 0 => sr.vals[i] = cur[i].clone(),
+            _ => {}
+        }
+    }
+    Ok((sr.vals, sr.ver))
+}
+
+/// A change the server took (applied, merged or in conflict) whose result
+/// carries no row (a stored result, sent again for a retried batch): the
+/// local values of the columns it carried stand as the server's, except
+/// where the device's server copy, received by a pull after the push, holds
+/// a version at least as new as the write's (the server had the change, or
+/// something newer, when it answered that pull). `keep` are the columns of
+/// later local writes (they stay on top); `confirmed` says the server took
+/// the written values (applied, merged), so their stamps become the
+/// server versions of those columns.
+fn ack_without_row(
+    o: &mut TableOps,
+    key: &Key,
+    c: &Change,
+    carried: i64,
+    keep: Option<i64>,
+    confirmed: bool,
+) -> Result<()> {
+    let t = o.t;
+    let stamp = |i: usize| c.ver.get(t.col_name(i)).copied().unwrap_or(c.hlc);
+    let carried = carried & !t.pk_mask;
+    let Some(old) = o.synced_row(key)? else {
+        // No server copy: the local values stand.
+        return Ok(());
+    };
+    let cur = o.state_row(key)?;
+    let mut vals = old.vals.clone();
+    let mut ver = old.ver.clone();
+    let mut adopt = 0i64;
+    for i in 0..t.ncols() {
+        let bit = 1i64 << i;
+        if carried & bit == 0 {
+            continue;
+        }
+        let h = stamp(i);
+        if old.full && old.ver[i] >= h {
+            adopt |= bit;
+        } else if confirmed && h > ver[i] {
+            // The value the change carried (later local writes may have
+            // changed the local row since).
+            let name = t.col_name(i);
+            vals[i] = match c.cols.get(name) {
+                Some(v) => json_to_sql(t.col_type(i), v, t.name(), name)?,
+                None => cur.as_ref().map(|r| r[i].clone()).unwrap_or(Value::Null),
+            };
+            ver[i] = h;
+        }
+    }
+    let keep = keep.unwrap_or(0);
+    o.update_state_cols(key, adopt & !keep, &old.vals)?;
+    if keep != 0 {
+        // Later local writes stay on top of the server copy, which now
+        // holds what the server took.
+        return if old.full {
+            o.upsert_synced(&vals, &ver, true)
+        } else {
+            Ok(())
+        };
+    }
+    match o.state_row(key)? {
+        // The row is clean again: its values are the local row's.
+        Some(now) => o.upsert_synced(&now, &ver, false),
+        None => o.thin_synced(key),
+    }
+}
+
+/// Local writes made on top of a change that is now acknowledged: for the
+/// columns that merge against a base value (counter, set_union,
+/// text_merge), their base is what the change carried, at its stamp: they
+/// were made on that value, not on the server's (which may hold other
+/// clients' concurrent edits, merged in), so the server adds exactly their
+/// own delta.
+fn base_on_carried(o: &mut TableOps, key: &Key, c: &Change, cols: i64) -> Result<()> {
+    let t = o.t;
+    for i in 0..t.ncols() {
+        let bit = 1i64 << i;
+        if cols & bit == 0 || t.pk_mask & bit != 0 || !t.needs_base_value(i) {
+            continue;
+        }
+        let name = t.col_name(i);
+        let Some(v) = c.cols.get(name) else {
+            continue;
+        };
+        let val = json_to_sql(t.col_type(i), v, t.name(), name)?;
+        let h = c.ver.get(name).copied().unwrap_or(c.hlc);
+        o.stash_replace(key, i, h, &val)?;
+    }
+    Ok(())
 }
 
 /// Applies the server's answer to the in-flight batch.
@@ -198,18 +430,15 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                             show_json(&Json::Object(c.pk.clone()))
                         )));
                     }
-                    if let (Some(row), Some(ver)) = (&r.row, &r.ver) {
-                        check_ver(t, ver)?;
-                        row_values(t, row, &r.pk)?;
-                    }
+                    result_row(t, r, result.columns.get(&r.table))?;
                 }
             }
         }
-        let unsent = changes::load(db, &loaded, Filter::Unsent)?;
         let high_water = changes::max_seq(db)?;
         let mut ops: HashMap<usize, TableOps> = HashMap::new();
+        let mut lookup = RowLookup::new(db, &loaded);
         let mut covered_q = db.prepare(&format!(
-            "SELECT seq, op, mask FROM {} WHERE batch = ?1",
+            "SELECT seq, op, mask, pk FROM {} WHERE batch = ?1",
             q(CHANGES)
         ))?;
         let mut err_ins = db.prepare(&format!(
@@ -225,16 +454,22 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
             };
             // Rows of the queue this change carried.
             covered_q.bind_all(&[Value::Int(r.seq)])?;
-            let mut covered: Vec<i64> = Vec::new();
-            let mut acked_mask = 0i64;
+            let mut covered: Vec<ChangeRow> = Vec::new();
+            let mut stored_pk: Option<Value> = None;
             while covered_q.step()? {
-                covered.push(covered_q.col_i64(0));
-                let op = covered_q.col_text(1).unwrap_or_default();
-                acked_mask |= if op == "insert" {
-                    -1
-                } else {
-                    covered_q.col_i64(2)
+                let op = match covered_q.col_text(1).as_deref() {
+                    Some("insert") => changes::Op::Insert,
+                    Some("update") => changes::Op::Update,
+                    _ => changes::Op::Delete,
                 };
+                covered.push(ChangeRow {
+                    seq: covered_q.col_i64(0),
+                    op,
+                    mask: covered_q.col_i64(2),
+                    hlc: 0,
+                    batch: Some(r.seq),
+                });
+                stored_pk = Some(covered_q.col(3));
             }
             covered_q.reset();
             if covered.is_empty() {
@@ -242,23 +477,41 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                 ignored += 1;
                 continue;
             }
-            to_delete.extend(&covered);
+            to_delete.extend(covered.iter().map(|x| x.seq));
+            // A table the device no longer syncs: its rows are gone.
             let Some(ti) = loaded.table_idx(&c.table) else {
                 continue;
             };
             let t = &loaded.tables[ti];
+            let acked_mask = covered.iter().fold(0, |m, x| m | x.effective_mask(t));
             let o = ops.entry(ti).or_insert_with(|| TableOps::new(db, t));
             let key = t.key_from_json(&c.pk)?;
-            let server_row = match (&r.row, &r.ver) {
-                (Some(row), Some(ver)) => {
-                    for h in ver {
+            // Writes of the row made while the batch was in flight.
+            let remaining = match &stored_pk {
+                Some(pk) => lookup.by_stored(ti, pk)?.and_then(|mut g| {
+                    g.rows.retain(|x| x.batch.is_none());
+                    (!g.rows.is_empty()).then_some(g)
+                }),
+                None => None,
+            };
+            // Columns of the change the server took.
+            let taken = if r.status == Status::Rejected {
+                0
+            } else {
+                (0..t.ncols())
+                    .filter(|&i| !r.ignored.iter().any(|n| n == t.col_name(i)))
+                    .fold(0i64, |m, i| m | (1i64 << i))
+                    & acked_mask
+            };
+            let server_row = match result_row(t, r, result.columns.get(&r.table))? {
+                Some(sr) => {
+                    for h in &sr.ver {
                         st.observe(db, *h)?;
                     }
-                    Some((row_values(t, row, &r.pk)?, ver))
+                    Some(complete_row(o, &key, sr, c, taken)?)
                 }
-                _ => None,
+                None => None,
             };
-            let remaining = unsent.get(ti, &key);
             match r.status {
                 Status::Applied | Status::Merged | Status::Conflict => {
                     if r.status == Status::Conflict {
@@ -266,11 +519,17 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                     } else {
                         confirmed += 1;
                     }
-                    let overlay = remaining.and_then(|g| g.pending_overlay(t));
+                    let overlay = remaining.as_ref().and_then(|g| g.pending_overlay(t));
                     if overlay.is_none() {
-                        if let Some(g) = remaining {
+                        if let Some(g) = &remaining {
                             to_delete.extend(g.rows.iter().map(|x| x.seq));
                         }
+                    }
+                    match overlay {
+                        None => o.stash_clear(&key)?,
+                        // Columns this change carried now have a fresh
+                        // server version as their base.
+                        Some((keep, _)) => o.stash_retain(&key, keep & !acked_mask)?,
                     }
                     match (&server_row, overlay) {
                         (Some((vals, ver)), None) => {
@@ -289,21 +548,25 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                                 o.delete_state(&key)?;
                             }
                         }
-                        // The server did not send the row back: keep the
-                        // local values, which it accepted.
-                        (None, None) => o.thin_synced(&key)?,
-                        (None, Some(_)) => {}
+                        (None, overlay) => ack_without_row(
+                            o,
+                            &key,
+                            c,
+                            acked_mask,
+                            overlay.map(|(keep, _)| keep),
+                            r.status != Status::Conflict,
+                        )?,
                     }
-                    match overlay {
-                        None => o.stash_clear(&key)?,
-                        // Columns this change carried now have a fresh
-                        // server version as their base.
-                        Some((keep, _)) => o.stash_retain(&key, keep & !acked_mask)?,
+                    if let Some((keep, false)) = overlay {
+                        base_on_carried(o, &key, c, acked_mask & keep)?;
                     }
                 }
                 Status::Rejected => {
+                    // Whatever the reason (a constraint, a table the server
+                    // no longer syncs, a key that no longer matches), the
+                    // row goes back to the server's state.
                     rejected += 1;
-                    if let Some(g) = remaining {
+                    if let Some(g) = &remaining {
                         to_delete.extend(g.rows.iter().map(|x| x.seq));
                     }
                     match &server_row {
@@ -328,6 +591,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
         }
         drop(covered_q);
         drop(err_ins);
+        drop(lookup);
         drop(ops);
         changes::delete_seqs(db, &to_delete)?;
         // Changes the result did not mention go back to the queue.

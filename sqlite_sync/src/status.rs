@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::changes::{self, Filter};
+use crate::changes;
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
 use crate::model::{json_to_sql, key_affinity, q, Key, KeyPart, ERRORS};
@@ -11,7 +11,7 @@ use crate::state::{client_id, meta_get, meta_text, ConnState};
 
 pub fn sync_status(st: &ConnState, db: Db) -> Result<String> {
     let loaded = st.loaded(db)?;
-    let groups = changes::load(db, &loaded, Filter::All)?;
+    let groups = changes::load(db, &loaded)?;
     let pending = groups
         .groups
         .iter()
@@ -66,8 +66,8 @@ pub fn sync_pending(st: &ConnState, db: Db, table: &Value, pk: &Value) -> Result
             )))
         }
     };
-    let groups = changes::load(db, &loaded, Filter::All)?;
-    Ok(match groups.get(ti, &key) {
+    let group = changes::RowLookup::new(db, &loaded).by_key(ti, &key)?;
+    Ok(match group {
         Some(g) if g.is_pending(t) => 1,
         _ => 0,
     })

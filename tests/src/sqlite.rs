@@ -329,6 +329,14 @@ pub enum Verdict {
     Reject,
 }
 
+/// The version a write gets over `current`, as pg_sync gives it: the
+/// write's stamp when newer, else the next stamp after `current` (so a
+/// column's version never goes back).
+fn superseding(current: &str, incoming: &str) -> String {
+    let parse = |s: &str| s.parse::<Hlc>().unwrap_or(Hlc::ZERO);
+    sync_core::merge::superseding_ver(parse(current), parse(incoming)).to_string()
+}
+
 /// A server row: values by column and column versions in schema order.
 pub type ServerRow = (Map<String, Value>, Vec<String>);
 
@@ -380,7 +388,7 @@ impl FakeServer {
         for (k, v) in cols {
             let i = self.cols.iter().position(|c| *c == k).expect("column");
             entry.0.insert(k, v);
-            entry.1[i] = stamp.clone();
+            entry.1[i] = superseding(&entry.1[i], &stamp);
         }
         for (i, c) in self.cols.iter().enumerate() {
             if !entry.0.contains_key(c) {
@@ -436,10 +444,8 @@ impl FakeServer {
                     for (k, val) in c["cols"].as_object().unwrap() {
                         let i = cols.iter().position(|x| x == k).unwrap();
                         entry.0.insert(k.clone(), val.clone());
-                        entry.1[i] = c["ver"][k]
-                            .as_str()
-                            .unwrap_or("0000000000000000")
-                            .to_string();
+                        let incoming = c["ver"][k].as_str().unwrap_or("0000000000000000");
+                        entry.1[i] = superseding(&entry.1[i], incoming);
                     }
                     let snapshot = entry.clone();
                     r["row"] = Value::Object(snapshot.0.clone());

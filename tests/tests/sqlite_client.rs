@@ -932,15 +932,6 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
             .to_string(),
             "twice",
         ),
-        (
-            "SELECT sync_init(?1)",
-            json!({"format": 1, "version": 9, "tables": [
-                {"name": "x", "pk": ["a"], "columns": [{"name": "a", "type": "text"}]},
-                {"name": "tasks", "pk": ["title"], "columns": [{"name": "id", "type": "text"},
-                                                               {"name": "title", "type": "text"}]}]})
-            .to_string(),
-            "primary key",
-        ),
         ("SELECT sync_apply(?1)", "{not json".into(), "JSON"),
         (
             "SELECT sync_apply(?1)",
@@ -1465,4 +1456,218 @@ fn app_tables_outside_the_schema_are_never_touched() {
         c.int("SELECT count(*) FROM _changes WHERE tbl = 'drafts'"),
         0
     );
+}
+
+/// The FakeServer's answer as a schema-aware server gives it: `columns`
+/// names the server's columns; `extra` (absent on the device) is added to
+/// every row, and `drop` (present on the device) is left out.
+fn with_columns(result: &Value, extra: Option<&str>, drop: Option<&str>) -> Value {
+    let mut r = result.clone();
+    let mut cols: Vec<String> = sync_tests::sqlite::TASK_COLS
+        .iter()
+        .map(|c| c.0.to_string())
+        .collect();
+    let drop_at = drop.and_then(|d| cols.iter().position(|c| c == d));
+    if let Some(i) = drop_at {
+        cols.remove(i);
+    }
+    if let Some(x) = extra {
+        cols.push(x.to_string());
+    }
+    for res in r["results"].as_array_mut().unwrap() {
+        let Some(row) = res.get_mut("row").and_then(|v| v.as_object_mut()) else {
+            continue;
+        };
+        if let Some(d) = drop {
+            row.remove(d);
+        }
+        if let Some(x) = extra {
+            row.insert(x.to_string(), json!(7));
+        }
+        let ver = res["ver"].as_array_mut().unwrap();
+        if let Some(i) = drop_at {
+            ver.remove(i);
+        }
+        if extra.is_some() {
+            let last = ver[0].clone();
+            ver.push(last);
+        }
+    }
+    r["columns"] = json!({"tasks": cols});
+    r
+}
+
+#[test]
+fn ack_adopts_the_servers_row_by_column_name() {
+    // The server is ahead (a column the device does not know yet).
+    let (c, mut s) = client_with(&["a"]);
+    c.exec("UPDATE tasks SET title = 'local a' WHERE id = 'a'");
+    c.exec("INSERT INTO tasks (id, title) VALUES ('n', 'new')");
+    let batch = c.changes();
+    let result = with_columns(&s.push(&batch, |_| Verdict::Apply), Some("prio"), None);
+    assert_eq!(c.ack(&result)["confirmed"], 2);
+    assert_eq!(c.status()["pending"], 0);
+    assert_eq!(c.tasks("tasks")["a"]["title"], "local a");
+    assert_eq!(c.tasks("tasks")["n"]["title"], "new");
+    // The server is behind (or dropped a column the device still has):
+    // the device keeps what it holds for that column.
+    c.exec("UPDATE tasks SET title = 'again', priority = 3 WHERE id = 'a'");
+    let batch = c.changes();
+    let mut result = with_columns(&s.push(&batch, |_| Verdict::Apply), None, Some("priority"));
+    result["results"][0]["ignored"] = json!(["priority"]);
+    assert_eq!(c.ack(&result)["confirmed"], 1);
+    let a = &c.tasks("tasks")["a"];
+    assert_eq!(a["title"], "again");
+    assert_eq!(c.status()["pending"], 0);
+    // A `ver` that does not match `columns` is malformed.
+    c.exec("UPDATE tasks SET title = 'bad' WHERE id = 'a'");
+    let batch = c.changes();
+    let mut result = with_columns(&s.push(&batch, |_| Verdict::Apply), None, None);
+    result["results"][0]["ver"].as_array_mut().unwrap().pop();
+    let before = c.snapshot();
+    let e = c
+        .try_text("SELECT sync_ack(?1)", Some(&result.to_string()))
+        .unwrap_err();
+    assert!(
+        e.contains("ver has 8 entries but the result names 9 columns"),
+        "{e}"
+    );
+    assert_eq!(c.snapshot(), before);
+}
+
+#[test]
+fn an_insert_sends_only_the_columns_it_wrote() {
+    let c = TestClient::with_schema(&tasks_schema(1));
+    c.exec("INSERT INTO tasks (id, title) VALUES ('n', 'new')");
+    // A column added by a newer schema is not the device's write.
+    let mut schema = tasks_schema(2);
+    schema["tables"][0]["columns"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "prio", "type": "integer"}));
+    c.init(&schema);
+    let batch = c.changes();
+    let ch = &batch["changes"][0];
+    assert_eq!(ch["op"], "insert");
+    assert!(ch["cols"].get("prio").is_none(), "{ch}");
+    assert!(ch["cols"].get("title").is_some(), "{ch}");
+    assert!(
+        ch["cols"].get("done").is_some(),
+        "{ch}: written (NULL) at insert time"
+    );
+    assert_eq!(
+        c.rows("SELECT _mask & (1 << 9) FROM tasks_local WHERE id = 'n'"),
+        vec![vec![json!(0)]]
+    );
+    // A pull of the row (the answer to a push was lost) gives the new
+    // column the server's value; the written ones stay on top.
+    let row = json!({"id": "n", "title": "theirs", "prio": 7});
+    c.apply(&page(
+        2,
+        "c9",
+        false,
+        vec![upsert("tasks", row, &vec![hlc(5, 0, 1); 10])],
+    ));
+    assert_eq!(
+        c.rows("SELECT title, prio FROM tasks WHERE id = 'n'"),
+        vec![vec![json!("new"), json!(7)]]
+    );
+    // Written after the migration, the column is the device's.
+    c.exec("UPDATE tasks SET prio = 8 WHERE id = 'n'");
+    let fresh = c.changes();
+    assert_eq!(fresh, batch, "the stored batch is sent again");
+}
+
+#[test]
+fn a_stored_answer_after_a_pull_keeps_the_pulled_state_and_the_counter_delta() {
+    // A counter column, incremented locally; the batch's answer is lost,
+    // another client's increment arrives by a pull, the device increments
+    // again; then the retried push gets the stored answer (no row).
+    let mut schema = tasks_schema(1);
+    schema["tables"][0]["columns"][3]["strategy"] = json!("counter");
+    let c = TestClient::with_schema(&schema);
+    let h0 = hlc(5, 0, 1);
+    c.apply(&page(
+        1,
+        "c1",
+        false,
+        vec![upsert(
+            "tasks",
+            json!({"id": "a", "priority": 10}),
+            &ver_all(&h0),
+        )],
+    ));
+    c.exec("UPDATE tasks SET priority = priority + 1 WHERE id = 'a'");
+    let batch = c.changes();
+    let ch = batch["changes"][0].clone();
+    assert_eq!(ch["base_values"]["priority"], 10);
+    // The server applied it (11), then another client's +1 (12).
+    let mut ver = ver_all(&h0);
+    let stamp: sync_core::Hlc = ch["ver"]["priority"].as_str().unwrap().parse().unwrap();
+    ver[3] = stamp.next_with_tag(2).to_string();
+    c.apply(&page(
+        1,
+        "c2",
+        false,
+        vec![upsert("tasks", json!({"id": "a", "priority": 12}), &ver)],
+    ));
+    c.exec("UPDATE tasks SET priority = priority + 1 WHERE id = 'a'");
+    // The stored answer, without a row.
+    let result = json!({"format": 1, "client_id": batch["client_id"], "results": [
+        {"seq": ch["seq"], "table": "tasks", "pk": {"id": "a"}, "status": "merged"}]});
+    c.ack(&result);
+    // The device shows the server's 12 plus its own pending +1.
+    assert_eq!(c.tasks("tasks")["a"]["priority"], 12);
+    assert_eq!(
+        c.rows("SELECT priority FROM tasks_synced"),
+        vec![vec![json!(12)]]
+    );
+    // The next change adds exactly the second increment: base is what the
+    // first change carried (11), the value 12.
+    let next = c.changes();
+    let ch2 = &next["changes"][0];
+    assert_eq!(ch2["cols"]["priority"], 12, "{ch2}");
+    assert_eq!(ch2["base_values"]["priority"], 11, "{ch2}");
+    assert_eq!(c.status()["pending"], 1);
+}
+
+#[test]
+fn a_changed_primary_key_creates_the_table_again_and_resyncs() {
+    let (c, _s) = client_with(&["a", "b"]);
+    c.exec("UPDATE tasks SET title = 'local' WHERE id = 'a'");
+    c.exec("INSERT INTO tasks (id, title) VALUES ('n', 'new')");
+    let schema = json!({"format": 1, "version": 2, "tables": [
+        {"name": "tasks", "pk": ["id", "title"], "columns": [
+            {"name": "id", "type": "text", "nullable": false},
+            {"name": "title", "type": "text", "nullable": false}]}]});
+    let r = c.apply(&json!({"format": 1, "schema_version": 2, "schema": schema,
+        "cursor": "c9", "has_more": false,
+        "changes": [{"table": "tasks", "op": "upsert", "pk": {"id": "a", "title": "t"},
+                     "row": {"id": "a", "title": "t"}, "ver": [hlc(9, 0, 1), hlc(9, 0, 1)]}]}));
+    // The page's rows wait for the pull from scratch.
+    assert_eq!(r["resync_required"], true, "{r}");
+    assert_eq!(r["has_more"], true, "{r}");
+    assert_eq!(c.try_text("SELECT sync_cursor()", None).unwrap(), None);
+    assert_eq!(c.int("SELECT count(*) FROM tasks"), 0);
+    assert_eq!(c.status()["pending"], 0);
+    // The dropped writes are reported.
+    assert_eq!(
+        c.rows("SELECT pk, op, constraint_name FROM _sync_errors ORDER BY pk"),
+        vec![
+            vec![
+                json!("{\"id\":\"a\"}"),
+                json!("update"),
+                json!("key_mismatch")
+            ],
+            vec![
+                json!("{\"id\":\"n\"}"),
+                json!("insert"),
+                json!("key_mismatch")
+            ],
+        ]
+    );
+    // The table works with its new key.
+    c.exec("INSERT INTO tasks (id, title) VALUES ('a', 'x'), ('a', 'y')");
+    let batch = c.changes();
+    assert_eq!(batch["changes"][1]["pk"], json!({"id": "a", "title": "y"}));
 }

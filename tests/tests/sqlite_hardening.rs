@@ -613,7 +613,7 @@ fn a_device_of_the_previous_layout_is_upgraded_in_place() {
     );
     assert_eq!(
         c.int("SELECT value FROM _sync_meta WHERE key = 'layout'"),
-        2
+        3
     );
 
     // The pending write survives and goes out; new writes are exact and
@@ -656,7 +656,7 @@ fn a_pull_upgrades_a_device_of_the_previous_layout_too() {
     c.apply(&p);
     assert_eq!(
         c.int("SELECT value FROM _sync_meta WHERE key = 'layout'"),
-        2
+        3
     );
     assert_eq!(
         c.rows("SELECT amount, typeof(amount), typeof(price) FROM items WHERE id = 'c'"),
@@ -673,4 +673,34 @@ fn a_pull_upgrades_a_device_of_the_previous_layout_too() {
     // A write is captured through the new triggers.
     c.exec("UPDATE items SET qty = 5 WHERE id = 'c'");
     assert_eq!(c.int("SELECT count(*) FROM _changes WHERE pk = 'c'"), 1);
+}
+
+#[test]
+fn a_device_of_layout_2_gets_the_queue_index() {
+    for via_pull in [false, true] {
+        let c = TestClient::with_schema(&tasks_schema(1));
+        c.exec("INSERT INTO tasks (id, title) VALUES ('a', 'x')");
+        // What a device of the previous layout looks like.
+        c.exec(
+            "DROP INDEX _sync_changes_row;
+             UPDATE _sync_meta SET value = 2 WHERE key = 'layout';",
+        );
+        if via_pull {
+            c.apply(&page(1, "c1", false, vec![]));
+        } else {
+            c.call("SELECT sync_init(?1)", Some(&tasks_schema(1).to_string()));
+        }
+        assert_eq!(
+            c.int("SELECT count(*) FROM sqlite_master WHERE name = '_sync_changes_row'"),
+            1
+        );
+        assert_eq!(
+            c.int("SELECT value FROM _sync_meta WHERE key = 'layout'"),
+            3
+        );
+        // The pending insert survives and goes out.
+        let batch = c.changes();
+        assert_eq!(batch["changes"][0]["pk"]["id"], "a");
+        assert_eq!(batch["changes"][0]["op"], "insert");
+    }
 }
