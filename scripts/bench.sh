@@ -5,7 +5,10 @@
 #
 # Environment (all optional): BENCH_SCALE (1; 0.1 for a quick try),
 # BENCH_RUNS (3), BENCH_PGBENCH_SECS (4), BENCH_ONLY (e.g. P1,P9),
-# BENCH_OUT_DIR (docs), BENCH_SKIP_BUILD=1 (use the artifacts as they are).
+# BENCH_OUT_DIR (docs), BENCH_SKIP_BUILD=1 (use the artifacts as they are),
+# and for the load figure P10: BENCH_LOAD_SECS (120 per topology, times
+# BENCH_SCALE), BENCH_LOAD_DEVICES (100), BENCH_LOAD_INTERVAL_MS (2000),
+# BENCH_LOAD_POOL (4). P10 needs pgbouncer (scripts/deps.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -42,8 +45,12 @@ cleanup() {
         dir=$(cat "$BENCH_CLUSTER_FILE")
         if [ -d "$dir/data" ]; then
             as_pg=(); [ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
-            "${as_pg[@]}" /usr/lib/postgresql/15/bin/pg_ctl -D "$dir/data" -m immediate -w stop \
-                >/dev/null 2>&1 || true
+            # The load figure's standby first, then the primary.
+            for d in "$dir"/standby_*/data "$dir/data"; do
+                [ -d "$d" ] || continue
+                "${as_pg[@]}" /usr/lib/postgresql/15/bin/pg_ctl -D "$d" -m immediate -w stop \
+                    >/dev/null 2>&1 || true
+            done
             rm -rf "$dir"
         fi
     fi
@@ -57,6 +64,6 @@ export BENCH_MERGE_JSON="$work/merge.json"
 
 export BENCH_RUSTC="$(rustc --version)"
 export SQLITE_SYNC_LIB="${SQLITE_SYNC_LIB:-$ROOT/target/release/libsqlite_sync.so}"
-echo "bench: running target/release/bench (about 10 minutes at BENCH_SCALE=1)"
+echo "bench: running target/release/bench (about 15 minutes at BENCH_SCALE=1)"
 RUST_BACKTRACE=1 target/release/bench
 echo "bench: done in $(( $(date +%s) - start ))s; see docs/benchmarks.md"

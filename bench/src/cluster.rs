@@ -110,13 +110,7 @@ impl BenchCluster {
         }
         let bindir = private_install(&dir.join("inst"));
         let pg_sync_md5 = file_md5(&dir.join("inst/usr/lib/postgresql/15/lib/pg_sync.so"));
-        if is_root() {
-            let st = Command::new("chown")
-                .args(["-R", "postgres:postgres", dir.to_str().unwrap()])
-                .status()
-                .unwrap();
-            assert!(st.success(), "chown of the cluster dir failed");
-        }
+        chown_to_postgres(&dir);
         let data = dir.join("data");
         let out = run_pg(
             &bindir,
@@ -137,40 +131,82 @@ impl BenchCluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={}",
-            dir.display()
-        );
-        for (k, v) in SETTINGS {
-            opts.push_str(&format!(" -c {k}={v}"));
-        }
-        let log = dir.join("server.log");
-        let out = run_pg(
-            &bindir,
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &opts,
-                "-w",
-                "start",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        launch(&bindir, &dir, port);
         BenchCluster {
             dir,
             bindir,
             port,
             pg_sync_md5,
         }
+    }
+
+    /// A streaming hot standby of this cluster: a base backup
+    /// (`pg_basebackup -X stream`) into a directory inside this cluster's,
+    /// started from the same private installation with the same settings,
+    /// `standby.signal` and `primary_conninfo` pointing here. Stopped and
+    /// removed on drop (drop it before the primary).
+    pub fn standby(&self) -> BenchCluster {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let dir = self.dir.join(format!("standby_{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        chown_to_postgres(&dir);
+        let data = dir.join("data");
+        let out = run_pg(
+            &self.bindir,
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(data.join("standby.signal"), "").unwrap();
+        let conf = format!(
+            "\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres'\nhot_standby = on\n",
+            self.port
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.auto.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        drop(f);
+        chown_to_postgres(&dir);
+        launch(&self.bindir, &dir, port);
+        BenchCluster {
+            dir,
+            bindir: self.bindir.clone(),
+            port,
+            pg_sync_md5: self.pg_sync_md5.clone(),
+        }
+    }
+
+    /// The postmaster's process id (first line of `postmaster.pid`).
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// TCP port on 127.0.0.1.
@@ -215,6 +251,49 @@ impl Drop for BenchCluster {
         );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn chown_to_postgres(dir: &Path) {
+    if is_root() {
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown of the cluster dir failed");
+    }
+}
+
+/// Starts the cluster whose data directory is `dir/data` on `port`.
+fn launch(bindir: &Path, dir: &Path, port: u16) {
+    let data = dir.join("data");
+    let mut opts = format!(
+        "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={}",
+        dir.display()
+    );
+    for (k, v) in SETTINGS {
+        opts.push_str(&format!(" -c {k}={v}"));
+    }
+    let log = dir.join("server.log");
+    let out = run_pg(
+        bindir,
+        "pg_ctl",
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-w",
+            "start",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "pg_ctl start failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
 
 /// md5 of a file's contents (empty when unreadable).

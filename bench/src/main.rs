@@ -13,9 +13,14 @@
 //! | `BENCH_OUT_DIR` | `docs` | where benchmarks.md and the PNGs go |
 //! | `BENCH_MERGE_JSON` | — | output of the sync_core merge bench to include |
 //! | `SQLITE_SYNC_LIB` | `target/release/libsqlite_sync.so` | the SQLite extension |
+//! | `BENCH_LOAD_SECS` | 120 | P10: seconds per topology (times `BENCH_SCALE`) |
+//! | `BENCH_LOAD_DEVICES` | 100 | P10: simulated devices |
+//! | `BENCH_LOAD_INTERVAL_MS` | 2000 | P10: mean time between a device's syncs |
+//! | `BENCH_LOAD_POOL` | 4 | P10: PgBouncer server connections per pool |
 
 mod cluster;
 mod data;
+mod load;
 mod pg;
 mod plot;
 mod report;
@@ -63,6 +68,14 @@ pub struct Config {
     pub merge_json: Option<PathBuf>,
     /// The SQLite extension.
     pub sqlite_lib: PathBuf,
+    /// P10: devices.
+    pub load_devices: usize,
+    /// P10: seconds per topology.
+    pub load_secs: f64,
+    /// P10: mean interval between a device's syncs (ms).
+    pub load_interval_ms: f64,
+    /// P10: PgBouncer server connections per pool.
+    pub load_pool: u32,
 }
 
 fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
@@ -111,6 +124,10 @@ impl Config {
             sqlite_lib: std::env::var("SQLITE_SYNC_LIB")
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| root.join("target/release/libsqlite_sync.so")),
+            load_devices: env_or("BENCH_LOAD_DEVICES", 100usize).max(1),
+            load_secs: (env_or("BENCH_LOAD_SECS", 120.0f64) * scale).max(5.0),
+            load_interval_ms: env_or("BENCH_LOAD_INTERVAL_MS", 2000.0f64).max(1.0),
+            load_pool: env_or("BENCH_LOAD_POOL", 4u32).max(1),
         }
     }
 
@@ -169,7 +186,16 @@ fn render_only(cfg: &Config) {
     saved.runs = v["config"]["runs"].as_u64().unwrap_or(cfg.runs as u64) as usize;
     saved.pgbench_secs = v["config"]["pgbench_secs"].as_u64().unwrap_or(4) as u32;
     saved.p1_runs_off = v["config"]["p1_runs_off"].as_u64().unwrap_or(5) as usize;
-    report::write(&saved, &figs, &merge, &env, &[]);
+    saved.load_secs = v["config"]["load_secs"].as_f64().unwrap_or(cfg.load_secs);
+    let warnings: Vec<String> = v["warnings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|w| w.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    report::write(&saved, &figs, &merge, &env, &warnings);
     report::print_table(&figs);
 }
 
@@ -246,6 +272,11 @@ fn main() {
         eprintln!("bench: P7");
         figs.push(pg::p7(&mut c, &cfg));
     }
+    let mut warnings = Vec::new();
+    if cfg.wants("P10") {
+        eprintln!("bench: P10");
+        figs.extend(load::p10(&cluster, &cfg, &sqlite_state, &mut warnings));
+    }
     let pg_sync_md5 = cluster.pg_sync_md5.clone();
     drop(c);
     drop(cluster);
@@ -263,11 +294,12 @@ fn main() {
         "merge": merge.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
         "env": env.to_json(),
         "config": {"scale": cfg.scale, "runs": cfg.runs, "pgbench_secs": cfg.pgbench_secs,
-                   "p1_runs_off": cfg.p1_runs_off},
+                   "p1_runs_off": cfg.p1_runs_off, "load_secs": cfg.load_secs},
+        "warnings": warnings,
     });
     if let Err(e) = std::fs::write(results_path(), saved.to_string()) {
         eprintln!("bench: could not save {}: {e}", results_path().display());
     }
-    report::write(&cfg, &figs, &merge, &env, &[]);
+    report::write(&cfg, &figs, &merge, &env, &warnings);
     report::print_table(&figs);
 }

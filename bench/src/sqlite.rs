@@ -88,7 +88,7 @@ fn fresh(path: &Path) {
 }
 
 /// A new synced client database at `path` (initialised with `schema`).
-fn open_client(lib: &Path, path: &Path, schema: Option<&str>) -> Connection {
+pub(crate) fn open_client(lib: &Path, path: &Path, schema: Option<&str>) -> Connection {
     let conn = Connection::open(path).unwrap();
     pragmas(&conn);
     load(&conn, lib).expect("load sqlite_sync");

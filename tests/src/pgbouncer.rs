@@ -4,7 +4,9 @@
 //! It runs from a temp dir with its own ini and auth file, listens on a free
 //! loopback port, authenticates with `auth_type = trust` (the clusters trust
 //! loopback too), runs as the `postgres` OS user when we are root (PgBouncer
-//! refuses to run as root), and is stopped and its dir removed on drop.
+//! refuses to run as root), and is stopped and its dir removed on drop. It
+//! also gets SIGTERM when the thread that started it exits (so a killed
+//! process leaves none behind): keep the [`PgBouncer`] on that thread.
 //!
 //! PgBouncer 1.18 (Debian 12) does not carry protocol-level named prepared
 //! statements across transactions in transaction pooling mode, and the
@@ -152,6 +154,18 @@ impl PgBouncer {
                 .unwrap();
             assert!(st.success(), "chown of the pgbouncer dir failed");
             cmd.uid(uid).gid(gid);
+        }
+        // SAFETY: prctl is async-signal-safe; it runs in the child after
+        // the uid switch (which would clear it), just before exec. PgBouncer
+        // then gets SIGTERM when the thread that started it exits, so a
+        // killed test or bench leaves no PgBouncer behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let child = cmd
             .spawn()
