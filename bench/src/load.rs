@@ -1091,7 +1091,8 @@ pub fn p10(
          leaves out the tracking triggers run by the server writers' own transactions \
          ({:.2}s / {:.2}s of wall time by pg_stat_user_functions). Wall time inside pg_sync's \
          functions is not used as CPU: on 2 cores shared with {} device threads it is mostly \
-         time runnable but not running, and row-lock waits",
+         time runnable but not running (the waits sampled in pg_stat_activity are the commit's \
+         WAL flush, outside the functions)",
         a.primary_sync_cpu,
         a.primary_cpu,
         a.primary_cpu / a.secs,
