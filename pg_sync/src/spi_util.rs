@@ -140,9 +140,18 @@ pub fn json_cached(sql: &str, args: &[DatumWithOid]) -> Result<Option<serde_json
 pub fn subxact<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     use pgrx::pg_sys;
     use pgrx::pg_sys::panic::CaughtError;
-    let message = |e: CaughtError| match e {
+    let message = |e: &CaughtError| match e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
         CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    };
+    // A cancel (statement_timeout, pg_cancel_backend, a pooler's
+    // query_timeout) is not a failure of the statement: like PL/pgSQL's
+    // WHEN OTHERS, it is never caught, so the whole call stops.
+    let cancelled = |e: &CaughtError| match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
+            r.sql_error_code() == pgrx::PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+        }
+        CaughtError::RustPanic { .. } => false,
     };
     // SAFETY: the standard internal-subtransaction protocol (as PL/pgSQL's
     // exception blocks use it), restoring memory context and resource owner.
@@ -152,7 +161,7 @@ pub fn subxact<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(old_context);
         let result = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
-            .catch_others(|e| Err(message(e)))
+            .catch_others(|e| Err(Box::new(e)))
             .execute();
         match result {
             Ok(v) => {
@@ -166,7 +175,10 @@ pub fn subxact<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
                 pg_sys::MemoryContextSwitchTo(old_context);
                 pg_sys::CurrentResourceOwner = old_owner;
-                Err(e)
+                if cancelled(&e) {
+                    e.rethrow();
+                }
+                Err(message(&e))
             }
         }
     }

@@ -41,10 +41,16 @@ thread_local! {
 
 /// Runs `f` with tombstones carrying `hlc` (the client's delete stamp).
 pub fn with_delete_hlc<R>(hlc: Hlc, f: impl FnOnce() -> R) -> R {
+    /// Clears the stamp however `f` ends (an error unwinds through here).
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PUSH_DELETE_HLC.with(|c| c.set(None));
+        }
+    }
     PUSH_DELETE_HLC.with(|c| c.set(Some(hlc)));
-    let r = f();
-    PUSH_DELETE_HLC.with(|c| c.set(None));
-    r
+    let _reset = Reset;
+    f()
 }
 
 fn delete_stamp() -> Hlc {

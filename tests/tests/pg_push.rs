@@ -333,12 +333,12 @@ fn killed_connection_mid_push_applies_all_or_nothing() {
     });
     assert!(sync_tests::eventually(10, || {
         let n: i64 = c
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT sync_push%' AND wait_event_type = 'Lock'", &[])
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT sync_push%' AND wait_event_type = 'Lock' AND datname = current_database()", &[])
             .unwrap()
             .get(0);
         n == 1
     }));
-    c.batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT sync_push%'")
+    c.batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT sync_push%' AND datname = current_database()")
         .unwrap();
     assert!(pusher.join().unwrap().is_err());
     tx.rollback().unwrap();
@@ -356,4 +356,37 @@ fn killed_connection_mid_push_applies_all_or_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(title, "blocked");
+}
+
+/// A cancel (statement_timeout, pg_cancel_backend, a pooler's timeout)
+/// stops the whole push: it is never taken for one change's failure.
+#[test]
+fn a_cancelled_push_stops_and_applies_nothing() {
+    let (_db, mut c) = setup("push_cancel");
+    let changes: Vec<Value> = (1..=40_000)
+        .map(|i| {
+            json!({"seq": i, "table": "tasks", "op": "insert", "pk": {"id": format!("c{i}")},
+                   "cols": {"id": format!("c{i}"), "title": "t"}, "hlc": now_stamp("x", 0)})
+        })
+        .collect();
+    let batch = json!({"format": 1, "client_id": "slow", "changes": changes});
+    c.batch_execute("SET statement_timeout = '300ms'").unwrap();
+    let e = c.query_one("SELECT sync_push($1)", &[&batch]).unwrap_err();
+    assert_eq!(
+        e.code().map(|s| s.code()),
+        Some("57014"),
+        "{}",
+        err_text(&e)
+    );
+    c.batch_execute("RESET statement_timeout").unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM tasks", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let stored: i64 = c
+        .query_one("SELECT count(*) FROM pg_sync.push_results", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0);
 }

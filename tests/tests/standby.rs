@@ -144,20 +144,20 @@ fn a_device_pulling_from_a_standby_while_the_primary_writes_ends_equal() {
     assert!(replayed(&mut p, &mut s));
     let d = Device::new(&mut s, "standby_writers");
     let conn = primary.conn_str("app");
-    let writers: Vec<_> = (0..2)
+    let writers: Vec<_> = (0..2i32)
         .map(|w| {
             let conn = conn.clone();
             std::thread::spawn(move || {
                 let mut c = Client::connect(&conn, postgres::NoTls).unwrap();
-                for i in 0..300 {
+                for i in 0..300i32 {
                     let id = (i * 7 + w * 3) % 50;
                     c.execute(
                         "INSERT INTO tasks VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n",
-                        &[&(id as i32), &(i as i32)],
+                        &[&id, &i],
                     )
                     .unwrap();
                     if i % 25 == 0 {
-                        c.execute("DELETE FROM tasks WHERE id = $1", &[&((i % 50) as i32)])
+                        c.execute("DELETE FROM tasks WHERE id = $1", &[&(i % 50)])
                             .unwrap();
                     }
                 }
