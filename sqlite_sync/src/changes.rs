@@ -10,12 +10,17 @@
 //! and for an insert every synced column the table had when the row was
 //! inserted (a column a migration adds later is not the device's write).
 //!
-//! The queue is indexed by row (`_sync_changes_row` on `(tbl, pk)`, whose
-//! entries SQLite orders by seq within a row): building a batch reads the
-//! queue in seq order only until it has `max` rows, and fetches the other
-//! writes of those rows through the index; acknowledgements and pulls look
-//! rows up the same way. No call reads the whole queue except
-//! `sync_status` and a resync.
+//! A backlog is indexed by row: when a sync call finds more than
+//! [`ROW_INDEX_MIN`] writes queued it creates `_sync_changes_row` on
+//! `(tbl, pk)` (whose entries SQLite orders by seq within a row), and the
+//! index is dropped again once the queue is empty. Ordinary writes (a
+//! short queue) never pay for maintaining it: one sort of a 50,000-write
+//! queue costs less than indexing each of those writes as it is made. With
+//! the index, building a batch reads the queue in seq order only until it
+//! has `max` rows and fetches the other writes of those rows through the
+//! index, and acknowledgements and pulls look rows up the same way; without
+//! it (a short queue) they read the queue once per call. Only `sync_status`
+//! and a resync read a whole backlog.
 
 use std::collections::HashMap;
 
@@ -228,28 +233,81 @@ pub fn load(db: Db, loaded: &Loaded) -> Result<Groups> {
     Ok(out)
 }
 
-/// Looks up the queued writes of single rows through the index on
-/// `_changes(tbl, pk)`, with statements prepared once per call.
+/// The queue's index by row, present while a backlog is synced.
+pub const ROW_INDEX: &str = "_sync_changes_row";
+
+/// Queue length (writes) above which a sync call indexes the queue by row.
+pub const ROW_INDEX_MIN: i64 = 5000;
+
+/// Whether the queue is indexed by row.
+pub fn has_row_index(db: Db) -> Result<bool> {
+    crate::state::object_exists(db, ROW_INDEX)
+}
+
+/// Indexes the queue by row when it holds more than [`ROW_INDEX_MIN`]
+/// writes (one sort of the queue); returns whether the index exists.
+pub fn index_backlog(db: Db) -> Result<bool> {
+    if has_row_index(db)? {
+        return Ok(true);
+    }
+    let mut st = db.prepare(&format!("SELECT count(*) FROM {}", q(CHANGES)))?;
+    let n = if st.step()? { st.col_i64(0) } else { 0 };
+    drop(st);
+    if n <= ROW_INDEX_MIN {
+        return Ok(false);
+    }
+    db.exec(&format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {}(tbl, pk)",
+        q(ROW_INDEX),
+        q(CHANGES)
+    ))?;
+    Ok(true)
+}
+
+/// Drops the row index once nothing is queued, so ordinary writes do not
+/// maintain it.
+pub fn unindex_if_empty(db: Db) -> Result<()> {
+    if has_row_index(db)? && !any_queued(db)? {
+        db.exec(&format!("DROP INDEX IF EXISTS {}", q(ROW_INDEX)))?;
+    }
+    Ok(())
+}
+
+/// Looks up the queued writes of single rows, with statements prepared
+/// once per call: through the row index when the queue has it, else from
+/// one read of the (short) queue.
 pub struct RowLookup<'a> {
     db: Db,
     loaded: &'a Loaded,
+    indexed: bool,
     /// By stored key value.
     stored: Option<crate::ffi::Stmt>,
     /// Per table with a composite key: by the expression the triggers
     /// store (`json_array(...)` of the key values).
     composite: HashMap<usize, crate::ffi::Stmt>,
+    /// The whole queue, read once, when it is not indexed.
+    all: Option<Groups>,
 }
 
 const ROW_COLS: &str = "seq, op, mask, hlc, batch";
 
 impl<'a> RowLookup<'a> {
-    pub fn new(db: Db, loaded: &'a Loaded) -> RowLookup<'a> {
-        RowLookup {
+    pub fn new(db: Db, loaded: &'a Loaded) -> Result<RowLookup<'a>> {
+        Ok(RowLookup {
             db,
             loaded,
+            indexed: has_row_index(db)?,
             stored: None,
             composite: HashMap::new(),
+            all: None,
+        })
+    }
+
+    fn in_queue(&mut self, table: usize, key: &Key) -> Result<Option<Group>> {
+        if self.all.is_none() {
+            self.all = Some(load(self.db, self.loaded)?);
         }
+        Ok(self.all.as_ref().and_then(|g| g.get(table, key)).cloned())
     }
 
     fn collect(st: &mut crate::ffi::Stmt, table: usize, key: Key) -> Result<Option<Group>> {
@@ -275,6 +333,9 @@ impl<'a> RowLookup<'a> {
     pub fn by_stored(&mut self, table: usize, stored: &Value) -> Result<Option<Group>> {
         let t = &self.loaded.tables[table];
         let key = t.key_from_stored(stored)?;
+        if !self.indexed {
+            return self.in_queue(table, &key);
+        }
         if self.stored.is_none() {
             self.stored = Some(self.db.prepare(&format!(
                 "SELECT {ROW_COLS} FROM {} WHERE tbl = ?1 AND pk IS ?2 AND op <> 'mark' \
@@ -293,6 +354,9 @@ impl<'a> RowLookup<'a> {
     /// The writes of a row given its key.
     pub fn by_key(&mut self, table: usize, key: &Key) -> Result<Option<Group>> {
         let t = &self.loaded.tables[table];
+        if !self.indexed {
+            return self.in_queue(table, key);
+        }
         if t.single_pk() {
             let v = key.0.first().map(KeyPart::to_value).unwrap_or(Value::Null);
             return self.by_stored(table, &v);
@@ -346,11 +410,34 @@ pub fn select_unsent(db: Db, loaded: &Loaded, max: usize) -> Result<Selection> {
         nothing: Vec::new(),
         orphans: Vec::new(),
     };
+    let take = |mut g: Group, out: &mut Selection| {
+        g.rows.retain(|r| r.batch.is_none());
+        if g.rows.is_empty() {
+            return;
+        }
+        if g.net(&loaded.tables[g.table]) == Net::Nothing {
+            out.nothing.push(g);
+        } else {
+            out.groups.push(g);
+        }
+    };
+    if !index_backlog(db)? {
+        // A short queue: read it once.
+        let all = load(db, loaded)?;
+        out.orphans = all.orphans;
+        for g in all.groups {
+            if out.groups.len() >= max {
+                break;
+            }
+            take(g, &mut out);
+        }
+        return Ok(out);
+    }
     let mut scan = db.prepare(&format!(
         "SELECT seq, tbl, pk FROM {} WHERE batch IS NULL AND op <> 'mark' ORDER BY seq",
         q(CHANGES)
     ))?;
-    let mut lookup = RowLookup::new(db, loaded);
+    let mut lookup = RowLookup::new(db, loaded)?;
     let mut seen: std::collections::HashSet<(usize, Key)> = std::collections::HashSet::new();
     let mut table_cache: HashMap<String, Option<usize>> = HashMap::new();
     while scan.step()? {
@@ -363,8 +450,7 @@ pub fn select_unsent(db: Db, loaded: &Loaded, max: usize) -> Result<Selection> {
             continue;
         };
         let stored = scan.col(2);
-        let t = &loaded.tables[ti];
-        let key = t.key_from_stored(&stored)?;
+        let key = loaded.tables[ti].key_from_stored(&stored)?;
         if seen.contains(&(ti, key.clone())) {
             continue;
         }
@@ -372,14 +458,8 @@ pub fn select_unsent(db: Db, loaded: &Loaded, max: usize) -> Result<Selection> {
             break;
         }
         seen.insert((ti, key));
-        let Some(mut g) = lookup.by_stored(ti, &stored)? else {
-            continue;
-        };
-        g.rows.retain(|r| r.batch.is_none());
-        if g.net(t) == Net::Nothing {
-            out.nothing.push(g);
-        } else {
-            out.groups.push(g);
+        if let Some(g) = lookup.by_stored(ti, &stored)? {
+            take(g, &mut out);
         }
     }
     Ok(out)
@@ -450,9 +530,9 @@ pub fn keep_high_water(db: Db, high_water: i64) -> Result<()> {
         ))?;
         st.run_with(&[Value::Int(high_water)])?;
     }
-    // Marks have tbl '': the row index finds them.
+    // Through the partial index of marks.
     let mut st = db.prepare(&format!(
-        "DELETE FROM {changes} WHERE tbl = '' AND op = 'mark' AND seq < ?1"
+        "DELETE FROM {changes} WHERE op = 'mark' AND seq < ?1"
     ))?;
     st.run_with(&[Value::Int(high_water)])
 }

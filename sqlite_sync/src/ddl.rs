@@ -41,7 +41,7 @@ use crate::state::{meta_get, meta_set, object_exists};
 
 /// The current layout of the device's objects (see [`upgrade_layout`]):
 /// 2 gave columns their exact types and the triggers `sync_clock()`; 3 adds
-/// the queue's index by row (`_sync_changes_row`) and shows an insert's
+/// the partial index of the queue's high-water marks and shows an insert's
 /// written columns in `T_local._mask`.
 pub const LAYOUT: i64 = 3;
 
@@ -81,7 +81,7 @@ pub fn create_meta(db: Db) -> Result<()> {
              batch INTEGER);
          DROP INDEX IF EXISTS {old_changes_batch};
          CREATE INDEX IF NOT EXISTS {changes_batch} ON {changes}(batch) WHERE batch IS NOT NULL;
-         CREATE INDEX IF NOT EXISTS {changes_row} ON {changes}(tbl, pk);
+         CREATE INDEX IF NOT EXISTS {changes_mark} ON {changes}(seq) WHERE op = 'mark';
          CREATE TABLE IF NOT EXISTS {errors}(
              id INTEGER PRIMARY KEY AUTOINCREMENT,
              seq INTEGER,
@@ -102,7 +102,7 @@ pub fn create_meta(db: Db) -> Result<()> {
         changes = q(CHANGES),
         old_changes_batch = q("_changes_batch"),
         changes_batch = q("_sync_changes_batch"),
-        changes_row = q("_sync_changes_row"),
+        changes_mark = q("_sync_changes_mark"),
         errors = q(ERRORS),
         base = q(BASE),
     ))

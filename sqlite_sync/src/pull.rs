@@ -90,7 +90,8 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         // hide the server's row: they are dropped now.
         let mut pending: Vec<Option<changes::Group>> = vec![None; order.len()];
         if changes::any_queued(db)? {
-            let mut lookup = changes::RowLookup::new(db, &loaded);
+            changes::index_backlog(db)?;
+            let mut lookup = changes::RowLookup::new(db, &loaded)?;
             let mut nothing: Vec<changes::Group> = Vec::new();
             for (j, (ti, key, _)) in order.iter().enumerate() {
                 if j > 0 && order[j - 1].0 == *ti && order[j - 1].1 == *key {

@@ -65,6 +65,9 @@ pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
         drop(mark);
         drop(ops);
         changes::purge(db, &loaded, &purge, &sel.orphans)?;
+        if out.is_empty() {
+            changes::unindex_if_empty(db)?;
+        }
         let batch = PushBatch {
             format: FORMAT,
             client_id: client,
@@ -265,7 +268,18 @@ fn complete_row(
 ) -> Result<(Vec<Value>, Vec<Hlc>)> {
     let t = o.t;
     let old = o.synced_row(key)?;
-    let cur = if sr.known != t.all_mask {
+    let stamp = |i: usize| c.ver.get(t.col_name(i)).copied().unwrap_or(c.hlc);
+    // A zero the change wrote to a real column and the server took as it
+    // is (the column's version is the write's): the result, a jsonb
+    // document, cannot tell -0.0 from 0.0, the device's value can.
+    let zero_taken = |i: usize, sr: &ServerRow| {
+        taken & (1i64 << i) != 0
+            && t.col_type(i) == sync_core::schema::ColumnType::Real
+            && sr.known & (1i64 << i) != 0
+            && sr.ver[i] == stamp(i)
+            && matches!(sr.vals[i], Value::Real(f) if f == 0.0)
+    };
+    let cur = if sr.known != t.all_mask || (0..t.ncols()).any(|i| zero_taken(i, &sr)) {
         o.state_row(key)?
     } else {
         None
@@ -275,10 +289,17 @@ fn complete_row(
         if t.pk_mask & bit != 0 {
             continue;
         }
+        if zero_taken(i, &sr) {
+            if let Some(Value::Real(f)) = cur.as_ref().map(|r| &r[i]) {
+                if *f == 0.0 {
+                    sr.vals[i] = Value::Real(*f);
+                }
+            }
+        }
         if sr.known & bit == 0 && taken & bit != 0 {
             if let Some(cur) = &cur {
                 sr.vals[i] = cur[i].clone();
-                let h = c.ver.get(t.col_name(i)).copied().unwrap_or(c.hlc);
+                let h = stamp(i);
                 sr.ver[i] = old.as_ref().map_or(h, |o| o.ver[i].max(h));
                 continue;
             }
@@ -410,8 +431,11 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
             return Ok(summary(0, 0, 0, result.results.len()));
         };
         let by_seq: HashMap<i64, &Change> = inflight.changes.iter().map(|c| (c.seq, c)).collect();
-        // Validate everything before changing anything.
+        // Validate everything before changing anything (the rows read here
+        // are the ones applied below).
+        let mut rows: Vec<Option<ServerRow>> = Vec::with_capacity(result.results.len());
         for r in &result.results {
+            rows.push(None);
             if let Some(c) = by_seq.get(&r.seq) {
                 if r.table != c.table {
                     return Err(Error::msg(format!(
@@ -430,13 +454,16 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                             show_json(&Json::Object(c.pk.clone()))
                         )));
                     }
-                    result_row(t, r, result.columns.get(&r.table))?;
+                    if let Some(last) = rows.last_mut() {
+                        *last = result_row(t, r, result.columns.get(&r.table))?;
+                    }
                 }
             }
         }
         let high_water = changes::max_seq(db)?;
         let mut ops: HashMap<usize, TableOps> = HashMap::new();
-        let mut lookup = RowLookup::new(db, &loaded);
+        changes::index_backlog(db)?;
+        let mut lookup = RowLookup::new(db, &loaded)?;
         let mut covered_q = db.prepare(&format!(
             "SELECT seq, op, mask, pk FROM {} WHERE batch = ?1",
             q(CHANGES)
@@ -447,7 +474,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
             q(ERRORS)
         ))?;
         let mut to_delete: Vec<i64> = Vec::new();
-        for r in &result.results {
+        for (ri, r) in result.results.iter().enumerate() {
             let Some(c) = by_seq.get(&r.seq) else {
                 ignored += 1;
                 continue;
@@ -503,7 +530,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                     .fold(0i64, |m, i| m | (1i64 << i))
                     & acked_mask
             };
-            let server_row = match result_row(t, r, result.columns.get(&r.table))? {
+            let server_row = match rows[ri].take() {
                 Some(sr) => {
                     for h in &sr.ver {
                         st.observe(db, *h)?;
@@ -602,6 +629,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
         meta_delete(db, "inflight")?;
         meta_set(db, "last_push", &Value::Text(now_iso()))?;
         changes::keep_high_water(db, high_water)?;
+        changes::unindex_if_empty(db)?;
         st.save_clock(db)?;
         Ok(summary(confirmed, rejected, conflicts, ignored))
     })

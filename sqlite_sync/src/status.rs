@@ -66,7 +66,7 @@ pub fn sync_pending(st: &ConnState, db: Db, table: &Value, pk: &Value) -> Result
             )))
         }
     };
-    let group = changes::RowLookup::new(db, &loaded).by_key(ti, &key)?;
+    let group = changes::RowLookup::new(db, &loaded)?.by_key(ti, &key)?;
     Ok(match group {
         Some(g) if g.is_pending(t) => 1,
         _ => 0,

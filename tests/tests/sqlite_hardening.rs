@@ -676,13 +676,13 @@ fn a_pull_upgrades_a_device_of_the_previous_layout_too() {
 }
 
 #[test]
-fn a_device_of_layout_2_gets_the_queue_index() {
+fn a_device_of_layout_2_is_upgraded_to_layout_3() {
     for via_pull in [false, true] {
         let c = TestClient::with_schema(&tasks_schema(1));
         c.exec("INSERT INTO tasks (id, title) VALUES ('a', 'x')");
         // What a device of the previous layout looks like.
         c.exec(
-            "DROP INDEX _sync_changes_row;
+            "DROP INDEX _sync_changes_mark;
              UPDATE _sync_meta SET value = 2 WHERE key = 'layout';",
         );
         if via_pull {
@@ -691,7 +691,7 @@ fn a_device_of_layout_2_gets_the_queue_index() {
             c.call("SELECT sync_init(?1)", Some(&tasks_schema(1).to_string()));
         }
         assert_eq!(
-            c.int("SELECT count(*) FROM sqlite_master WHERE name = '_sync_changes_row'"),
+            c.int("SELECT count(*) FROM sqlite_master WHERE name = '_sync_changes_mark'"),
             1
         );
         assert_eq!(
