@@ -485,11 +485,12 @@ enum Dropped {
     KeyChanged(Vec<String>),
 }
 
-/// Removes a table's objects with its queued changes. Each row whose
-/// unconfirmed writes are dropped gets a `_sync_errors` row (constraint
+/// Removes a table's objects with its unsent queued changes. Each row whose
+/// unsent writes are dropped gets a `_sync_errors` row (constraint
 /// `table_not_synced` or `key_mismatch`), as when the server rejects them
 /// for the same reason: the outcome does not depend on whether the device
-/// pushed or pulled first.
+/// pushed or pulled first. Writes in flight stay queued until the answer
+/// to their batch says what the server did with them.
 fn drop_table(db: Db, def: &TableDef, why: Dropped) -> Result<()> {
     let info = TableInfo::new(def);
     drop_triggers_and_view(db, &def.name, def.mode)?;
@@ -498,7 +499,7 @@ fn drop_table(db: Db, def: &TableDef, why: Dropped) -> Result<()> {
     record_dropped_writes(db, &info, &why)?;
     let high_water = crate::changes::max_seq(db)?;
     let mut st = db.prepare(&format!(
-        "DELETE FROM {} WHERE tbl = ?1 AND op <> 'mark'",
+        "DELETE FROM {} WHERE tbl = ?1 AND op <> 'mark' AND batch IS NULL",
         q(CHANGES)
     ))?;
     st.bind_text(1, &def.name)?;
@@ -511,11 +512,12 @@ fn drop_table(db: Db, def: &TableDef, why: Dropped) -> Result<()> {
     st.run()
 }
 
-/// Adds a `_sync_errors` row for each row of `info` whose queued writes
+/// Adds a `_sync_errors` row for each row of `info` whose unsent writes
 /// amount to something.
 fn record_dropped_writes(db: Db, info: &TableInfo, why: &Dropped) -> Result<()> {
     let mut st = db.prepare(&format!(
-        "SELECT seq, pk, op FROM {} WHERE tbl = ?1 AND op <> 'mark' ORDER BY seq",
+        "SELECT seq, pk, op FROM {} WHERE tbl = ?1 AND op <> 'mark' AND batch IS NULL \
+         ORDER BY seq",
         q(CHANGES)
     ))?;
     st.bind_text(1, info.name())?;

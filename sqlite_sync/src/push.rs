@@ -505,8 +505,26 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                 continue;
             }
             to_delete.extend(covered.iter().map(|x| x.seq));
-            // A table the device no longer syncs: its rows are gone.
+            // A table the device no longer syncs (it pulled its removal while
+            // the batch was in flight): its rows are gone; the answer is
+            // counted, and a rejection recorded.
             let Some(ti) = loaded.table_idx(&c.table) else {
+                match r.status {
+                    Status::Applied | Status::Merged => confirmed += 1,
+                    Status::Conflict => conflicts += 1,
+                    Status::Rejected => {
+                        rejected += 1;
+                        err_ins.run_with(&[
+                            Value::Int(r.seq),
+                            Value::Text(c.table.clone()),
+                            Value::Text(Json::Object(c.pk.clone()).to_string()),
+                            Value::Text(op_name(c.op).into()),
+                            r.reason.clone().map(Value::Text).unwrap_or(Value::Null),
+                            r.constraint.clone().map(Value::Text).unwrap_or(Value::Null),
+                            Value::Text(now_iso()),
+                        ])?;
+                    }
+                }
                 continue;
             };
             let t = &loaded.tables[ti];

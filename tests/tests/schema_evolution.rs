@@ -103,7 +103,9 @@ fn run(seed: u64, steps: usize) {
     c.batch_execute(
         "CREATE TABLE log (id text PRIMARY KEY, dev text NOT NULL, n int NOT NULL);
          CREATE TABLE counters (id text PRIMARY KEY, hits bigint NOT NULL DEFAULT 0);
+         CREATE TABLE notes (id text PRIMARY KEY, body text);
          SELECT sync_enable('log');
+         SELECT sync_enable('notes');
          SELECT sync_enable('counters', '{\"columns\": {\"hits\": {\"strategy\": \"counter\"}}}');
          INSERT INTO counters SELECT 'c' || g, 0 FROM generate_series(1, 4) g;",
     )
@@ -119,12 +121,17 @@ fn run(seed: u64, steps: usize) {
     let mut increments: BTreeMap<String, i64> = BTreeMap::new();
     let mut extra_cols: Vec<String> = Vec::new();
     let mut next_col = 0;
+    // The notes table is disabled and enabled again now and then; every
+    // note a device inserts reaches the server or is reported to that
+    // device as table_not_synced.
+    let mut notes_enabled = true;
+    let mut noted: Vec<(usize, String)> = Vec::new();
     let trace = std::env::var("EVOLVE_TRACE").is_ok();
     for step in 0..steps {
         let di = rng.below(3) as usize;
         let d = &devices[di];
         let dev = d.path.file_name().unwrap().to_string_lossy().to_string();
-        let action = rng.below(10);
+        let action = rng.below(12);
         if trace {
             eprintln!("seed {seed} step {step}: device {di} action {action}");
         }
@@ -190,8 +197,47 @@ fn run(seed: u64, steps: usize) {
                 d.pull(&mut c);
             }
             8 => push_without_ack(d, &mut c),
-            _ => d.sync(&mut c),
+            9 => d.sync(&mut c),
+            10 => {
+                // A note, when the device has the table (it drops it when
+                // it pulls the table's removal).
+                if !device_columns(d, "notes").is_empty() {
+                    let id = format!("n{seed}_{step}");
+                    d.db.execute(
+                        "INSERT INTO notes (id, body) VALUES (?1, ?2)",
+                        rusqlite::params![id, dev],
+                    )
+                    .unwrap();
+                    noted.push((di, id));
+                }
+            }
+            _ => {
+                let sql = if notes_enabled {
+                    "SELECT sync_disable('notes')"
+                } else {
+                    // Every device pulls the table's removal before it is
+                    // enabled again: a device that missed it keeps its
+                    // cursor's position in the table and would never get
+                    // the rows (server limitation, see
+                    // a_device_that_missed_a_tables_removal_gets_its_rows_after_it_is_enabled_again).
+                    for d in &devices {
+                        d.pull(&mut c);
+                    }
+                    "SELECT sync_enable('notes')"
+                };
+                if trace {
+                    eprintln!("  {sql}");
+                }
+                c.batch_execute(sql).unwrap();
+                notes_enabled = !notes_enabled;
+            }
         }
+    }
+    if !notes_enabled {
+        for d in &devices {
+            d.pull(&mut c);
+        }
+        c.batch_execute("SELECT sync_enable('notes')").unwrap();
     }
     // Settle: every device syncs until nothing moves.
     for _ in 0..3 {
@@ -203,7 +249,7 @@ fn run(seed: u64, steps: usize) {
     // the cluster: pull until the devices caught up (or 30 s passed).
     eventually(30, || {
         let mut same = true;
-        for table in ["log", "counters"] {
+        for table in ["log", "counters", "notes"] {
             let srv = server_table(&mut c, table);
             for d in &devices {
                 d.pull(&mut c);
@@ -213,7 +259,7 @@ fn run(seed: u64, steps: usize) {
         same
     });
     // The same rows and columns everywhere.
-    for table in ["log", "counters"] {
+    for table in ["log", "counters", "notes"] {
         let srv = server_table(&mut c, table);
         for d in &devices {
             assert_eq!(
@@ -234,6 +280,20 @@ fn run(seed: u64, steps: usize) {
         // The server bumps n of two rows now and then: n only grows.
         let got: i64 = row["n"].as_str().unwrap().parse().unwrap();
         assert!(got >= *n, "seed {seed}: {id} n {got} < {n}");
+    }
+    // Every note reached the server, or its device reported it.
+    let notes = server_table(&mut c, "notes");
+    for (di, id) in &noted {
+        let reported = devices[*di].rows(&format!(
+            "SELECT count(*) FROM _sync_errors WHERE tbl = 'notes' AND pk = '{{\"id\":\"{id}\"}}' \
+             AND constraint_name = 'table_not_synced'"
+        ))[0][0]
+            == 1;
+        assert!(
+            notes.contains_key(id) != reported,
+            "seed {seed}: note {id} of device {di}: on the server {}, reported {reported}",
+            notes.contains_key(id)
+        );
     }
     // None applied twice: every counter holds exactly its increments.
     let counters = server_table(&mut c, "counters");
@@ -683,4 +743,39 @@ fn a_primary_key_redefined_on_the_server_never_strands_a_device() {
             &format!("{order:?}"),
         );
     }
+}
+
+/// A table disabled and enabled again while a device did not pull: the
+/// device keeps its cursor's position in the table, but the rows of the
+/// table enabled again carry no transaction id (sync_enable stamps them
+/// 0), so the device never receives the rows it had not pulled before, nor
+/// those written while the table was disabled. Needs the server to make
+/// devices read the table again after sync_enable (for example a table
+/// generation in the column signature the cursor compares).
+#[test]
+#[ignore = "server: positions in a table survive sync_disable + sync_enable (reported)"]
+fn a_device_that_missed_a_tables_removal_gets_its_rows_after_it_is_enabled_again() {
+    let (_db, mut c, d) = server_and_device(
+        "missed_removal",
+        "CREATE TABLE notes (id text PRIMARY KEY, body text);
+         INSERT INTO notes VALUES ('n0', 'before');
+         SELECT sync_enable('notes');",
+    );
+    // Another client's row, not pulled by the device yet.
+    c.batch_execute("INSERT INTO notes VALUES ('n1', 'unseen')")
+        .unwrap();
+    c.batch_execute(
+        "SELECT sync_disable('notes');
+         INSERT INTO notes VALUES ('n2', 'while disabled');
+         SELECT sync_enable('notes');",
+    )
+    .unwrap();
+    assert_converged(
+        &d,
+        &mut c,
+        "SELECT id, body FROM notes ORDER BY id",
+        "SELECT to_jsonb(id), to_jsonb(body) FROM notes ORDER BY id",
+        &serde_json::json!([["n0", "before"], ["n1", "unseen"], ["n2", "while disabled"]]),
+        "missed removal",
+    );
 }
