@@ -779,3 +779,47 @@ fn a_device_that_missed_a_tables_removal_gets_its_rows_after_it_is_enabled_again
         "missed removal",
     );
 }
+
+/// An answer that arrives after a pull (push, pull, then the
+/// acknowledgement) does not take the device back to the state the answer
+/// describes: the pulled, newer server values stay.
+#[test]
+fn a_late_answer_does_not_undo_a_pull() {
+    let (_db, mut c, d) = server_and_device(
+        "late_answer",
+        "CREATE TABLE tasks (id text PRIMARY KEY, title text, n int);
+         INSERT INTO tasks VALUES ('t0', 'server', 1);
+         SELECT sync_enable('tasks');",
+    );
+    d.db.execute("UPDATE tasks SET title = 'mine' WHERE id = 't0'", [])
+        .unwrap();
+    let batch = d.call("SELECT sync_changes()", None);
+    let result: Value = c
+        .query_one("SELECT sync_push($1)", &[&batch])
+        .unwrap()
+        .get(0);
+    // Another writer, then a pull, before the answer is acknowledged.
+    c.batch_execute("UPDATE tasks SET n = 5 WHERE id = 't0'")
+        .unwrap();
+    assert!(eventually(30, || {
+        d.pull(&mut c);
+        d.rows("SELECT n FROM tasks WHERE id = 't0'")[0][0] == 5
+    }));
+    let summary = d.call("SELECT sync_ack(?1)", Some(&result.to_string()));
+    assert_eq!(summary["confirmed"], 1, "{summary}");
+    let want = serde_json::json!([["t0", "mine", 5]]);
+    assert_eq!(
+        Value::from(d.rows("SELECT id, title, n FROM tasks")),
+        want,
+        "the late answer (n = 1) does not undo the pull"
+    );
+    assert_converged(
+        &d,
+        &mut c,
+        "SELECT id, title, n FROM tasks",
+        "SELECT to_jsonb(id), to_jsonb(title), to_jsonb(n) FROM tasks",
+        &want,
+        "late answer",
+    );
+    assert_eq!(d.call("SELECT sync_status()", None)["pending"], 0);
+}
