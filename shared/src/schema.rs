@@ -256,6 +256,111 @@ pub fn check_column_name(table: &str, name: &str) -> Result<(), SyncError> {
     Ok(())
 }
 
+/// Table name → column name → declaration (type and constraints).
+pub type LocalSpec = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+
+/// Largest local spec document, in bytes.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
+/// Longest declaration of a local column, in bytes.
+pub const MAX_DECL_BYTES: usize = 4096;
+
+/// Parses and checks a local spec (`sync_init`'s second argument: local-only
+/// columns the device keeps and never pushes) against the schema.
+pub fn parse_local_spec(text: &str, schema: &Schema) -> Result<LocalSpec, SyncError> {
+    let bad = |m: String| SyncError::Invalid(format!("invalid local spec: {m}"));
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(bad(format!(
+            "the document is {} bytes, more than the limit of {MAX_SPEC_BYTES}",
+            text.len()
+        )));
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+    let obj = doc
+        .as_object()
+        .ok_or_else(|| bad("expected a JSON object like {\"columns\": {...}}".into()))?;
+    for k in obj.keys() {
+        if k != "columns" {
+            return Err(bad(format!("unknown key {k:?} (expected \"columns\")")));
+        }
+    }
+    let mut spec = LocalSpec::new();
+    let tables = match obj.get("columns") {
+        None | Some(serde_json::Value::Null) => return Ok(spec),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => {
+            return Err(bad(
+                "\"columns\" must be an object of table name to {column: declaration}".into(),
+            ))
+        }
+    };
+    for (tname, cols) in tables {
+        let def = schema
+            .table(tname)
+            .ok_or_else(|| bad(format!("table {} is not a synced table", shown(tname))))?;
+        let cols = cols.as_object().ok_or_else(|| {
+            bad(format!(
+                "columns of table {tname:?} must be an object of column name to declaration"
+            ))
+        })?;
+        let entry = spec.entry(tname.clone()).or_default();
+        for (cname, decl) in cols {
+            if cname.is_empty() {
+                return Err(bad(format!("table {tname:?} has an empty column name")));
+            }
+            if cname.len() > MAX_NAME_BYTES {
+                return Err(bad(format!(
+                    "column name {} of table {tname:?} is {} bytes, more than the limit of \
+                     {MAX_NAME_BYTES}",
+                    shown(cname),
+                    cname.len()
+                )));
+            }
+            if cname.contains('\0') {
+                return Err(bad(format!(
+                    "column name {cname:?} of table {tname:?} contains a NUL character"
+                )));
+            }
+            if def
+                .columns
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(cname))
+            {
+                return Err(bad(format!(
+                    "column {cname:?} of table {tname:?} is a synced column of the schema"
+                )));
+            }
+            if cname.to_ascii_lowercase().starts_with("_sync") {
+                return Err(bad(format!(
+                    "column name {cname:?} of table {tname:?} is reserved by sqlite_sync"
+                )));
+            }
+            let decl = decl.as_str().ok_or_else(|| {
+                bad(format!(
+                    "declaration of column {cname:?} of table {tname:?} must be a string \
+                     like \"TEXT\" or \"INTEGER DEFAULT 0\""
+                ))
+            })?;
+            if decl.len() > MAX_DECL_BYTES {
+                return Err(bad(format!(
+                    "declaration of column {cname:?} of table {tname:?} is {} bytes, more \
+                     than the limit of {MAX_DECL_BYTES}",
+                    decl.len()
+                )));
+            }
+            if decl.contains(';') || decl.contains("--") || decl.contains("/*") {
+                return Err(bad(format!(
+                    "declaration {decl:?} of column {cname:?} of table {tname:?} may not \
+                     contain ';' or comments"
+                )));
+            }
+            entry.insert(cname.clone(), decl.trim().to_string());
+        }
+    }
+    Ok(spec)
+}
+
 #[cfg(test)]
 mod name_tests {
     use super::*;

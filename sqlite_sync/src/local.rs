@@ -7,118 +7,21 @@
 //! rollbacks keep their values on existing rows. The spec is stored in
 //! `_sync_meta` (`local`) and re-applied after every migration.
 
-use std::collections::BTreeMap;
-
-use serde_json::Value as Json;
-use sync_core::schema::{Schema, TableDef, MAX_NAME_BYTES};
+use sync_core::schema::{Schema, TableDef};
 
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
 use crate::model::{q, state_table_name};
 use crate::state::{meta_get, meta_set};
 
-/// Table name → column name → declaration (type and constraints).
-pub type LocalSpec = BTreeMap<String, BTreeMap<String, String>>;
+pub use sync_core::schema::LocalSpec;
 
 const KEY: &str = "local";
 
-/// Largest local spec document, in bytes.
-pub const MAX_SPEC_BYTES: usize = 1 << 20;
-
-/// Longest declaration of a local column, in bytes.
-pub const MAX_DECL_BYTES: usize = 4096;
-
-/// Parses and checks a local spec against the schema.
+/// Parses and checks a local spec against the schema (the decoder is
+/// `sync_core::schema::parse_local_spec`, shared so it is fuzzed).
 pub fn parse(text: &str, schema: &Schema) -> Result<LocalSpec> {
-    let bad = |m: String| Error::msg(format!("invalid local spec: {m}"));
-    if text.len() > MAX_SPEC_BYTES {
-        return Err(bad(format!(
-            "the document is {} bytes, more than the limit of {MAX_SPEC_BYTES}",
-            text.len()
-        )));
-    }
-    let doc: Json = serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
-    let obj = doc
-        .as_object()
-        .ok_or_else(|| bad("expected a JSON object like {\"columns\": {...}}".into()))?;
-    for k in obj.keys() {
-        if k != "columns" {
-            return Err(bad(format!("unknown key {k:?} (expected \"columns\")")));
-        }
-    }
-    let mut spec = LocalSpec::new();
-    let tables = match obj.get("columns") {
-        None | Some(Json::Null) => return Ok(spec),
-        Some(Json::Object(m)) => m,
-        Some(_) => {
-            return Err(bad(
-                "\"columns\" must be an object of table name to {column: declaration}".into(),
-            ))
-        }
-    };
-    for (tname, cols) in tables {
-        let def = schema.table(tname).ok_or_else(|| {
-            bad(format!(
-                "table {} is not a synced table",
-                crate::model::show(tname)
-            ))
-        })?;
-        let cols = cols.as_object().ok_or_else(|| {
-            bad(format!(
-                "columns of table {tname:?} must be an object of column name to declaration"
-            ))
-        })?;
-        let entry = spec.entry(tname.clone()).or_default();
-        for (cname, decl) in cols {
-            if cname.is_empty() {
-                return Err(bad(format!("table {tname:?} has an empty column name")));
-            }
-            if cname.len() > MAX_NAME_BYTES {
-                return Err(bad(format!(
-                    "column name {} of table {tname:?} is {} bytes, more than the limit of \
-                     {MAX_NAME_BYTES}",
-                    crate::model::show(cname),
-                    cname.len()
-                )));
-            }
-            if cname.contains('\0') {
-                return Err(bad(format!(
-                    "column name {cname:?} of table {tname:?} contains a NUL character"
-                )));
-            }
-            if is_schema_col(def, cname) {
-                return Err(bad(format!(
-                    "column {cname:?} of table {tname:?} is a synced column of the schema"
-                )));
-            }
-            if cname.to_ascii_lowercase().starts_with("_sync") {
-                return Err(bad(format!(
-                    "column name {cname:?} of table {tname:?} is reserved by sqlite_sync"
-                )));
-            }
-            let decl = decl.as_str().ok_or_else(|| {
-                bad(format!(
-                    "declaration of column {cname:?} of table {tname:?} must be a string \
-                     like \"TEXT\" or \"INTEGER DEFAULT 0\""
-                ))
-            })?;
-            if decl.len() > MAX_DECL_BYTES {
-                return Err(bad(format!(
-                    "declaration of column {cname:?} of table {tname:?} is {} bytes, more \
-                     than the limit of {MAX_DECL_BYTES}",
-                    decl.len()
-                )));
-            }
-            if decl.contains(';') || decl.contains("--") || decl.contains("/*") {
-                return Err(bad(format!(
-                    "declaration {decl:?} of column {cname:?} of table {tname:?} may not \
-                     contain ';' or comments"
-                )));
-            }
-            entry.insert(cname.clone(), decl.trim().to_string());
-        }
-    }
-    Ok(spec)
+    Ok(sync_core::schema::parse_local_spec(text, schema)?)
 }
 
 /// The stored spec (empty when none).
