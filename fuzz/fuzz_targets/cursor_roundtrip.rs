@@ -33,6 +33,7 @@ impl<'a> Arbitrary<'a> for Input {
                 r: pos(u)?,
                 d: pos(u)?,
                 c: u.arbitrary()?,
+                n: u.arbitrary()?,
             };
             c.t.insert(text(u, 3)?, p);
         }

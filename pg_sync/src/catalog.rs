@@ -84,6 +84,9 @@ pub struct TableInfo {
     pub columns: Vec<Column>,
     /// Options.
     pub options: TableOptions,
+    /// When sync was enabled (microseconds since 2000-01-01; 0 while being
+    /// enabled): a table disabled and enabled again starts its streams over.
+    pub enabled: i64,
 }
 
 impl TableInfo {
@@ -290,6 +293,7 @@ pub fn describe(relid: pg_sys::Oid, options: TableOptions) -> Result<TableInfo> 
         pk,
         columns,
         options,
+        enabled: 0,
     })
 }
 
@@ -302,7 +306,9 @@ pub fn synced_tables() -> Result<Vec<TableInfo>> {
              SELECT c.conrelid, d.depth + 1 FROM deps d \
              JOIN pg_catalog.pg_constraint c ON c.contype = 'f' AND c.confrelid = d.relid AND c.conrelid <> d.relid \
              WHERE d.depth < 32) \
-         SELECT t.relid::pg_catalog.oid::pg_catalog.text, t.options::text FROM pg_sync.tables t \
+         SELECT t.relid::pg_catalog.oid::pg_catalog.text, t.options::text, \
+                (pg_catalog.extract('epoch', t.enabled_at) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8::pg_catalog.text \
+         FROM pg_sync.tables t \
          JOIN (SELECT relid, pg_catalog.max(depth) AS depth FROM deps GROUP BY relid) d \
            ON d.relid = t.relid::pg_catalog.oid \
          ORDER BY d.depth, t.name",
@@ -312,7 +318,9 @@ pub fn synced_tables() -> Result<Vec<TableInfo>> {
     for row in r {
         let relid: u32 = row[0].as_deref().unwrap_or("0").parse().unwrap_or(0);
         let options = TableOptions::parse(row[1].as_deref().unwrap_or("{}"))?;
-        out.push(describe(pg_sys::Oid::from(relid), options)?);
+        let mut t = describe(pg_sys::Oid::from(relid), options)?;
+        t.enabled = row[2].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+        out.push(t);
     }
     Ok(out)
 }

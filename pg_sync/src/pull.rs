@@ -248,6 +248,13 @@ fn pull(
             pos.r = Pos::Start;
         }
         pos.c = Some(sig);
+        // Enabled again since the device last pulled it (the device may
+        // never have seen it disabled): its rows are all new.
+        if pos.n.is_some_and(|n| n != t.enabled) {
+            pos.r = Pos::Start;
+            pos.d = Pos::Start;
+        }
+        pos.n = Some(t.enabled);
         if emitted >= budget_total {
             has_more |= stream_nonempty(t, pos, h)?;
             continue;

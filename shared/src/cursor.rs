@@ -44,6 +44,10 @@ pub struct TablePos {
     /// Signature of the table's columns when the client last pulled it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub c: Option<u64>,
+    /// When sync was enabled on the table (the server's own clock): a
+    /// table disabled and enabled again starts its streams over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<i64>,
 }
 
 /// The decoded cursor.
@@ -144,6 +148,7 @@ mod tests {
                 r: Pos::After(10, serde_json::json!({"id": "a"})),
                 d: Pos::Below([7]),
                 c: None,
+                n: Some(5),
             },
         );
         let d = Cursor::decode(&c.encode()).unwrap();

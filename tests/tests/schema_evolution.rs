@@ -746,14 +746,11 @@ fn a_primary_key_redefined_on_the_server_never_strands_a_device() {
 }
 
 /// A table disabled and enabled again while a device did not pull: the
-/// device keeps its cursor's position in the table, but the rows of the
-/// table enabled again carry no transaction id (sync_enable stamps them
-/// 0), so the device never receives the rows it had not pulled before, nor
-/// those written while the table was disabled. Needs the server to make
-/// devices read the table again after sync_enable (for example a table
-/// generation in the column signature the cursor compares).
+/// rows of the table enabled again carry no transaction id (sync_enable
+/// stamps them 0), so the device's old position in the table would skip
+/// them; the cursor notes when sync was enabled on the table, and a table
+/// enabled again starts its streams over.
 #[test]
-#[ignore = "server: positions in a table survive sync_disable + sync_enable (reported)"]
 fn a_device_that_missed_a_tables_removal_gets_its_rows_after_it_is_enabled_again() {
     let (_db, mut c, d) = server_and_device(
         "missed_removal",
