@@ -252,7 +252,7 @@ ALTER POLICY tombstones_readable ON pg_sync.tombstones
 -- 0.3.0: no internal function is executable by PUBLIC. _try and
 -- _tomb_visible run as the caller (no elevated rights) and are used by
 -- sync_push and the tombstone policy, so they stay executable.
-REVOKE ALL ON FUNCTION pg_sync._bump_epoch(), pg_sync._on_ddl(), pg_sync._on_access_ddl(),
+REVOKE EXECUTE ON FUNCTION pg_sync._bump_epoch(), pg_sync._on_ddl(), pg_sync._on_access_ddl(),
     pg_sync._on_policy_drop() FROM PUBLIC;
 
 -- 0.3.0: pg_dump keeps what a restore needs to go on syncing: which tables
@@ -292,4 +292,4 @@ END;
 $$;
 CREATE EVENT TRIGGER pg_sync_restore ON ddl_command_end WHEN TAG IN ('CREATE TRIGGER')
     EXECUTE FUNCTION pg_sync._on_trigger_ddl();
-REVOKE ALL ON FUNCTION pg_sync._on_trigger_ddl() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_sync._on_trigger_ddl() FROM PUBLIC;

@@ -94,11 +94,11 @@ CREATE EVENT TRIGGER pg_sync_policy_drop ON sql_drop
     WHEN TAG IN ('DROP POLICY')
     EXECUTE FUNCTION pg_sync._on_policy_drop();
 
-REVOKE ALL ON FUNCTION pg_sync._bump_epoch(), pg_sync._on_ddl(), pg_sync._on_access_ddl(),
+REVOKE EXECUTE ON FUNCTION pg_sync._bump_epoch(), pg_sync._on_ddl(), pg_sync._on_access_ddl(),
     pg_sync._on_policy_drop() FROM PUBLIC;
-REVOKE ALL ON FUNCTION sync_enable(regclass, jsonb), sync_disable(regclass),
+REVOKE EXECUTE ON FUNCTION sync_enable(regclass, jsonb), sync_disable(regclass),
     sync_compact(interval), sync_resync_all() FROM PUBLIC;
-REVOKE ALL ON FUNCTION pg_sync.track(), pg_sync.track_delete(), pg_sync.track_truncate() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_sync.track(), pg_sync.track_delete(), pg_sync.track_truncate() FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('pg_sync.tables', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_sync.conflicts', '');
@@ -132,4 +132,4 @@ END;
 $$;
 CREATE EVENT TRIGGER pg_sync_restore ON ddl_command_end WHEN TAG IN ('CREATE TRIGGER')
     EXECUTE FUNCTION pg_sync._on_trigger_ddl();
-REVOKE ALL ON FUNCTION pg_sync._on_trigger_ddl() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_sync._on_trigger_ddl() FROM PUBLIC;

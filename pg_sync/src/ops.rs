@@ -48,10 +48,10 @@ fn sync_resync_all() -> i64 {
 pgrx::extension_sql!(
     r#"
 -- Admin functions: the DBA grants them to operator roles.
-REVOKE ALL ON FUNCTION sync_enable(regclass, jsonb), sync_disable(regclass),
+REVOKE EXECUTE ON FUNCTION sync_enable(regclass, jsonb), sync_disable(regclass),
     sync_compact(interval), sync_resync_all() FROM PUBLIC;
 -- Trigger functions are checked when a trigger is created, not when it fires.
-REVOKE ALL ON FUNCTION pg_sync.track(), pg_sync.track_delete(), pg_sync.track_truncate() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_sync.track(), pg_sync.track_delete(), pg_sync.track_truncate() FROM PUBLIC;
 "#,
     name = "admin_grants",
     finalize
