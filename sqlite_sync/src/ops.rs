@@ -249,25 +249,27 @@ impl<'a> TableOps<'a> {
 
     /// Records the base of a column unless one is already recorded.
     pub fn stash_put(&mut self, key: &Key, col: usize, ver: Hlc, val: &Value) -> Result<()> {
-        let canon = key.canonical();
-        let name = self.t.name().to_string();
-        let col_name = self.t.col_name(col).to_string();
-        let st = self.stmt("stash_put")?;
-        st.run_with(&[
-            Value::Text(name),
-            Value::Text(canon),
-            Value::Text(col_name),
-            Value::Int(ver.as_i64()),
-            val.clone(),
-        ])
+        self.stash("stash_put", key, col, ver, val)
     }
 
     /// Records the base of a column, replacing one already recorded.
     pub fn stash_replace(&mut self, key: &Key, col: usize, ver: Hlc, val: &Value) -> Result<()> {
+        self.stash("stash_replace", key, col, ver, val)
+    }
+
+    /// Runs one of the stash statements for a column's base.
+    fn stash(
+        &mut self,
+        stmt: &'static str,
+        key: &Key,
+        col: usize,
+        ver: Hlc,
+        val: &Value,
+    ) -> Result<()> {
         let canon = key.canonical();
         let name = self.t.name().to_string();
         let col_name = self.t.col_name(col).to_string();
-        let st = self.stmt("stash_replace")?;
+        let st = self.stmt(stmt)?;
         st.run_with(&[
             Value::Text(name),
             Value::Text(canon),

@@ -24,21 +24,26 @@ fn replayed(primary: &mut Client, standby: &mut Client) -> bool {
     })
 }
 
-#[test]
-fn pulls_run_on_a_hot_standby() {
+/// A private cluster with database `app`, pg_sync created and `sql` run.
+fn primary_with(sql: &str) -> (sync_tests::OwnedCluster, Client) {
     let primary = Cluster::private();
     primary
         .connect("postgres")
         .batch_execute("CREATE DATABASE app")
         .unwrap();
     let mut p = primary.connect("app");
-    p.batch_execute(
-        "CREATE EXTENSION pg_sync;
-         CREATE TABLE tasks (id int PRIMARY KEY, title text);
+    p.batch_execute(&format!("CREATE EXTENSION pg_sync; {sql}"))
+        .unwrap();
+    (primary, p)
+}
+
+#[test]
+fn pulls_run_on_a_hot_standby() {
+    let (primary, mut p) = primary_with(
+        "CREATE TABLE tasks (id int PRIMARY KEY, title text);
          SELECT sync_enable('tasks');
          INSERT INTO tasks SELECT g, 'task ' || g FROM generate_series(1, 20) g;",
-    )
-    .unwrap();
+    );
     let standby = primary.base_backup().start(Some("standby.signal"));
     let mut s = standby.connect("app");
     assert!(replayed(&mut p, &mut s));
@@ -69,19 +74,11 @@ fn page(c: &mut Client, cursor: Option<&str>) -> Value {
 
 #[test]
 fn cursors_move_between_primary_and_standby_without_gaps_or_repeats() {
-    let primary = Cluster::private();
-    primary
-        .connect("postgres")
-        .batch_execute("CREATE DATABASE app")
-        .unwrap();
-    let mut p = primary.connect("app");
-    p.batch_execute(
-        "CREATE EXTENSION pg_sync;
-         CREATE TABLE tasks (id int PRIMARY KEY, n int);
+    let (primary, mut p) = primary_with(
+        "CREATE TABLE tasks (id int PRIMARY KEY, n int);
          SELECT sync_enable('tasks');
          INSERT INTO tasks SELECT g, 0 FROM generate_series(1, 10) g;",
-    )
-    .unwrap();
+    );
     let standby = primary.base_backup().start(Some("standby.signal"));
     let mut s = standby.connect("app");
     assert!(replayed(&mut p, &mut s));
@@ -127,18 +124,10 @@ fn cursors_move_between_primary_and_standby_without_gaps_or_repeats() {
 
 #[test]
 fn a_device_pulling_from_a_standby_while_the_primary_writes_ends_equal() {
-    let primary = Cluster::private();
-    primary
-        .connect("postgres")
-        .batch_execute("CREATE DATABASE app")
-        .unwrap();
-    let mut p = primary.connect("app");
-    p.batch_execute(
-        "CREATE EXTENSION pg_sync;
-         CREATE TABLE tasks (id int PRIMARY KEY, n int);
+    let (primary, mut p) = primary_with(
+        "CREATE TABLE tasks (id int PRIMARY KEY, n int);
          SELECT sync_enable('tasks');",
-    )
-    .unwrap();
+    );
     let standby = primary.base_backup().start(Some("standby.signal"));
     let mut s = standby.connect("app");
     assert!(replayed(&mut p, &mut s));
