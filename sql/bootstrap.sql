@@ -271,20 +271,27 @@ SELECT pg_catalog.pg_extension_config_dump('pg_sync.push_results', '');
 -- row would stay below no pull's horizon, and devices would miss it. The
 -- data is loaded before the tracking triggers are created, so when a
 -- restore (or sync_enable) creates a table's tracking trigger, rows with an
--- xid this cluster has not handed out yet take the current one. Other
--- triggers of the table do not fire for it (replica role).
+-- xid this cluster has not handed out yet take the current one (only when
+-- there are such rows; other triggers do not fire for a superuser's restore).
 CREATE FUNCTION pg_sync._on_trigger_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    r record; v_role text;
+    r record; v_role text; v_stale boolean;
 BEGIN
+    -- Runs as the user who created the trigger (no elevated rights): an
+    -- owner creating the trigger on its own table can only touch that table.
     FOR r IN SELECT t.tgrelid::regclass AS rel FROM pg_event_trigger_ddl_commands() c
              JOIN pg_trigger t ON t.oid = c.objid
              WHERE c.classid = 'pg_trigger'::regclass AND t.tgname = 'zz_pg_sync_track'
     LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s WHERE _sync_xid >= pg_current_xact_id())',
+                       r.rel) INTO v_stale;
+        CONTINUE WHEN NOT v_stale;
         v_role := current_setting('session_replication_role');
-        PERFORM set_config('session_replication_role', 'replica', true);
-        EXECUTE format('UPDATE %s SET _sync_xid = pg_current_xact_id() '
+        IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            PERFORM set_config('session_replication_role', 'replica', true);
+        END IF;
+        EXECUTE format('UPDATE ONLY %s SET _sync_xid = pg_current_xact_id() '
                        'WHERE _sync_xid >= pg_current_xact_id()', r.rel);
         PERFORM set_config('session_replication_role', v_role, true);
     END LOOP;

@@ -597,3 +597,32 @@ fn numbers_and_keys_reach_the_server_exactly() {
     assert!(text.contains("1234567890.012345678901"), "{text}");
     assert!(text.contains("9007199254740993"), "{text}");
 }
+
+#[test]
+fn a_tracking_trigger_created_by_an_attacker_runs_nothing_with_elevated_rights() {
+    let mut s = Scene::new("sec_trigger_ddl", &["eve"]);
+    let eve = s.role("eve");
+    s.admin
+        .batch_execute(&format!("CREATE SCHEMA {eve} AUTHORIZATION {eve};"))
+        .unwrap();
+    let mut e = s.login("eve");
+    // Eve's own table looks like a restored synced table, with a trigger
+    // that would make her superuser if it ran with elevated rights.
+    e.batch_execute(&format!(
+        "CREATE TABLE {eve}.bait (id int PRIMARY KEY, _sync_xid xid8);
+         INSERT INTO {eve}.bait VALUES (1, '99999999');
+         CREATE FUNCTION {eve}.grab() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN EXECUTE '{esc}'; RETURN NEW; END $$;
+         CREATE TRIGGER a_grab BEFORE UPDATE ON {eve}.bait FOR EACH ROW EXECUTE FUNCTION {eve}.grab();
+         ALTER TABLE {eve}.bait ENABLE ALWAYS TRIGGER a_grab;
+         CREATE FUNCTION {eve}.noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;",
+        esc = escalate(&eve)
+    ))
+    .unwrap();
+    // Creating a trigger named like pg_sync's fires pg_sync's event trigger;
+    // it runs as Eve, whose trigger then fails to escalate.
+    let _ = e.batch_execute(&format!(
+        "CREATE TRIGGER zz_pg_sync_track BEFORE INSERT ON {eve}.bait FOR EACH ROW EXECUTE FUNCTION {eve}.noop()"
+    ));
+    assert!(!s.is_superuser("eve"), "eve became superuser");
+}
