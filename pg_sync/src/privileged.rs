@@ -167,10 +167,16 @@ pub fn client_begin(client: &str) -> Result<i64> {
 /// `(seq, result JSON)`.
 pub fn results_get(client: &str, seqs: Vec<i64>) -> Result<Vec<(i64, String)>> {
     let got = read(
-        "SELECT r.seq::pg_catalog.text, r.result::pg_catalog.text FROM pg_sync.push_results r \
-         WHERE r.role OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regrole \
-           AND r.client_id OPERATOR(pg_catalog.=) $2 \
-           AND r.seq OPERATOR(pg_catalog.=) ANY ($3)",
+        // One index probe per seq: the LIMIT keeps the lateral subquery
+        // from being flattened into a join, which with stale statistics
+        // (push_results grows fast) may hash every stored result of the
+        // client, or apply `seq = ANY` as a filter over them, on each push.
+        "SELECT s.seq::pg_catalog.text, x.result::pg_catalog.text \
+         FROM pg_catalog.unnest($3::pg_catalog.int8[]) s(seq) \
+         CROSS JOIN LATERAL (SELECT r.result FROM pg_sync.push_results r \
+             WHERE r.role OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regrole \
+               AND r.client_id OPERATOR(pg_catalog.=) $2 \
+               AND r.seq OPERATOR(pg_catalog.=) s.seq LIMIT 1) x",
         &[role_arg(caller()), client.to_string().into(), seqs.into()],
     )?;
     Ok(got

@@ -156,6 +156,114 @@ fn a_backlog_is_read_through_the_row_index() {
     );
 }
 
+/// A push finds the rows it names by key, one index probe each, however
+/// big the table has grown since its statements were planned. Postgres
+/// caches a generic plan of a statement from its sixth run on; a join of
+/// the pushed rows with the table, planned while the table was small,
+/// hashes the whole table on every later push (and a lookup of the stored
+/// results hashes every result the client ever had), so each push cost
+/// what the table holds. The plans are read with auto_explain.
+#[test]
+fn a_push_probes_its_rows_by_key_however_big_the_table_grew() {
+    let db = TestDb::new("push_probe");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE notes (id text PRIMARY KEY, body text, n int);
+         SELECT sync_enable('notes');",
+    )
+    .unwrap();
+    let d = Device::new(&mut c, "push_probe");
+    let plans = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = plans.clone();
+    let mut config: postgres::Config = db.conn_str().parse().unwrap();
+    config.notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()));
+    let mut traced = config.connect(postgres::NoTls).unwrap();
+    // Seven small pushes from one backend: its plans are cached while the
+    // table is small. Each push updates and deletes rows of earlier ones.
+    for i in 0..7 {
+        queue_writes(&d, 20, &format!("w{i}_"));
+        if i > 0 {
+            d.db.execute_batch(&format!(
+                "UPDATE notes SET body = 'again' WHERE id = 'w{p}_000001';
+                 DELETE FROM notes WHERE id = 'w{p}_000002';",
+                p = i - 1
+            ))
+            .unwrap();
+        }
+        d.push(&mut traced);
+    }
+    // The table grows well past those plans (no ANALYZE runs).
+    c.batch_execute(
+        "INSERT INTO notes (id, body, n) SELECT 'big' || g, 'x', g FROM generate_series(1, 30000) g",
+    )
+    .unwrap();
+    traced
+        .batch_execute(
+            "LOAD 'auto_explain';
+             SET auto_explain.log_min_duration = 0;
+             SET auto_explain.log_nested_statements = on;
+             SET client_min_messages = log;",
+        )
+        .unwrap();
+    queue_writes(&d, 20, "w7_");
+    d.db.execute_batch(
+        "UPDATE notes SET body = 'again' WHERE id IN ('w6_000001', 'w5_000003');
+         DELETE FROM notes WHERE id IN ('w6_000002', 'w4_000004');",
+    )
+    .unwrap();
+    let before = plans.lock().unwrap().len();
+    let r = d.push(&mut traced);
+    assert!(
+        r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["status"] == "applied"),
+        "{r}"
+    );
+    let got: Vec<String> = plans.lock().unwrap()[before..].to_vec();
+    let of_sync: Vec<&String> = got
+        .iter()
+        .filter(|p| {
+            p.contains("public.notes")
+                || p.contains("pg_sync.push_results")
+                || p.contains("pg_sync.tombstones")
+        })
+        .collect();
+    // Read, lock, update, delete, insert and the results: all seen.
+    for kind in [
+        "FOR UPDATE",
+        "UPDATE public.notes",
+        "DELETE FROM public.notes",
+        "INSERT INTO public.notes",
+        "pg_sync.push_results",
+    ] {
+        assert!(
+            of_sync.iter().any(|p| p.contains(kind)),
+            "no traced statement with {kind:?} in {got:#?}"
+        );
+    }
+    for p in &of_sync {
+        for bad in [
+            "Seq Scan on notes",
+            "Seq Scan on push_results",
+            "Seq Scan on tombstones",
+            "Hash Join",
+            "Merge Join",
+            "Filter: (seq = ANY",
+        ] {
+            assert!(!p.contains(bad), "a push statement does {bad:?}:\n{p}");
+        }
+    }
+    // The device and the server agree.
+    d.pull(&mut c);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM notes", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(d.rows("SELECT count(*) FROM notes")[0][0], n);
+}
+
 #[test]
 fn a_small_batch_from_a_large_queue_takes_the_oldest_rows_whole() {
     let (_db, mut c) = server_with_notes("backlog_small");

@@ -53,6 +53,33 @@ fn join_on(t: &TableInfo) -> String {
     format!("{} = {}", t.pk_tuple("t"), t.pk_tuple("r"))
 }
 
+/// `CROSS JOIN LATERAL (SELECT {select} FROM <table> t WHERE <t's key is
+/// r's> LIMIT 1 {tail}) x`: one primary-key probe per row of `r`. Every
+/// statement here finds the table's rows this way, never by a join the
+/// planner may choose: it estimates 100 rows for the recordset, and a plan
+/// cached while the table was small then hashes (reads) the whole table on
+/// every push, so a push would cost what the table holds, not what it
+/// sends. The LIMIT keeps the subquery from being flattened into a join.
+fn probe(t: &TableInfo, select: &str, tail: &str) -> String {
+    format!(
+        "CROSS JOIN LATERAL (SELECT {select} FROM {tbl} t WHERE {on} LIMIT 1 {tail}) x",
+        tbl = t.qualified,
+        on = join_on(t),
+    )
+}
+
+/// The rows of `$1` with the physical address (`_sync_tid`) of the table
+/// row each one names, for an UPDATE or DELETE that joins on it: a TID
+/// lookup per row (see [`probe`]). The rows were locked by [`prefetch`]
+/// in this transaction, so the addresses are current.
+fn recordset_with_tid(t: &TableInfo) -> String {
+    format!(
+        "(SELECT r.*, x._sync_tid FROM {rs} {probe}) r",
+        rs = recordset(t),
+        probe = probe(t, "t.ctid AS _sync_tid", ""),
+    )
+}
+
 fn ordinal(s: &Option<String>) -> usize {
     s.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
@@ -66,14 +93,13 @@ fn prefetch(
     keys: Vec<Value>,
 ) -> Result<Option<Vec<(Option<RowState>, Option<Hlc>)>>> {
     let n = keys.len();
+    // The rows are locked in key order (the sorted subquery is the outer
+    // side of the nested loop), so concurrent pushes cannot deadlock.
     let read = format!(
-        "SELECT r.ordinality::text, {state} FROM {rs} JOIN {tbl} t ON {on} \
-         ORDER BY {tpk} FOR UPDATE OF t",
-        state = state_text(t),
+        "SELECT r.ordinality::text, x.s FROM (SELECT * FROM {rs} ORDER BY {rpk}) r {probe}",
         rs = recordset(t),
-        tbl = t.qualified,
-        on = join_on(t),
-        tpk = t.pk_tuple("t"),
+        rpk = t.pk_tuple("r"),
+        probe = probe(t, &format!("{} AS s", state_text(t)), "FOR UPDATE OF t"),
     );
     let arg = Value::Array(keys.clone());
     let found = match subxact(|| write_rows_cached(&read, &[text_arg(arg)])) {
@@ -95,9 +121,12 @@ fn prefetch(
             t.pk.iter()
                 .map(|k| format!("{}, r.{}", crate::spi_util::literal(k), ident(k)))
                 .collect();
+        // One index probe of (relid, pk) per key, as in [`probe`].
         let sql = format!(
-            "SELECT r.ordinality::text, pg_catalog.max(d.hlc)::text FROM {rs} JOIN pg_sync.tombstones d \
-             ON d.relid = {relid} AND d.pk = pg_catalog.jsonb_build_object({canon})::text GROUP BY r.ordinality",
+            "SELECT r.ordinality::text, x.h::text FROM {rs} CROSS JOIN LATERAL \
+             (SELECT pg_catalog.max(d.hlc) AS h FROM pg_sync.tombstones d \
+              WHERE d.relid = {relid} AND d.pk = pg_catalog.jsonb_build_object({canon})::text) x \
+             WHERE x.h IS NOT NULL",
             rs = recordset(t),
             relid = u32::from(t.relid),
             canon = canonical.join(", "),
@@ -130,11 +159,9 @@ fn run_group(
     let payload = Value::Array(rows).to_string();
     let arg = || -> pgrx::datum::DatumWithOid<'static> { payload.clone().into() };
     let fetch_states = format!(
-        "SELECT r.ordinality::text, {state} FROM {rs} JOIN {tbl} t ON {on}",
-        state = state_text(t),
+        "SELECT r.ordinality::text, x.s FROM {rs} {probe}",
         rs = recordset(t),
-        tbl = t.qualified,
-        on = join_on(t),
+        probe = probe(t, &format!("{} AS s", state_text(t)), ""),
     );
     let write = match kind {
         WriteKind::Update(cols) => {
@@ -144,12 +171,11 @@ fn run_group(
                 .chain(std::iter::once("_sync_ver = r._sync_ver".to_string()))
                 .collect();
             format!(
-                "UPDATE {tbl} t SET {sets} FROM {rs} WHERE {on} \
+                "UPDATE {tbl} t SET {sets} FROM {rs} WHERE t.ctid = r._sync_tid \
                  RETURNING r.ordinality::text, {state}",
                 tbl = t.qualified,
                 sets = sets.join(", "),
-                rs = recordset(t),
-                on = join_on(t),
+                rs = recordset_with_tid(t),
                 state = state_text(t),
             )
         }
@@ -166,10 +192,9 @@ fn run_group(
             )
         }
         WriteKind::Delete => format!(
-            "DELETE FROM {tbl} t USING {rs} WHERE {on} RETURNING NULL::text",
+            "DELETE FROM {tbl} t USING {rs} WHERE t.ctid = r._sync_tid RETURNING NULL::text",
             tbl = t.qualified,
-            rs = recordset(t),
-            on = join_on(t),
+            rs = recordset_with_tid(t),
         ),
     };
     let outcome = subxact(|| -> Result<Vec<crate::spi_util::TextRow>> {
