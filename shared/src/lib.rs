@@ -10,6 +10,7 @@
 //!   the answer), a pure function the server executes;
 //! - [`decimal`]: exact decimal arithmetic for `counter` columns.
 
+pub mod adopt;
 pub mod cursor;
 pub mod decide;
 pub mod decimal;

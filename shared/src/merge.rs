@@ -1,9 +1,11 @@
 //! Merge rules: how an incoming column write meets the current value.
 //!
 //! This is the only place the rules live. `pg_sync` calls [`merge_column`]
-//! for every column of every pushed change, and [`decide_delete`] /
-//! [`decide_write_on_deleted`] for deletes; `sqlite_sync` uses the same
-//! functions when it rebases pending local writes.
+//! for every column of every pushed change (through [`crate::decide`]),
+//! and [`decide_delete`] / [`decide_write_on_deleted`] for deletes. A
+//! device does not merge: it keeps its pending writes on top of the
+//! server's row (the rule in [`crate::adopt`]) and pushes them with the
+//! bases they were written on, and the server merges them here.
 //!
 //! Vocabulary: the *current* state is what the merging replica holds (on the
 //! server: the row in the table). The *incoming* write carries its value, its

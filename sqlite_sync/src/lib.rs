@@ -6,6 +6,7 @@
 //! push batch for Postgres' `sync_push`, `sync_ack()` applies its answer and
 //! `sync_apply()` applies pages from `sync_pull`. See docs/sqlite_sync.md.
 
+mod adopt;
 mod changes;
 mod ddl;
 mod error;

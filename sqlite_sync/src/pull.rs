@@ -6,6 +6,7 @@ use serde_json::json;
 use sync_core::wire::PullOp;
 use sync_core::Hlc;
 
+use crate::adopt::{adopt_row, resync_bases};
 use crate::changes;
 use crate::ddl;
 use crate::error::{Error, Result};
@@ -130,34 +131,11 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                     if let Some(m) = ver.iter().max() {
                         max_seen = max_seen.max(*m);
                     }
-                    match overlay {
-                        None => {
-                            o.upsert_synced(&vals, ver, false)?;
-                            o.upsert_state(&vals)?;
-                        }
-                        Some((keep, deleted)) => {
-                            let stash_cols = if deleted { t.all_mask } else { keep };
-                            o.stash_before_server_change(key, stash_cols)?;
-                            o.upsert_synced(&vals, ver, true)?;
-                            if !deleted {
-                                o.update_state_cols(key, t.all_mask & !keep, &vals)?;
-                            }
-                        }
-                    }
+                    adopt_row(o, key, Some((&vals, ver)), overlay, true)?;
                     upserts += 1;
                 }
                 PullOp::Delete => {
-                    match overlay {
-                        None => {
-                            o.delete_synced(key)?;
-                            o.delete_state(key)?;
-                        }
-                        Some((keep, deleted)) => {
-                            let stash_cols = if deleted { t.all_mask } else { keep };
-                            o.stash_before_server_change(key, stash_cols)?;
-                            o.delete_synced(key)?;
-                        }
-                    }
+                    adopt_row::<Value>(o, key, None, overlay, true)?;
                     deletes += 1;
                 }
             }
@@ -188,10 +166,11 @@ pub fn resync(db: Db, loaded: &Loaded) -> Result<usize> {
     let mut dropped = 0usize;
     for (ti, t) in loaded.tables.iter().enumerate() {
         let mut o = TableOps::new(db, t);
-        // Keep the bases of pending writes before their server rows go.
+        // Every row adopts a server that holds nothing (sync_core::adopt):
+        // a row with pending writes keeps them and their bases, the others
+        // go, and so does every server copy (both done set-wise below).
         for g in pending.groups.iter().filter(|g| g.table == ti) {
-            let (keep, deleted) = g.overlay(t);
-            o.stash_before_server_change(&g.key, if deleted { t.all_mask } else { keep })?;
+            o.stash_before_server_change(&g.key, resync_bases(t.all_mask, g.overlay(t)))?;
         }
         let has_pending = pending.groups.iter().any(|g| g.table == ti);
         if has_pending {

@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value as Json};
 use sync_core::wire::{Change, ChangeResult, Op as WireOp, PushBatch, PushResult, Status, FORMAT};
 use sync_core::Hlc;
 
+use crate::adopt::adopt_row;
 use crate::changes::{self, ChangeRow, Group, Net, RowLookup};
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
@@ -577,21 +578,11 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                         Some((keep, _)) => o.stash_retain(&key, keep & !acked_mask)?,
                     }
                     match (&server_row, overlay) {
-                        (Some((vals, ver)), None) => {
-                            o.upsert_synced(vals, ver, false)?;
-                            o.upsert_state(vals)?;
-                        }
-                        (Some((vals, ver)), Some((keep, deleted))) => {
-                            o.upsert_synced(vals, ver, true)?;
-                            if !deleted {
-                                o.update_state_cols(&key, t.all_mask & !keep, vals)?;
-                            }
+                        (Some((vals, ver)), overlay) => {
+                            adopt_row(o, &key, Some((vals, ver)), overlay, false)?
                         }
                         (None, overlay) if c.op == WireOp::Delete => {
-                            o.delete_synced(&key)?;
-                            if overlay.is_none() {
-                                o.delete_state(&key)?;
-                            }
+                            adopt_row::<Value>(o, &key, None, overlay, false)?
                         }
                         (None, overlay) => ack_without_row(
                             o,
@@ -615,10 +606,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                         to_delete.extend(g.rows.iter().map(|x| x.seq));
                     }
                     match &server_row {
-                        Some((vals, ver)) => {
-                            o.upsert_synced(vals, ver, false)?;
-                            o.upsert_state(vals)?;
-                        }
+                        Some((vals, ver)) => adopt_row(o, &key, Some((vals, ver)), None, false)?,
                         None => o.state_from_synced(&key)?,
                     }
                     o.stash_clear(&key)?;
