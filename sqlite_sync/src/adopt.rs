@@ -7,8 +7,9 @@ use sync_core::adopt::{plan, LocalRow, Pending, Server, ServerCopy};
 use sync_core::Hlc;
 
 use crate::error::Result;
+use crate::ffi::Bind;
 use crate::model::Key;
-use crate::ops::{Bind, TableOps};
+use crate::ops::TableOps;
 
 /// The pending writes of a row as the rule takes them, from the overlay
 /// the queue reports (`(columns to keep, deleted locally)`).

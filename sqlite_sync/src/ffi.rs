@@ -400,6 +400,18 @@ pub unsafe fn arg_value(v: *mut sqlite3_value) -> Value {
     }
 }
 
+/// A value that can be bound to a statement parameter (an owned [`Value`],
+/// or a value borrowed from a document being read).
+pub trait Bind {
+    fn bind_to(&self, st: &mut Stmt, idx: usize) -> Result<()>;
+}
+
+impl Bind for Value {
+    fn bind_to(&self, st: &mut Stmt, idx: usize) -> Result<()> {
+        st.bind(idx, self)
+    }
+}
+
 /// What an extension function returns.
 pub enum Ret {
     Null,
@@ -508,37 +520,59 @@ pub fn register<S: 'static>(
 }
 
 // ------------------------------------------------------------------------
-// The `sync_clock` eponymous virtual table.
+// One-row eponymous virtual tables (`sync_clock`: see `OneRow`).
 //
 // The triggers read their HLC stamp with `... FROM sync_clock` instead of
 // calling a function: any function call in a trigger makes SQLite open a
 // statement journal for every write inside a transaction (a function "may
 // abort"), which roughly doubled the cost of a write. Reading a virtual
 // table does not. The table has one row (column `hlc`, a fresh stamp) while
-// writes are captured, and no rows while the extension itself writes.
+// writes are captured, and no rows while the extension itself writes; the
+// connection state behind it is handed in as a `OneRow`, so this layer
+// holds no app state.
 
 use sqlite_loadable::ext::{sqlite3_index_info, sqlite3_module, sqlite3_vtab, sqlite3_vtab_cursor};
 
-use crate::state::ConnState;
+/// The source of a one-row eponymous table (declared with one column):
+/// the row is there while `present` says so, and its value is computed
+/// when it is read. The ffi layer knows nothing else of what it serves.
+pub trait OneRow {
+    /// Whether the table has its row now.
+    fn present(&self) -> bool;
+    /// The row's one value.
+    fn value(&self, db: Db) -> Result<i64>;
+}
+
+/// What a connected table holds: its source, shared with the connection.
+type Source = std::rc::Rc<dyn OneRow>;
 
 const SQLITE_ERROR: c_int = 1;
 const SQLITE_NOMEM: c_int = 7;
 const SQLITE_VTAB_INNOCUOUS: c_int = 2;
 
 #[repr(C)]
-struct ClockTab {
+struct OneRowTab {
     base: sqlite3_vtab,
-    state: *const ConnState,
+    /// The module's aux pointer: a boxed [`Source`], owned by SQLite
+    /// until `one_row_destroy_aux`.
+    source: *const Source,
+    /// The declaration (`CREATE TABLE x(...)`), also from the aux data.
     db: *mut sqlite3,
 }
 
+/// The aux data of a registered module.
+struct Aux {
+    source: Source,
+    decl: std::ffi::CString,
+}
+
 #[repr(C)]
-struct ClockCur {
+struct OneRowCur {
     base: sqlite3_vtab_cursor,
     eof: bool,
 }
 
-unsafe extern "C" fn clock_connect(
+unsafe extern "C" fn one_row_connect(
     db: *mut sqlite3,
     aux: *mut c_void,
     _argc: c_int,
@@ -547,19 +581,20 @@ unsafe extern "C" fn clock_connect(
     _pz_err: *mut *mut c_char,
 ) -> c_int {
     let r = catch_unwind(AssertUnwindSafe(|| {
-        let rc = call!(declare_vtab(db, c"CREATE TABLE x(hlc INTEGER)".as_ptr()));
+        let aux = &*(aux as *const Aux);
+        let rc = call!(declare_vtab(db, aux.decl.as_ptr()));
         if rc != SQLITE_OK {
             return rc;
         }
         // Usable from triggers even with PRAGMA trusted_schema=OFF.
         call!(vtab_config(db, SQLITE_VTAB_INNOCUOUS));
-        let tab = Box::new(ClockTab {
+        let tab = Box::new(OneRowTab {
             base: sqlite3_vtab {
                 pModule: ptr::null(),
                 nRef: 0,
                 zErrMsg: ptr::null_mut(),
             },
-            state: aux as *const ConnState,
+            source: &aux.source,
             db,
         });
         *pp_vtab = Box::into_raw(tab).cast::<sqlite3_vtab>();
@@ -568,7 +603,7 @@ unsafe extern "C" fn clock_connect(
     r.unwrap_or(SQLITE_ERROR)
 }
 
-unsafe extern "C" fn clock_best_index(
+unsafe extern "C" fn one_row_best_index(
     _tab: *mut sqlite3_vtab,
     info: *mut sqlite3_index_info,
 ) -> c_int {
@@ -577,18 +612,18 @@ unsafe extern "C" fn clock_best_index(
     SQLITE_OK
 }
 
-unsafe extern "C" fn clock_disconnect(tab: *mut sqlite3_vtab) -> c_int {
+unsafe extern "C" fn one_row_disconnect(tab: *mut sqlite3_vtab) -> c_int {
     if !tab.is_null() {
-        drop(Box::from_raw(tab.cast::<ClockTab>()));
+        drop(Box::from_raw(tab.cast::<OneRowTab>()));
     }
     SQLITE_OK
 }
 
-unsafe extern "C" fn clock_open(
+unsafe extern "C" fn one_row_open(
     _tab: *mut sqlite3_vtab,
     pp: *mut *mut sqlite3_vtab_cursor,
 ) -> c_int {
-    let cur = Box::new(ClockCur {
+    let cur = Box::new(OneRowCur {
         base: sqlite3_vtab_cursor {
             pVtab: ptr::null_mut(),
         },
@@ -601,77 +636,77 @@ unsafe extern "C" fn clock_open(
     SQLITE_OK
 }
 
-unsafe extern "C" fn clock_close(cur: *mut sqlite3_vtab_cursor) -> c_int {
+unsafe extern "C" fn one_row_close(cur: *mut sqlite3_vtab_cursor) -> c_int {
     if !cur.is_null() {
-        drop(Box::from_raw(cur.cast::<ClockCur>()));
+        drop(Box::from_raw(cur.cast::<OneRowCur>()));
     }
     SQLITE_OK
 }
 
-unsafe extern "C" fn clock_filter(
+unsafe extern "C" fn one_row_filter(
     cur: *mut sqlite3_vtab_cursor,
     _idx_num: c_int,
     _idx_str: *const c_char,
     _argc: c_int,
     _argv: *mut *mut sqlite3_value,
 ) -> c_int {
-    let c = cur.cast::<ClockCur>();
-    let tab = (*cur).pVtab.cast::<ClockTab>();
-    (*c).eof = !(*(*tab).state).capturing();
+    let c = cur.cast::<OneRowCur>();
+    let tab = (*cur).pVtab.cast::<OneRowTab>();
+    (*c).eof = !(*(*tab).source).present();
     SQLITE_OK
 }
 
-unsafe extern "C" fn clock_next(cur: *mut sqlite3_vtab_cursor) -> c_int {
-    (*cur.cast::<ClockCur>()).eof = true;
+unsafe extern "C" fn one_row_next(cur: *mut sqlite3_vtab_cursor) -> c_int {
+    (*cur.cast::<OneRowCur>()).eof = true;
     SQLITE_OK
 }
 
-unsafe extern "C" fn clock_eof(cur: *mut sqlite3_vtab_cursor) -> c_int {
-    c_int::from((*cur.cast::<ClockCur>()).eof)
+unsafe extern "C" fn one_row_eof(cur: *mut sqlite3_vtab_cursor) -> c_int {
+    c_int::from((*cur.cast::<OneRowCur>()).eof)
 }
 
-unsafe extern "C" fn clock_column(
+unsafe extern "C" fn one_row_column(
     cur: *mut sqlite3_vtab_cursor,
     ctx: *mut sqlite3_context,
     _i: c_int,
 ) -> c_int {
-    let tab = (*cur).pVtab.cast::<ClockTab>();
-    let r = catch_unwind(AssertUnwindSafe(|| (*(*tab).state).tick(Db((*tab).db))));
+    let tab = (*cur).pVtab.cast::<OneRowTab>();
+    let r = catch_unwind(AssertUnwindSafe(|| (*(*tab).source).value(Db((*tab).db))));
     match r {
-        Ok(Ok(h)) => call!(result_int64(ctx, h.as_i64())),
-        Ok(Err(e)) => result_error(ctx, &format!("sync_clock: {e}")),
-        Err(_) => result_error(ctx, "sync_clock: internal error (panic)"),
+        Ok(Ok(v)) => call!(result_int64(ctx, v)),
+        Ok(Err(e)) => result_error(ctx, &e.to_string()),
+        Err(_) => result_error(ctx, "internal error (panic)"),
     }
     SQLITE_OK
 }
 
-unsafe extern "C" fn clock_rowid(_cur: *mut sqlite3_vtab_cursor, rowid: *mut i64) -> c_int {
+unsafe extern "C" fn one_row_rowid(_cur: *mut sqlite3_vtab_cursor, rowid: *mut i64) -> c_int {
     *rowid = 1;
     SQLITE_OK
 }
 
-unsafe extern "C" fn clock_destroy_aux(p: *mut c_void) {
+unsafe extern "C" fn one_row_destroy_aux(p: *mut c_void) {
     if !p.is_null() {
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            drop(std::rc::Rc::from_raw(p as *const ConnState));
+            drop(Box::from_raw(p as *mut Aux));
         }));
     }
 }
 
-static CLOCK_MODULE: sqlite3_module = sqlite3_module {
+static ONE_ROW_MODULE: sqlite3_module = sqlite3_module {
     iVersion: 1,
     xCreate: None,
-    xConnect: Some(clock_connect),
-    xBestIndex: Some(clock_best_index),
-    xDisconnect: Some(clock_disconnect),
+    xConnect: Some(one_row_connect),
+    xBestIndex: Some(one_row_best_index),
+    xDisconnect: Some(one_row_disconnect),
     xDestroy: None,
-    xOpen: Some(clock_open),
-    xClose: Some(clock_close),
-    xFilter: Some(clock_filter),
-    xNext: Some(clock_next),
-    xEof: Some(clock_eof),
-    xColumn: Some(clock_column),
-    xRowid: Some(clock_rowid),
+    xOpen: Some(one_row_open),
+    xClose: Some(one_row_close),
+    xFilter: Some(one_row_filter),
+    xNext: Some(one_row_next),
+    xEof: Some(one_row_eof),
+    xColumn: Some(one_row_column),
+    xRowid: Some(one_row_rowid),
     xUpdate: None,
     xBegin: None,
     xSync: None,
@@ -685,21 +720,29 @@ static CLOCK_MODULE: sqlite3_module = sqlite3_module {
     xShadowName: None,
 };
 
-/// Registers the eponymous virtual table `sync_clock` on a connection.
-pub fn register_clock(db: *mut sqlite3, state: &std::rc::Rc<ConnState>) -> Result<()> {
-    let aux = std::rc::Rc::into_raw(state.clone()) as *mut c_void;
+/// Registers the eponymous virtual table `name` (declared by `decl`, one
+/// column) whose one row `source` serves.
+pub fn register_one_row(db: *mut sqlite3, name: &str, decl: &str, source: Source) -> Result<()> {
+    let aux = Box::into_raw(Box::new(Aux {
+        source,
+        decl: cstring(decl)?,
+    })) as *mut c_void;
+    let cname = cstring(name)?;
+    // SAFETY: `db` is the connection handed to the entry point; the module
+    // is a static; SQLite owns `aux` from here on and frees it through
+    // `one_row_destroy_aux` (also when registration fails).
     let rc = unsafe {
         call!(create_module_v2(
             db,
-            c"sync_clock".as_ptr(),
-            &CLOCK_MODULE,
+            cname.as_ptr(),
+            &ONE_ROW_MODULE,
             aux,
-            Some(clock_destroy_aux)
+            Some(one_row_destroy_aux)
         ))
     };
     if rc != SQLITE_OK {
         return Err(Error::msg(format!(
-            "could not register sync_clock: {}",
+            "could not register {name}: {}",
             Db(db).errmsg()
         )));
     }

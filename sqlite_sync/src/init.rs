@@ -3,18 +3,14 @@
 use serde_json::json;
 use sync_core::schema::Schema;
 
+use crate::upgrade::{upgrade, Upgraded};
+
 use crate::ddl;
 use crate::error::Result;
 use crate::ffi::{Db, Value};
 use crate::local;
 use crate::model::parse_schema;
 use crate::state::{in_savepoint, meta_set, meta_text, schema_version, ConnState};
-
-/// Stores the schema document and its version.
-pub fn store_schema(db: Db, schema: &Schema) -> Result<()> {
-    meta_set(db, "schema", &Value::Text(serde_json::to_string(schema)?))?;
-    meta_set(db, "schema_version", &Value::Int(schema.version))
-}
 
 /// `sync_init(schema [, local])`: `local` is the local-only column spec
 /// (see `local.rs`); without it the stored spec is kept.
@@ -33,33 +29,22 @@ pub fn sync_init(st: &ConnState, db: Db, text: &str, local: Option<&str>) -> Res
                 c
             }
         };
-        let current = schema_version(db)?;
-        let changed = match current {
-            Some(v) => {
-                // A device built by an older version first gets the current
-                // layout (exact column types, triggers reading sync_clock()).
-                let old = st.loaded(db)?;
-                ddl::upgrade_layout(db, &old.schema)?;
-                if schema.version <= v {
-                    false
-                } else {
-                    let resync = ddl::migrate(db, &old.schema, &schema)?;
-                    store_schema(db, &schema)?;
-                    if resync {
-                        // A table whose key changed was created again:
-                        // the next pull downloads everything (pending
-                        // writes are kept).
-                        crate::pull::resync(db, &crate::state::Loaded::new(schema.clone()))?;
-                    }
-                    true
+        if schema_version(db)?.is_some() {
+            // A device built by an older version first gets the current
+            // layout (exact column types, triggers reading sync_clock()).
+            let old = st.loaded(db)?;
+            ddl::upgrade_layout(db, &old.schema)?;
+        }
+        let changed = match upgrade(st, db, &schema)? {
+            Upgraded::NotNewer => false,
+            Upgraded::Created => true,
+            Upgraded::Migrated { resync } => {
+                if resync {
+                    // A table whose key changed was created again: the
+                    // next pull downloads everything (pending writes are
+                    // kept).
+                    crate::pull::resync(db, &crate::state::Loaded::new(schema.clone()))?;
                 }
-            }
-            None => {
-                for t in &schema.tables {
-                    ddl::create_table(db, t)?;
-                }
-                store_schema(db, &schema)?;
-                ddl::set_layout(db)?;
                 true
             }
         };

@@ -8,7 +8,7 @@ use serde_json::{Map, Value as Json};
 use sync_core::Hlc;
 
 use crate::error::{Error, Result};
-use crate::ffi::{Db, Stmt, Value};
+use crate::ffi::{Bind, Db, Stmt, Value};
 use crate::model::{q, show, ver_from_blob, ver_to_blob, Key, TableInfo, BASE};
 use crate::page::json_to_sql_strict;
 
@@ -29,21 +29,29 @@ pub struct Stashed {
     pub val: Value,
 }
 
-/// A value that can be bound to a statement parameter.
-pub trait Bind {
-    fn bind_to(&self, st: &mut Stmt, idx: usize) -> Result<()>;
-}
-
-impl Bind for Value {
-    fn bind_to(&self, st: &mut Stmt, idx: usize) -> Result<()> {
-        st.bind(idx, self)
-    }
+/// The statements of one table that [`TableOps`] prepares once per SQL
+/// function call; [`build_sql`] writes each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Sql {
+    StateRow,
+    SyncedRow,
+    UpsertSynced,
+    UpsertSyncedKey,
+    ThinSynced,
+    DeleteSynced,
+    UpsertState,
+    DeleteState,
+    StashGet,
+    StashPut,
+    StashReplace,
+    StashClear,
+    StashDeleteCol,
 }
 
 pub struct TableOps<'a> {
     db: Db,
     pub t: &'a TableInfo,
-    stmts: HashMap<&'static str, Stmt>,
+    stmts: HashMap<Sql, Stmt>,
     partial: HashMap<i64, Stmt>,
 }
 
@@ -57,7 +65,7 @@ impl<'a> TableOps<'a> {
         }
     }
 
-    fn stmt(&mut self, name: &'static str) -> Result<&mut Stmt> {
+    fn stmt(&mut self, name: Sql) -> Result<&mut Stmt> {
         match self.stmts.entry(name) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(v) => {
@@ -77,7 +85,7 @@ impl<'a> TableOps<'a> {
     /// Current local values of a row (all columns), if it exists.
     pub fn state_row(&mut self, key: &Key) -> Result<Option<Vec<Value>>> {
         let n = self.t.ncols();
-        let st = self.stmt("state_row")?;
+        let st = self.stmt(Sql::StateRow)?;
         Self::bind_key(st, key, 1)?;
         let r = if st.step()? {
             Some((0..n).map(|i| st.col(i)).collect())
@@ -92,7 +100,7 @@ impl<'a> TableOps<'a> {
     /// are the local row's.
     pub fn synced_row(&mut self, key: &Key) -> Result<Option<SyncedRow>> {
         let n = self.t.ncols();
-        let st = self.stmt("synced_row")?;
+        let st = self.stmt(Sql::SyncedRow)?;
         Self::bind_key(st, key, 1)?;
         let r = if st.step()? {
             let ver = match st.col(0) {
@@ -126,7 +134,7 @@ impl<'a> TableOps<'a> {
         let ver = ver_to_blob(ver);
         if full {
             let n = vals.len();
-            let st = self.stmt("upsert_synced")?;
+            let st = self.stmt(Sql::UpsertSynced)?;
             for (i, v) in vals.iter().enumerate() {
                 v.bind_to(st, i + 1)?;
             }
@@ -135,7 +143,7 @@ impl<'a> TableOps<'a> {
             st.run()
         } else {
             let pk_idx = self.t.pk_idx.clone();
-            let st = self.stmt("upsert_synced_key")?;
+            let st = self.stmt(Sql::UpsertSyncedKey)?;
             for (j, &i) in pk_idx.iter().enumerate() {
                 vals[i].bind_to(st, j + 1)?;
             }
@@ -146,20 +154,20 @@ impl<'a> TableOps<'a> {
 
     /// Marks a server row clean again: its values are the local row's.
     pub fn thin_synced(&mut self, key: &Key) -> Result<()> {
-        let st = self.stmt("thin_synced")?;
+        let st = self.stmt(Sql::ThinSynced)?;
         Self::bind_key(st, key, 1)?;
         st.run()
     }
 
     pub fn delete_synced(&mut self, key: &Key) -> Result<()> {
-        let st = self.stmt("delete_synced")?;
+        let st = self.stmt(Sql::DeleteSynced)?;
         Self::bind_key(st, key, 1)?;
         st.run()
     }
 
     /// Writes all columns of a row to the state table (insert or update).
     pub fn upsert_state<V: Bind>(&mut self, vals: &[V]) -> Result<()> {
-        let st = self.stmt("upsert_state")?;
+        let st = self.stmt(Sql::UpsertState)?;
         for (i, v) in vals.iter().enumerate() {
             v.bind_to(st, i + 1)?;
         }
@@ -167,7 +175,7 @@ impl<'a> TableOps<'a> {
     }
 
     pub fn delete_state(&mut self, key: &Key) -> Result<()> {
-        let st = self.stmt("delete_state")?;
+        let st = self.stmt(Sql::DeleteState)?;
         Self::bind_key(st, key, 1)?;
         st.run()
     }
@@ -227,7 +235,7 @@ impl<'a> TableOps<'a> {
         let canon = key.canonical();
         let name = self.t.name().to_string();
         let t = self.t;
-        let st = self.stmt("stash_get")?;
+        let st = self.stmt(Sql::StashGet)?;
         st.bind_text(1, &name)?;
         st.bind_text(2, &canon)?;
         let mut out = HashMap::new();
@@ -249,23 +257,16 @@ impl<'a> TableOps<'a> {
 
     /// Records the base of a column unless one is already recorded.
     pub fn stash_put(&mut self, key: &Key, col: usize, ver: Hlc, val: &Value) -> Result<()> {
-        self.stash("stash_put", key, col, ver, val)
+        self.stash(Sql::StashPut, key, col, ver, val)
     }
 
     /// Records the base of a column, replacing one already recorded.
     pub fn stash_replace(&mut self, key: &Key, col: usize, ver: Hlc, val: &Value) -> Result<()> {
-        self.stash("stash_replace", key, col, ver, val)
+        self.stash(Sql::StashReplace, key, col, ver, val)
     }
 
     /// Runs one of the stash statements for a column's base.
-    fn stash(
-        &mut self,
-        stmt: &'static str,
-        key: &Key,
-        col: usize,
-        ver: Hlc,
-        val: &Value,
-    ) -> Result<()> {
+    fn stash(&mut self, stmt: Sql, key: &Key, col: usize, ver: Hlc, val: &Value) -> Result<()> {
         let canon = key.canonical();
         let name = self.t.name().to_string();
         let col_name = self.t.col_name(col).to_string();
@@ -283,7 +284,7 @@ impl<'a> TableOps<'a> {
     pub fn stash_clear(&mut self, key: &Key) -> Result<()> {
         let canon = key.canonical();
         let name = self.t.name().to_string();
-        let st = self.stmt("stash_clear")?;
+        let st = self.stmt(Sql::StashClear)?;
         st.run_with(&[Value::Text(name), Value::Text(canon)])
     }
 
@@ -303,7 +304,7 @@ impl<'a> TableOps<'a> {
             .filter(|&&i| keep & (1i64 << i) == 0)
             .map(|&i| self.t.col_name(i).to_string())
             .collect();
-        let st = self.stmt("stash_delete_col")?;
+        let st = self.stmt(Sql::StashDeleteCol)?;
         for c in drop {
             st.run_with(&[
                 Value::Text(name.clone()),
@@ -340,7 +341,7 @@ impl<'a> TableOps<'a> {
     }
 }
 
-fn build_sql(t: &TableInfo, name: &str) -> String {
+fn build_sql(t: &TableInfo, name: Sql) -> String {
     let cols = t.col_list();
     let n = t.ncols();
     let params = (1..=n)
@@ -364,18 +365,18 @@ fn build_sql(t: &TableInfo, name: &str) -> String {
     let synced = q(&t.synced);
     let base = q(BASE);
     match name {
-        "state_row" => format!("SELECT {cols} FROM {state} WHERE {}", t.pk_where(1)),
-        "synced_row" => format!(
+        Sql::StateRow => format!("SELECT {cols} FROM {state} WHERE {}", t.pk_where(1)),
+        Sql::SyncedRow => format!(
             "SELECT \"_ver\", \"_full\", {cols} FROM {synced} WHERE {}",
             t.pk_where(1)
         ),
-        "upsert_synced" => format!(
+        Sql::UpsertSynced => format!(
             "INSERT OR REPLACE INTO {synced}({cols}, \"_ver\", \"_full\") \
              VALUES ({params}, ?{}, ?{})",
             n + 1,
             n + 2
         ),
-        "upsert_synced_key" => {
+        Sql::UpsertSyncedKey => {
             let np = t.def.pk.len();
             let params = (1..=np)
                 .map(|i| format!("?{i}"))
@@ -395,7 +396,7 @@ fn build_sql(t: &TableInfo, name: &str) -> String {
                 nulls.concat()
             )
         }
-        "thin_synced" => {
+        Sql::ThinSynced => {
             let nulls: Vec<String> = t
                 .def
                 .columns
@@ -410,21 +411,20 @@ fn build_sql(t: &TableInfo, name: &str) -> String {
                 t.pk_where(1)
             )
         }
-        "delete_synced" => format!("DELETE FROM {synced} WHERE {}", t.pk_where(1)),
-        "upsert_state" => format!("INSERT INTO {state}({cols}) VALUES ({params}) {on_conflict}"),
-        "delete_state" => format!("DELETE FROM {state} WHERE {}", t.pk_where(1)),
-        "stash_get" => format!("SELECT col, ver, val FROM {base} WHERE tbl = ?1 AND key = ?2"),
-        "stash_put" => format!(
+        Sql::DeleteSynced => format!("DELETE FROM {synced} WHERE {}", t.pk_where(1)),
+        Sql::UpsertState => format!("INSERT INTO {state}({cols}) VALUES ({params}) {on_conflict}"),
+        Sql::DeleteState => format!("DELETE FROM {state} WHERE {}", t.pk_where(1)),
+        Sql::StashGet => format!("SELECT col, ver, val FROM {base} WHERE tbl = ?1 AND key = ?2"),
+        Sql::StashPut => format!(
             "INSERT OR IGNORE INTO {base}(tbl, key, col, ver, val) VALUES (?1, ?2, ?3, ?4, ?5)"
         ),
-        "stash_replace" => format!(
+        Sql::StashReplace => format!(
             "INSERT OR REPLACE INTO {base}(tbl, key, col, ver, val) VALUES (?1, ?2, ?3, ?4, ?5)"
         ),
-        "stash_clear" => format!("DELETE FROM {base} WHERE tbl = ?1 AND key = ?2"),
-        "stash_delete_col" => {
+        Sql::StashClear => format!("DELETE FROM {base} WHERE tbl = ?1 AND key = ?2"),
+        Sql::StashDeleteCol => {
             format!("DELETE FROM {base} WHERE tbl = ?1 AND key = ?2 AND col = ?3")
         }
-        other => format!("SELECT 'unknown statement {other}'"),
     }
 }
 

@@ -28,7 +28,7 @@ pub enum VRef<'a> {
     Blob(Vec<u8>),
 }
 
-impl crate::ops::Bind for VRef<'_> {
+impl crate::ffi::Bind for VRef<'_> {
     fn bind_to(&self, st: &mut crate::ffi::Stmt, idx: usize) -> Result<()> {
         match self {
             VRef::Null => st.bind(idx, &Value::Null),

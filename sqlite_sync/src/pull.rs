@@ -14,7 +14,8 @@ use crate::ffi::{Db, Value};
 use crate::model::{now_iso, q, validate_schema};
 use crate::ops::{check_ver, TableOps};
 use crate::page::{self, key_from_obj};
-use crate::state::{in_savepoint, meta_delete, meta_set, schema_version, ConnState, Loaded};
+use crate::state::{in_savepoint, meta_delete, meta_set, ConnState, Loaded};
+use crate::upgrade::{upgrade, Upgraded};
 
 /// Longest cursor a page may carry, in bytes (it is stored and sent back).
 pub const MAX_CURSOR_BYTES: usize = 1 << 20;
@@ -45,11 +46,8 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                 )));
             }
             validate_schema(schema)?;
-            let current = schema_version(db)?.unwrap_or(i64::MIN);
-            if schema.version > current {
-                let old = st.loaded(db)?;
-                force_resync = ddl::migrate(db, &old.schema, schema)?;
-                crate::init::store_schema(db, schema)?;
+            if let Upgraded::Migrated { resync } = upgrade(st, db, schema)? {
+                force_resync = resync;
                 crate::local::apply(db, schema, crate::local::stored(db)?)?;
                 st.invalidate();
             }

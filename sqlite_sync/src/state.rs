@@ -155,6 +155,19 @@ impl ConnState {
     }
 }
 
+/// `sync_clock`: its row is there while writes are captured, and each
+/// read of it is a fresh stamp.
+impl crate::ffi::OneRow for ConnState {
+    fn present(&self) -> bool {
+        self.capturing()
+    }
+    fn value(&self, db: Db) -> Result<i64> {
+        self.tick(db)
+            .map(|h| h.as_i64())
+            .map_err(|e| Error::msg(format!("sync_clock: {e}")))
+    }
+}
+
 impl Default for ConnState {
     fn default() -> Self {
         ConnState::new()
