@@ -6,175 +6,24 @@
 //! push batch for Postgres' `sync_push`, `sync_ack()` applies its answer and
 //! `sync_apply()` applies pages from `sync_pull`. See docs/sqlite_sync.md.
 
-mod adopt;
-mod changes;
-mod ddl;
+mod api;
 mod error;
 mod ffi;
-mod init;
-mod local;
 mod model;
-mod ops;
-mod page;
-mod pull;
-mod push;
-mod state;
-mod status;
-mod temporal;
-mod upgrade;
+mod schema;
+mod store;
+mod sync;
 
 use std::ffi::{c_char, c_uint};
-use std::rc::Rc;
 
 use sqlite_loadable::ext::{sqlite3, sqlite3_api_routines};
-
-use crate::error::{Error, Result};
-use crate::ffi::{Db, Ret, Value, FLAG_DIRECTONLY, FLAG_INNOCUOUS};
-use crate::state::ConnState;
-
-fn text_arg<'a>(args: &'a [Value], i: usize, what: &str) -> Result<&'a str> {
-    match args.get(i) {
-        Some(Value::Text(s)) => Ok(s),
-        Some(Value::Null) | None => Err(Error::msg(format!("{what} must not be NULL"))),
-        Some(_) => Err(Error::msg(format!("{what} must be text (a JSON document)"))),
-    }
-}
-
-fn f_init(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
-    let schema = text_arg(args, 0, "schema").map_err(|e| e.prefixed("sync_init"))?;
-    let local = match args.get(1) {
-        None | Some(Value::Null) => None,
-        Some(Value::Text(s)) => Some(s.as_str()),
-        Some(_) => {
-            return Err(Error::msg(
-                "sync_init: local must be text (a JSON document) or NULL",
-            ))
-        }
-    };
-    init::sync_init(st, db, schema, local)
-        .map(Ret::Text)
-        .map_err(|e| e.prefixed("sync_init"))
-}
-
-fn f_changes(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
-    let max = match args.first() {
-        None | Some(Value::Null) => 1000,
-        Some(Value::Int(n)) => *n,
-        Some(Value::Real(f)) if f.fract() == 0.0 => *f as i64,
-        Some(Value::Text(s)) => s
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| Error::msg("sync_changes: max must be an integer"))?,
-        Some(_) => return Err(Error::msg("sync_changes: max must be an integer")),
-    };
-    push::sync_changes(st, db, max)
-        .map(Ret::Text)
-        .map_err(|e| e.prefixed("sync_changes"))
-}
-
-fn f_ack(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
-    let r = text_arg(args, 0, "result").map_err(|e| e.prefixed("sync_ack"))?;
-    push::sync_ack(st, db, r)
-        .map(Ret::Text)
-        .map_err(|e| e.prefixed("sync_ack"))
-}
-
-fn f_apply(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
-    let p = text_arg(args, 0, "page").map_err(|e| e.prefixed("sync_apply"))?;
-    pull::sync_apply(st, db, p)
-        .map(Ret::Text)
-        .map_err(|e| e.prefixed("sync_apply"))
-}
-
-fn f_status(st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
-    status::sync_status(st, db)
-        .map(Ret::Text)
-        .map_err(|e| e.prefixed("sync_status"))
-}
-
-fn f_pending(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
-    let (t, pk) = (
-        args.first().unwrap_or(&Value::Null),
-        args.get(1).unwrap_or(&Value::Null),
-    );
-    status::sync_pending(st, db, t, pk)
-        .map(Ret::Int)
-        .map_err(|e| e.prefixed("sync_pending"))
-}
-
-fn f_client_id(_st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
-    state::client_id(db)
-        .map(Ret::Text)
-        .map_err(|e| e.prefixed("sync_client_id"))
-}
-
-fn f_cursor(_st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
-    if state::schema_version(db)?.is_none() {
-        return Err(state::not_initialised().prefixed("sync_cursor"));
-    }
-    Ok(match state::meta_text(db, "cursor")? {
-        Some(c) => Ret::Text(c),
-        None => Ret::Null,
-    })
-}
-
-fn f_hlc(st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
-    st.tick(db)
-        .map(|h| Ret::Int(h.as_i64()))
-        .map_err(|e| e.prefixed("sync_hlc"))
-}
-
-fn f_capture(st: &ConnState, _db: Db, _args: &[Value]) -> Result<Ret> {
-    Ok(Ret::Int(i64::from(st.capturing())))
-}
-
-fn f_ver_json(_st: &ConnState, _db: Db, args: &[Value]) -> Result<Ret> {
-    let n = match args.get(1) {
-        Some(Value::Int(n)) if *n > 0 && *n <= 64 => Some(*n as usize),
-        _ => None,
-    };
-    Ok(match args.first() {
-        Some(Value::Blob(b)) => {
-            let n = n.unwrap_or(b.len() / 8);
-            Ret::Text(model::ver_to_json(&model::ver_from_blob(b, n)))
-        }
-        _ => Ret::Null,
-    })
-}
-
-fn f_version(_st: &ConnState, _db: Db, _args: &[Value]) -> Result<Ret> {
-    Ok(Ret::Text(env!("CARGO_PKG_VERSION").to_string()))
-}
-
-fn register_all(db: *mut sqlite3) -> Result<()> {
-    let st = Rc::new(ConnState::new());
-    let direct = FLAG_DIRECTONLY;
-    ffi::register(db, "sync_init", 1, direct, &st, f_init)?;
-    ffi::register(db, "sync_init", 2, direct, &st, f_init)?;
-    ffi::register(db, "sync_changes", 0, direct, &st, f_changes)?;
-    ffi::register(db, "sync_changes", 1, direct, &st, f_changes)?;
-    ffi::register(db, "sync_ack", 1, direct, &st, f_ack)?;
-    ffi::register(db, "sync_apply", 1, direct, &st, f_apply)?;
-    ffi::register(db, "sync_status", 0, 0, &st, f_status)?;
-    ffi::register(db, "sync_pending", 2, 0, &st, f_pending)?;
-    ffi::register(db, "sync_client_id", 0, 0, &st, f_client_id)?;
-    ffi::register(db, "sync_cursor", 0, 0, &st, f_cursor)?;
-    ffi::register(db, "sync_version", 0, FLAG_INNOCUOUS, &st, f_version)?;
-    // Called by the triggers: must be usable from the schema.
-    ffi::register(db, "sync_hlc", 0, FLAG_INNOCUOUS, &st, f_hlc)?;
-    ffi::register(db, "sync_capture", 0, FLAG_INNOCUOUS, &st, f_capture)?;
-    ffi::register(db, "sync_ver_json", 1, FLAG_INNOCUOUS, &st, f_ver_json)?;
-    ffi::register(db, "sync_ver_json", 2, FLAG_INNOCUOUS, &st, f_ver_json)?;
-    ffi::register_one_row(db, "sync_clock", "CREATE TABLE x(hlc INTEGER)", st.clone())?;
-    Ok(())
-}
 
 fn entry(db: *mut sqlite3, p_api: *mut sqlite3_api_routines) -> c_uint {
     // SAFETY: p_api is the routine table SQLite handed to the entry point.
     unsafe { ffi::set_api(p_api) };
     let outcome = std::panic::catch_unwind(|| {
         sqlite_loadable::entrypoints::register_entrypoint(db, std::ptr::null_mut(), p_api, |db| {
-            register_all(db).map_err(|e| sqlite_loadable::Error::new_message(e.to_string()))
+            api::register(db).map_err(|e| sqlite_loadable::Error::new_message(e.to_string()))
         })
     });
     outcome.unwrap_or(1)

@@ -11,8 +11,9 @@ use sync_core::schema::{Schema, TableDef};
 
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::{q, state_table_name};
-use crate::state::{meta_get, meta_set};
+use crate::model::names::q;
+use crate::model::table::state_table_name;
+use crate::store::state::{meta_get, meta_set};
 
 pub use sync_core::schema::LocalSpec;
 

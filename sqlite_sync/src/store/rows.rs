@@ -9,8 +9,11 @@ use sync_core::Hlc;
 
 use crate::error::{Error, Result};
 use crate::ffi::{Bind, Db, Stmt, Value};
-use crate::model::{q, show, ver_from_blob, ver_to_blob, Key, TableInfo, BASE};
-use crate::page::json_to_sql_strict;
+use crate::model::key::Key;
+use crate::model::names::{q, show, BASE};
+use crate::model::table::TableInfo;
+use crate::model::values::{ver_from_blob, ver_to_blob};
+use crate::model::wire::json_to_sql_strict;
 
 /// A server row: values of all columns in schema order, and their versions.
 pub struct SyncedRow {

@@ -3,10 +3,10 @@
 
 use sync_core::schema::Schema;
 
-use crate::ddl;
 use crate::error::Result;
 use crate::ffi::{Db, Value};
-use crate::state::{meta_set, schema_version, ConnState};
+use crate::schema::ddl;
+use crate::store::state::{meta_set, schema_version, ConnState};
 
 /// What [`upgrade`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

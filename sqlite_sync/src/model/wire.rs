@@ -9,7 +9,8 @@ use sync_core::schema::ColumnType;
 
 use crate::error::{Error, Result};
 use crate::ffi::Value;
-use crate::model::{hex_decode, TableInfo};
+use crate::model::table::TableInfo;
+use crate::model::values::hex_decode;
 
 pub use sync_core::wire::page::{CowStr, Obj, PageIn};
 
@@ -230,7 +231,7 @@ pub fn raw_to_sql<'a>(
         }
         ColumnType::Timestamptz | ColumnType::Timestamp | ColumnType::Date => {
             let t = string()?;
-            if !crate::temporal::valid(ty, &t) {
+            if !crate::model::temporal::valid(ty, &t) {
                 return Err(err());
             }
             VRef::Text(t)
@@ -269,7 +270,7 @@ pub fn row_values<'a>(t: &TableInfo, row: &Obj<'a>, pk: &Obj<'a>) -> Result<Vec<
             Error::msg(format!(
                 "table {:?} has no synced column {}",
                 t.name(),
-                crate::model::show(k)
+                crate::model::names::show(k)
             ))
         })?;
         out[i] = raw_to_sql(t.col_type(i), raw, t.name(), k)?;
@@ -286,7 +287,7 @@ pub fn row_values<'a>(t: &TableInfo, row: &Obj<'a>, pk: &Obj<'a>) -> Result<Vec<
 }
 
 /// The key of a pulled row's primary key object.
-pub fn key_from_obj(t: &TableInfo, pk: &Obj<'_>) -> Result<crate::model::Key> {
+pub fn key_from_obj(t: &TableInfo, pk: &Obj<'_>) -> Result<crate::model::key::Key> {
     for (k, _) in &pk.0 {
         if !t.def.is_pk(k) {
             return Err(if t.def.column_index(k).is_some() {
@@ -298,7 +299,7 @@ pub fn key_from_obj(t: &TableInfo, pk: &Obj<'_>) -> Result<crate::model::Key> {
                 Error::msg(format!(
                     "table {:?} has no synced column {}",
                     t.name(),
-                    crate::model::show(k)
+                    crate::model::names::show(k)
                 ))
             });
         }
@@ -319,11 +320,11 @@ pub fn key_from_obj(t: &TableInfo, pk: &Obj<'_>) -> Result<crate::model::Key> {
                 t.name()
             )));
         }
-        parts.push(crate::model::KeyPart::from_value(
-            &crate::model::key_affinity(t.col_type(ci), v),
+        parts.push(crate::model::key::KeyPart::from_value(
+            &crate::model::key::key_affinity(t.col_type(ci), v),
         ));
     }
-    Ok(crate::model::Key(parts))
+    Ok(crate::model::key::Key(parts))
 }
 
 #[cfg(test)]
@@ -360,7 +361,7 @@ mod tests {
             let text = v.to_string();
             let raw: &RawValue = serde_json::from_str(&text).unwrap();
             let fast = raw_to_sql(ty, raw, "t", "c").unwrap().to_value();
-            let slow = crate::model::json_to_sql(ty, &v, "t", "c").unwrap();
+            let slow = crate::model::values::json_to_sql(ty, &v, "t", "c").unwrap();
             assert_eq!(fast, slow, "{ty:?} {v}");
         }
     }

@@ -3,17 +3,17 @@
 use serde_json::json;
 use sync_core::schema::Schema;
 
-use crate::upgrade::{upgrade, Upgraded};
+use crate::schema::upgrade::{upgrade, Upgraded};
 
-use crate::ddl;
 use crate::error::Result;
 use crate::ffi::{Db, Value};
-use crate::local;
-use crate::model::parse_schema;
-use crate::state::{in_savepoint, meta_set, meta_text, schema_version, ConnState};
+use crate::model::validate::parse_schema;
+use crate::schema::ddl;
+use crate::schema::local;
+use crate::store::state::{in_savepoint, meta_set, meta_text, schema_version, ConnState};
 
 /// `sync_init(schema [, local])`: `local` is the local-only column spec
-/// (see `local.rs`); without it the stored spec is kept.
+/// (see `schema/local.rs`); without it the stored spec is kept.
 pub fn sync_init(st: &ConnState, db: Db, text: &str, local: Option<&str>) -> Result<String> {
     let schema = parse_schema(text)?;
     let out = in_savepoint(db, "sync_init", || {
@@ -43,7 +43,10 @@ pub fn sync_init(st: &ConnState, db: Db, text: &str, local: Option<&str>) -> Res
                     // A table whose key changed was created again: the
                     // next pull downloads everything (pending writes are
                     // kept).
-                    crate::pull::resync(db, &crate::state::Loaded::new(schema.clone()))?;
+                    crate::sync::pull::resync(
+                        db,
+                        &crate::store::state::Loaded::new(schema.clone()),
+                    )?;
                 }
                 true
             }

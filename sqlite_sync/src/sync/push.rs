@@ -6,16 +6,17 @@ use serde_json::{json, Map, Value as Json};
 use sync_core::wire::{Change, ChangeResult, Op as WireOp, PushBatch, PushResult, Status, FORMAT};
 use sync_core::Hlc;
 
-use crate::adopt::adopt_row;
-use crate::changes::{self, ChangeRow, Group, Net, RowLookup};
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::{
-    json_to_sql, now_iso, q, show, show_json, sql_to_json, Key, TableInfo, CHANGES, ERRORS,
-};
-use crate::ops::{check_ver, row_values, TableOps};
-use crate::page::json_to_sql_strict;
-use crate::state::{client_id, in_savepoint, meta_delete, meta_get, meta_set, ConnState};
+use crate::model::key::Key;
+use crate::model::names::{q, show, show_json, CHANGES, ERRORS};
+use crate::model::table::TableInfo;
+use crate::model::values::{json_to_sql, now_iso, sql_to_json};
+use crate::model::wire::json_to_sql_strict;
+use crate::store::changes::{self, ChangeRow, Group, Net, RowLookup};
+use crate::store::rows::{check_ver, row_values, TableOps};
+use crate::store::state::{client_id, in_savepoint, meta_delete, meta_get, meta_set, ConnState};
+use crate::sync::adopt::adopt_row;
 
 /// Builds (or returns the stored) push batch.
 pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
@@ -26,7 +27,7 @@ pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
     let loaded = st.loaded(db)?;
     in_savepoint(db, "sync_changes", || {
         let _nc = st.no_capture();
-        crate::ddl::check_clock_not_shadowed(db)?;
+        crate::schema::ddl::check_clock_not_shadowed(db)?;
         if let Some(Value::Text(j)) = meta_get(db, "inflight")? {
             return Ok(j);
         }
@@ -419,7 +420,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
     }
     in_savepoint(db, "sync_ack", || {
         let _nc = st.no_capture();
-        crate::ddl::check_clock_not_shadowed(db)?;
+        crate::schema::ddl::check_clock_not_shadowed(db)?;
         let (mut confirmed, mut rejected, mut conflicts, mut ignored) = (0, 0, 0, 0);
         let inflight = match meta_get(db, "inflight")? {
             Some(Value::Text(j)) => Some(

@@ -6,22 +6,24 @@ use serde_json::json;
 use sync_core::wire::PullOp;
 use sync_core::Hlc;
 
-use crate::adopt::{adopt_row, resync_bases};
-use crate::changes;
-use crate::ddl;
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::{now_iso, q, validate_schema};
-use crate::ops::{check_ver, TableOps};
-use crate::page::{self, key_from_obj};
-use crate::state::{in_savepoint, meta_delete, meta_set, ConnState, Loaded};
-use crate::upgrade::{upgrade, Upgraded};
+use crate::model::names::q;
+use crate::model::validate::validate_schema;
+use crate::model::values::now_iso;
+use crate::model::wire::{self, key_from_obj};
+use crate::schema::ddl;
+use crate::schema::upgrade::{upgrade, Upgraded};
+use crate::store::changes;
+use crate::store::rows::{check_ver, TableOps};
+use crate::store::state::{in_savepoint, meta_delete, meta_set, ConnState, Loaded};
+use crate::sync::adopt::{adopt_row, resync_bases};
 
 /// Longest cursor a page may carry, in bytes (it is stored and sent back).
 pub const MAX_CURSOR_BYTES: usize = 1 << 20;
 
 pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
-    let page = page::parse(text)?;
+    let page = wire::parse(text)?;
     if page.cursor.0.len() > MAX_CURSOR_BYTES {
         return Err(Error::msg(format!(
             "the page's cursor is {} bytes, more than the limit of {MAX_CURSOR_BYTES}",
@@ -39,16 +41,16 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         let mut force_resync = false;
         if let Some(schema) = &page.schema {
             let size = serde_json::to_string(schema)?.len();
-            if size > crate::model::MAX_SCHEMA_BYTES {
+            if size > crate::model::names::MAX_SCHEMA_BYTES {
                 return Err(Error::msg(format!(
                     "the page's schema is {size} bytes, more than the limit of {}",
-                    crate::model::MAX_SCHEMA_BYTES
+                    crate::model::names::MAX_SCHEMA_BYTES
                 )));
             }
             validate_schema(schema)?;
             if let Upgraded::Migrated { resync } = upgrade(st, db, schema)? {
                 force_resync = resync;
-                crate::local::apply(db, schema, crate::local::stored(db)?)?;
+                crate::schema::local::apply(db, schema, crate::schema::local::stored(db)?)?;
                 st.invalidate();
             }
         }
@@ -77,7 +79,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         let mut max_seen = Hlc::ZERO;
         // Apply in key order (stable, so changes of one row keep their
         // order): b-tree writes in order touch each page once.
-        let mut order: Vec<(usize, crate::model::Key, usize)> =
+        let mut order: Vec<(usize, crate::model::key::Key, usize)> =
             Vec::with_capacity(page.changes.len());
         for (i, rc) in page.changes.iter().enumerate() {
             let (ti, t) = loaded.require(&rc.table.0)?;
@@ -120,12 +122,14 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                         return Err(Error::msg(format!(
                             "upsert of {} {} has no row or no ver",
                             rc.table.0,
-                            crate::model::show_json(&serde_json::Value::Object(rc.pk.to_map()))
+                            crate::model::names::show_json(&serde_json::Value::Object(
+                                rc.pk.to_map()
+                            ))
                         )));
                     };
                     let ver = &ver.0;
                     check_ver(t, ver)?;
-                    let vals = page::row_values(t, row, &rc.pk)?;
+                    let vals = wire::row_values(t, row, &rc.pk)?;
                     if let Some(m) = ver.iter().max() {
                         max_seen = max_seen.max(*m);
                     }
@@ -177,8 +181,11 @@ pub fn resync(db: Db, loaded: &Loaded) -> Result<usize> {
             let mut doomed = Vec::new();
             while sel.step()? {
                 let vals: Vec<Value> = (0..t.pk_idx.len()).map(|i| sel.col(i)).collect();
-                let key =
-                    crate::model::Key(vals.iter().map(crate::model::KeyPart::from_value).collect());
+                let key = crate::model::key::Key(
+                    vals.iter()
+                        .map(crate::model::key::KeyPart::from_value)
+                        .collect(),
+                );
                 if pending.get(ti, &key).is_none() {
                     doomed.push(key);
                 }

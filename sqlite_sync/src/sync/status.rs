@@ -3,11 +3,13 @@
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::changes;
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::{json_to_sql, key_affinity, q, Key, KeyPart, ERRORS};
-use crate::state::{client_id, meta_get, meta_text, ConnState};
+use crate::model::key::{key_affinity, Key, KeyPart};
+use crate::model::names::{q, ERRORS};
+use crate::model::values::json_to_sql;
+use crate::store::changes;
+use crate::store::state::{client_id, meta_get, meta_text, ConnState};
 
 pub fn sync_status(st: &ConnState, db: Db) -> Result<String> {
     let loaded = st.loaded(db)?;
@@ -73,7 +75,7 @@ pub fn sync_pending(st: &ConnState, db: Db, table: &Value, pk: &Value) -> Result
     })
 }
 
-fn plain_key(t: &crate::model::TableInfo, pk: &Value) -> Key {
+fn plain_key(t: &crate::model::table::TableInfo, pk: &Value) -> Key {
     let ci = t.pk_idx[0];
     let ty = t.col_type(ci);
     let v = match pk {

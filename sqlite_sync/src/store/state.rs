@@ -11,7 +11,8 @@ use sync_core::Hlc;
 
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::{TableInfo, CHANGES, META};
+use crate::model::names::{CHANGES, META};
+use crate::model::table::TableInfo;
 
 /// The parsed schema with derived table information.
 pub struct Loaded {
@@ -37,7 +38,12 @@ impl Loaded {
     pub fn require(&self, name: &str) -> Result<(usize, &TableInfo)> {
         self.table_idx(name)
             .map(|i| (i, &self.tables[i]))
-            .ok_or_else(|| Error::msg(format!("table {} is not synced", crate::model::show(name))))
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "table {} is not synced",
+                    crate::model::names::show(name)
+                ))
+            })
     }
 }
 
@@ -105,7 +111,7 @@ impl ConnState {
         }
         let mut st = db.prepare(&format!(
             "SELECT max(hlc) FROM {}",
-            crate::model::q(CHANGES)
+            crate::model::names::q(CHANGES)
         ))?;
         if st.step()? && !st.col_type_is_null(0) {
             clock.advance_to(Hlc::from_i64(st.col_i64(0)));
@@ -204,7 +210,7 @@ pub fn meta_get(db: Db, key: &str) -> Result<Option<Value>> {
     }
     let mut st = db.prepare(&format!(
         "SELECT value FROM {} WHERE key = ?1",
-        crate::model::q(META)
+        crate::model::names::q(META)
     ))?;
     st.bind_text(1, key)?;
     if st.step()? {
@@ -226,7 +232,7 @@ pub fn meta_set(db: Db, key: &str, v: &Value) -> Result<()> {
     let mut st = db.prepare(&format!(
         "INSERT INTO {}(key, value) VALUES (?1, ?2) \
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        crate::model::q(META)
+        crate::model::names::q(META)
     ))?;
     st.bind_text(1, key)?;
     st.bind(2, v)?;
@@ -236,7 +242,7 @@ pub fn meta_set(db: Db, key: &str, v: &Value) -> Result<()> {
 pub fn meta_delete(db: Db, key: &str) -> Result<()> {
     let mut st = db.prepare(&format!(
         "DELETE FROM {} WHERE key = ?1",
-        crate::model::q(META)
+        crate::model::names::q(META)
     ))?;
     st.bind_text(1, key)?;
     st.run()

@@ -8,8 +8,8 @@ use sync_core::Hlc;
 
 use crate::error::Result;
 use crate::ffi::Bind;
-use crate::model::Key;
-use crate::ops::TableOps;
+use crate::model::key::Key;
+use crate::store::rows::TableOps;
 
 /// The pending writes of a row as the rule takes them, from the overlay
 /// the queue reports (`(columns to keep, deleted locally)`).

@@ -28,8 +28,10 @@ use crate::error::Result;
 use crate::ffi::{Db, Value};
 use sync_core::schema::ColumnType;
 
-use crate::model::{q, Key, KeyPart, TableInfo, CHANGES};
-use crate::state::Loaded;
+use crate::model::key::{Key, KeyPart};
+use crate::model::names::{q, CHANGES};
+use crate::model::table::TableInfo;
+use crate::store::state::Loaded;
 
 /// Kind of a queued write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,7 +243,7 @@ pub const ROW_INDEX_MIN: i64 = 5000;
 
 /// Whether the queue is indexed by row.
 pub fn has_row_index(db: Db) -> Result<bool> {
-    crate::state::object_exists(db, ROW_INDEX)
+    crate::store::state::object_exists(db, ROW_INDEX)
 }
 
 /// Indexes the queue by row when it holds more than [`ROW_INDEX_MIN`]
@@ -479,13 +481,13 @@ pub fn any_queued(db: Db) -> Result<bool> {
 /// the bases recorded for it go. The caller must have capture turned off.
 pub fn purge(db: Db, loaded: &Loaded, groups: &[&Group], orphans: &[i64]) -> Result<()> {
     let mut all: Vec<i64> = orphans.to_vec();
-    let mut ops: HashMap<usize, crate::ops::TableOps> = HashMap::new();
+    let mut ops: HashMap<usize, crate::store::rows::TableOps> = HashMap::new();
     for g in groups {
         all.extend(g.rows.iter().map(|r| r.seq));
         let t = &loaded.tables[g.table];
         let o = ops
             .entry(g.table)
-            .or_insert_with(|| crate::ops::TableOps::new(db, t));
+            .or_insert_with(|| crate::store::rows::TableOps::new(db, t));
         o.state_from_synced(&g.key)?;
         o.stash_clear(&g.key)?;
     }

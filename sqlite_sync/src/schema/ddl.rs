@@ -33,11 +33,11 @@ use sync_core::Hlc;
 
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::{
-    decl_type, f64_numeric_text, lit, q, state_table_name, ver_from_blob, ver_to_blob, TableInfo,
-    BASE, CHANGES, ERRORS, META,
-};
-use crate::state::{meta_get, meta_set, object_exists};
+use crate::model::names::{lit, q, BASE, CHANGES, ERRORS, META};
+use crate::model::table::{state_table_name, TableInfo};
+use crate::model::values::decl_type;
+use crate::model::values::{f64_numeric_text, ver_from_blob, ver_to_blob};
+use crate::store::state::{meta_get, meta_set, object_exists};
 
 /// The current layout of the device's objects (see [`upgrade_layout`]):
 /// 2 gave columns their exact types and the triggers `sync_clock()`; 3 adds
@@ -497,7 +497,7 @@ fn drop_table(db: Db, def: &TableDef, why: Dropped) -> Result<()> {
     db.exec(&format!("DROP TABLE IF EXISTS {}", q(&info.state)))?;
     db.exec(&format!("DROP TABLE IF EXISTS {}", q(&info.synced)))?;
     record_dropped_writes(db, &info, &why)?;
-    let high_water = crate::changes::max_seq(db)?;
+    let high_water = crate::store::changes::max_seq(db)?;
     let mut st = db.prepare(&format!(
         "DELETE FROM {} WHERE tbl = ?1 AND op <> 'mark' AND batch IS NULL",
         q(CHANGES)
@@ -506,7 +506,7 @@ fn drop_table(db: Db, def: &TableDef, why: Dropped) -> Result<()> {
     st.run()?;
     drop(st);
     // Seqs the server may have seen are never reused.
-    crate::changes::keep_high_water(db, high_water)?;
+    crate::store::changes::keep_high_water(db, high_water)?;
     let mut st = db.prepare(&format!("DELETE FROM {} WHERE tbl = ?1", q(BASE)))?;
     st.bind_text(1, &def.name)?;
     st.run()
@@ -522,8 +522,8 @@ fn record_dropped_writes(db: Db, info: &TableInfo, why: &Dropped) -> Result<()> 
     ))?;
     st.bind_text(1, info.name())?;
     // Per row: last seq, first op, last op.
-    let mut rows: Vec<(crate::model::Key, i64, String, String)> = Vec::new();
-    let mut index: std::collections::HashMap<crate::model::Key, usize> =
+    let mut rows: Vec<(crate::model::key::Key, i64, String, String)> = Vec::new();
+    let mut index: std::collections::HashMap<crate::model::key::Key, usize> =
         std::collections::HashMap::new();
     while st.step()? {
         let Ok(key) = info.key_from_stored(&st.col(1)) else {
@@ -566,7 +566,7 @@ fn record_dropped_writes(db: Db, info: &TableInfo, why: &Dropped) -> Result<()> 
             "key_mismatch",
         ),
     };
-    let now = crate::model::now_iso();
+    let now = crate::model::values::now_iso();
     for (key, seq, first, last) in rows {
         let op = match (first.as_str(), last.as_str()) {
             ("insert", "delete") => continue,
@@ -647,7 +647,7 @@ fn migrate_table(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
         if ot.column_index(&c.name).is_none() {
             for t in [&new_state, &synced] {
                 // A local-only column of the same name becomes the synced one.
-                if t == &new_state && crate::local::has_column(db, t, &c.name)? {
+                if t == &new_state && crate::schema::local::has_column(db, t, &c.name)? {
                     continue;
                 }
                 db.exec(&format!(

@@ -1,0 +1,9 @@
+//! The sync operations behind the SQL functions: `sync_init`, building
+//! and acknowledging a push, applying a pull page, adopting the server's
+//! rows, and status.
+
+pub mod adopt;
+pub mod init;
+pub mod pull;
+pub mod push;
+pub mod status;
