@@ -14,8 +14,10 @@ use crate::sync::{init, pull, push, status};
 fn text_arg<'a>(args: &'a [Value], i: usize, what: &str) -> Result<&'a str> {
     match args.get(i) {
         Some(Value::Text(s)) => Ok(s),
-        Some(Value::Null) | None => Err(Error::msg(format!("{what} must not be NULL"))),
-        Some(_) => Err(Error::msg(format!("{what} must be text (a JSON document)"))),
+        Some(Value::Null) | None => Err(Error::input(format!("{what} must not be NULL"))),
+        Some(_) => Err(Error::input(format!(
+            "{what} must be text (a JSON document)"
+        ))),
     }
 }
 
@@ -25,7 +27,7 @@ fn f_init(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
         None | Some(Value::Null) => None,
         Some(Value::Text(s)) => Some(s.as_str()),
         Some(_) => {
-            return Err(Error::msg(
+            return Err(Error::input(
                 "sync_init: local must be text (a JSON document) or NULL",
             ))
         }
@@ -43,8 +45,8 @@ fn f_changes(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
         Some(Value::Text(s)) => s
             .trim()
             .parse::<i64>()
-            .map_err(|_| Error::msg("sync_changes: max must be an integer"))?,
-        Some(_) => return Err(Error::msg("sync_changes: max must be an integer")),
+            .map_err(|_| Error::input("sync_changes: max must be an integer"))?,
+        Some(_) => return Err(Error::input("sync_changes: max must be an integer")),
     };
     push::sync_changes(st, db, max)
         .map(Ret::Text)

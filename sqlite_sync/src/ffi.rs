@@ -94,11 +94,22 @@ impl Db {
         }
     }
 
+    /// SQLite's error `rc`, with the connection's message.
+    fn error(&self, rc: c_int) -> Error {
+        Error::Sqlite {
+            code: rc,
+            message: self.errmsg(),
+        }
+    }
+
     fn check(&self, rc: c_int, what: &str) -> Result<()> {
         if rc == SQLITE_OK {
             Ok(())
         } else {
-            Err(Error::msg(format!("{what}: {}", self.errmsg())))
+            Err(Error::Sqlite {
+                code: rc,
+                message: format!("{what}: {}", self.errmsg()),
+            })
         }
     }
 
@@ -119,12 +130,16 @@ impl Db {
                 m
             }
         };
-        Err(Error::msg(msg).context(&first_line(sql)))
+        Err(Error::Sqlite {
+            code: rc,
+            message: msg,
+        }
+        .context(&first_line(sql)))
     }
 
     pub fn prepare(&self, sql: &str) -> Result<Stmt> {
         let mut stmt: *mut sqlite3_stmt = ptr::null_mut();
-        let len = c_int::try_from(sql.len()).map_err(|_| Error::msg("SQL text too long"))?;
+        let len = c_int::try_from(sql.len()).map_err(|_| Error::input("SQL text too long"))?;
         let rc = unsafe {
             call!(prepare_v2(
                 self.0,
@@ -138,10 +153,10 @@ impl Db {
             if !stmt.is_null() {
                 unsafe { call!(finalize(stmt)) };
             }
-            return Err(Error::msg(self.errmsg()).context(&first_line(sql)));
+            return Err(self.error(rc).context(&first_line(sql)));
         }
         if stmt.is_null() {
-            return Err(Error::msg("empty SQL statement").context(&first_line(sql)));
+            return Err(Error::input("empty SQL statement").context(&first_line(sql)));
         }
         Ok(Stmt {
             raw: stmt,
@@ -192,7 +207,7 @@ fn first_line(sql: &str) -> String {
 }
 
 fn cstring(s: &str) -> Result<std::ffi::CString> {
-    std::ffi::CString::new(s).map_err(|_| Error::msg("string contains a NUL byte"))
+    std::ffi::CString::new(s).map_err(|_| Error::input("string contains a NUL byte"))
 }
 
 type Destructor = Option<unsafe extern "C" fn(*mut c_void)>;
@@ -226,14 +241,14 @@ impl Stmt {
                     self.raw,
                     i,
                     s.as_ptr().cast::<c_char>(),
-                    c_int::try_from(s.len()).map_err(|_| Error::msg("text value too long"))?,
+                    c_int::try_from(s.len()).map_err(|_| Error::input("text value too long"))?,
                     transient()
                 )),
                 Value::Blob(b) => call!(bind_blob(
                     self.raw,
                     i,
                     b.as_ptr().cast::<c_void>(),
-                    c_int::try_from(b.len()).map_err(|_| Error::msg("blob value too long"))?,
+                    c_int::try_from(b.len()).map_err(|_| Error::input("blob value too long"))?,
                     transient()
                 )),
             }
@@ -247,7 +262,7 @@ impl Stmt {
                 self.raw,
                 idx as c_int,
                 v.as_ptr().cast::<c_char>(),
-                c_int::try_from(v.len()).map_err(|_| Error::msg("text value too long"))?,
+                c_int::try_from(v.len()).map_err(|_| Error::input("text value too long"))?,
                 transient()
             ))
         };
@@ -260,7 +275,7 @@ impl Stmt {
                 self.raw,
                 idx as c_int,
                 v.as_ptr().cast::<c_void>(),
-                c_int::try_from(v.len()).map_err(|_| Error::msg("blob value too long"))?,
+                c_int::try_from(v.len()).map_err(|_| Error::input("blob value too long"))?,
                 transient()
             ))
         };
@@ -283,9 +298,10 @@ impl Stmt {
             SQLITE_ROW => Ok(true),
             SQLITE_DONE => Ok(false),
             _ => {
-                let rc2 = unsafe { call!(reset(self.raw)) };
-                let _ = rc2;
-                Err(Error::msg(self.db.errmsg()).context(&self.sql()))
+                // The message is read after the reset, which keeps it (and
+                // returns the same code again).
+                unsafe { call!(reset(self.raw)) };
+                Err(self.db.error(rc).context(&self.sql()))
             }
         }
     }
@@ -457,7 +473,12 @@ unsafe extern "C" fn x_func<S>(
             )),
             Err(_) => result_error(ctx, "sqlite_sync: result too large"),
         },
-        Ok(Err(e)) => result_error(ctx, &e.to_string()),
+        Ok(Err(e)) => {
+            result_error(ctx, &e.to_string());
+            if e.code() != crate::error::SQLITE_ERROR {
+                call!(result_error_code(ctx, e.code()));
+            }
+        }
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -511,7 +532,7 @@ pub fn register<S: 'static>(
     };
     if rc != SQLITE_OK {
         // On failure SQLite has already called the destructor.
-        return Err(Error::msg(format!(
+        return Err(Error::input(format!(
             "could not register function {name}: {}",
             Db(db).errmsg()
         )));
@@ -741,7 +762,7 @@ pub fn register_one_row(db: *mut sqlite3, name: &str, decl: &str, source: Source
         ))
     };
     if rc != SQLITE_OK {
-        return Err(Error::msg(format!(
+        return Err(Error::input(format!(
             "could not register {name}: {}",
             Db(db).errmsg()
         )));

@@ -704,3 +704,38 @@ fn a_device_of_layout_2_is_upgraded_to_layout_3() {
         assert_eq!(batch["changes"][0]["op"], "insert");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Errors keep SQLite's code
+
+/// An error SQLite reports under a sync function is raised with SQLite's
+/// own result code (an app can tell a read-only or full database from bad
+/// input), the function named in the message; bad input is SQLITE_ERROR.
+#[test]
+fn an_error_sqlite_reports_keeps_its_code() {
+    let db = rusqlite::Connection::open_in_memory().unwrap();
+    sync_tests::sqlite::load(&db);
+    db.execute_batch("PRAGMA query_only = 1").unwrap();
+    let schema = tasks_schema(1).to_string();
+    let err = db
+        .query_row("SELECT sync_init(?1)", [&schema], |r| r.get::<_, String>(0))
+        .unwrap_err();
+    match err {
+        rusqlite::Error::SqliteFailure(e, Some(msg)) => {
+            assert_eq!(e.code, rusqlite::ErrorCode::ReadOnly, "{msg}");
+            assert!(msg.starts_with("sync_init: "), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    db.execute_batch("PRAGMA query_only = 0").unwrap();
+    let err = db
+        .query_row("SELECT sync_init('{')", [], |r| r.get::<_, String>(0))
+        .unwrap_err();
+    match err {
+        rusqlite::Error::SqliteFailure(e, Some(msg)) => {
+            assert_eq!(e.code, rusqlite::ErrorCode::Unknown, "{msg}");
+            assert!(msg.contains("malformed JSON in schema"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

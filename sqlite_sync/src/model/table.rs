@@ -129,19 +129,19 @@ impl TableInfo {
             return Ok(Key(vec![KeyPart::from_value(v)]));
         }
         let Value::Text(s) = v else {
-            return Err(Error::msg(format!(
+            return Err(Error::corrupt(format!(
                 "corrupt composite key in {CHANGES} for table {}",
                 self.name()
             )));
         };
         let arr: Vec<Json> = serde_json::from_str(s).map_err(|_| {
-            Error::msg(format!(
+            Error::corrupt(format!(
                 "corrupt composite key {s:?} in {CHANGES} for table {}",
                 self.name()
             ))
         })?;
         if arr.len() != self.pk_idx.len() {
-            return Err(Error::msg(format!(
+            return Err(Error::corrupt(format!(
                 "composite key {s:?} in {CHANGES} does not match the primary key of {}",
                 self.name()
             )));
@@ -171,12 +171,12 @@ impl TableInfo {
         for k in pk.keys() {
             if !self.def.is_pk(k) {
                 if self.def.column_index(k).is_some() {
-                    return Err(Error::msg(format!(
+                    return Err(Error::input(format!(
                         "column {k:?} is not part of the primary key of table {:?}",
                         self.name()
                     )));
                 }
-                return Err(Error::msg(format!(
+                return Err(Error::input(format!(
                     "table {:?} has no synced column {}",
                     self.name(),
                     show(k)
@@ -187,13 +187,13 @@ impl TableInfo {
         for &ci in &self.pk_idx {
             let name = self.col_name(ci);
             let v = pk.get(name).ok_or_else(|| {
-                Error::msg(format!(
+                Error::input(format!(
                     "primary key of table {:?} is missing column {name:?}",
                     self.name()
                 ))
             })?;
             if v.is_null() {
-                return Err(Error::msg(format!(
+                return Err(Error::input(format!(
                     "primary key column {name:?} of table {:?} is null",
                     self.name()
                 )));

@@ -67,7 +67,7 @@ fn bad_value(table: &str, col: &str, ty: ColumnType, v: &Json) -> Error {
         shown.truncate(end);
         shown.push_str("...");
     }
-    Error::msg(format!(
+    Error::input(format!(
         "column {col:?} of table {table:?} ({}) cannot hold the value {shown}",
         serde_json::to_string(&ty)
             .unwrap_or_default()

@@ -110,7 +110,7 @@ fn bad(table: &str, col: &str, ty: ColumnType, raw: &str) -> Error {
         shown.truncate(end);
         shown.push_str("...");
     }
-    Error::msg(format!(
+    Error::input(format!(
         "column {col:?} of table {table:?} ({}) cannot hold the value {shown}",
         serde_json::to_string(&ty)
             .unwrap_or_default()
@@ -206,7 +206,7 @@ pub fn raw_to_sql<'a>(
         ColumnType::Numeric => {
             if number {
                 let d = sync_core::decimal::Decimal::parse(s)
-                    .map_err(|e| Error::msg(format!("{} ({e})", err())))?;
+                    .map_err(|e| Error::input(format!("{} ({e})", err())))?;
                 let text = d.to_string();
                 if text == s {
                     VRef::Text(Cow::Borrowed(s))
@@ -267,7 +267,7 @@ pub fn row_values<'a>(t: &TableInfo, row: &Obj<'a>, pk: &Obj<'a>) -> Result<Vec<
     let mut seen = 0u64;
     for (k, raw) in &row.0 {
         let i = t.def.column_index(k).ok_or_else(|| {
-            Error::msg(format!(
+            Error::input(format!(
                 "table {:?} has no synced column {}",
                 t.name(),
                 crate::model::names::show(k)
@@ -291,12 +291,12 @@ pub fn key_from_obj(t: &TableInfo, pk: &Obj<'_>) -> Result<crate::model::key::Ke
     for (k, _) in &pk.0 {
         if !t.def.is_pk(k) {
             return Err(if t.def.column_index(k).is_some() {
-                Error::msg(format!(
+                Error::input(format!(
                     "column {k:?} is not part of the primary key of table {:?}",
                     t.name()
                 ))
             } else {
-                Error::msg(format!(
+                Error::input(format!(
                     "table {:?} has no synced column {}",
                     t.name(),
                     crate::model::names::show(k)
@@ -308,14 +308,14 @@ pub fn key_from_obj(t: &TableInfo, pk: &Obj<'_>) -> Result<crate::model::key::Ke
     for &ci in &t.pk_idx {
         let name = t.col_name(ci);
         let raw = pk.get(name).ok_or_else(|| {
-            Error::msg(format!(
+            Error::input(format!(
                 "primary key of table {:?} is missing column {name:?}",
                 t.name()
             ))
         })?;
         let v = raw_to_sql(t.col_type(ci), raw, t.name(), name)?.to_value();
         if v.is_null() {
-            return Err(Error::msg(format!(
+            return Err(Error::input(format!(
                 "primary key column {name:?} of table {:?} is null",
                 t.name()
             )));

@@ -59,7 +59,7 @@ pub fn check_clock_not_shadowed(db: Db) -> Result<()> {
             st.col_text(0).unwrap_or_default(),
             st.col_text(1).unwrap_or_default(),
         );
-        return Err(Error::msg(format!(
+        return Err(Error::layout(format!(
             "this database has a {ty} named {name:?}: that name belongs to sqlite_sync's \
              clock, which the change-capture triggers read; rename or drop the {ty}"
         )));
@@ -136,14 +136,14 @@ fn create_tables(db: Db, info: &TableInfo) -> Result<()> {
     let t = &info.def;
     for name in [&info.state, &info.synced, &format!("{}_local", t.name)] {
         if object_exists(db, name)? {
-            return Err(Error::msg(format!(
+            return Err(Error::layout(format!(
                 "cannot create synced table {:?}: an object named {name:?} already exists",
                 t.name
             )));
         }
     }
     if info.confirmed() && object_exists(db, &t.name)? {
-        return Err(Error::msg(format!(
+        return Err(Error::layout(format!(
             "cannot create the view of synced table {:?}: an object with that name already exists",
             t.name
         )));
@@ -625,7 +625,7 @@ fn migrate_table(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
     let new_state = state_table_name(&nt.name, nt.mode);
     if old_state != new_state {
         if object_exists(db, &new_state)? {
-            return Err(Error::msg(format!(
+            return Err(Error::layout(format!(
                 "cannot switch table {:?} to {} mode: an object named {new_state:?} already exists",
                 nt.name,
                 if nt.mode == WriteMode::Confirmed {
@@ -667,7 +667,7 @@ fn migrate_table(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
         .map(|c| c.name.as_str())
         .collect();
     if !dropped.is_empty() && crate::ffi::libversion_number() < 3_035_000 {
-        return Err(Error::msg(
+        return Err(Error::layout(
             "dropping a synced column needs SQLite 3.35 or newer (ALTER TABLE DROP COLUMN)",
         ));
     }
@@ -675,7 +675,7 @@ fn migrate_table(db: Db, ot: &TableDef, nt: &TableDef) -> Result<()> {
         for t in [&new_state, &synced] {
             db.exec(&format!("ALTER TABLE {} DROP COLUMN {}", q(t), q(c)))
                 .map_err(|e| {
-                    Error::msg(format!(
+                    Error::layout(format!(
                         "cannot drop column {c:?} of {t:?} (an index or view of the app may use it): {e}"
                     ))
                 })?;
@@ -856,7 +856,7 @@ fn fix_declared_types(db: Db, info: &TableInfo) -> Result<()> {
         }
         if !retype.is_empty() {
             retype_table(db, table, &retype, rowid).map_err(|e| {
-                Error::msg(format!(
+                Error::layout(format!(
                     "cannot give the columns of {table:?} their exact types: {e}"
                 ))
             })?;
@@ -897,7 +897,7 @@ fn retype_table(db: Db, table: &str, retype: &[Retype], rowid: bool) -> Result<(
     let sql = if st.step()? {
         st.col_text(0).unwrap_or_default()
     } else {
-        return Err(Error::msg(format!("table {table:?} does not exist")));
+        return Err(Error::input(format!("table {table:?} does not exist")));
     };
     drop(st);
     let types: Vec<(&str, &str)> = retype.iter().map(|r| (r.col.as_str(), r.decl)).collect();
@@ -1016,7 +1016,7 @@ fn tokenize(sql: &str) -> Result<Vec<(Tok, usize, usize)>> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
-    let unterminated = || Error::msg("unterminated quote or comment in a CREATE TABLE statement");
+    let unterminated = || Error::input("unterminated quote or comment in a CREATE TABLE statement");
     while i < b.len() {
         let c = b[i];
         if c.is_ascii_whitespace() {
@@ -1103,7 +1103,7 @@ fn rewrite_create(sql: &str, new_name: &str, types: &[(&str, &str)]) -> Result<S
     let open = toks
         .iter()
         .position(|t| t.0 == Tok::Punct(b'('))
-        .ok_or_else(|| Error::msg("no column list in the CREATE TABLE statement"))?;
+        .ok_or_else(|| Error::input("no column list in the CREATE TABLE statement"))?;
     let word_is = |t: (Tok, usize, usize), set: &[&str]| -> bool {
         t.0 == Tok::Word && set.iter().any(|w| sql[t.1..t.2].eq_ignore_ascii_case(w))
     };
@@ -1166,12 +1166,12 @@ fn rewrite_create(sql: &str, new_name: &str, types: &[(&str, &str)]) -> Result<S
         i += 1;
     }
     if close.is_none() {
-        return Err(Error::msg(
+        return Err(Error::input(
             "unbalanced parentheses in the CREATE TABLE statement",
         ));
     }
     if let Some(k) = found.iter().position(|f| !f) {
-        return Err(Error::msg(format!(
+        return Err(Error::input(format!(
             "column {:?} not found in the CREATE TABLE statement",
             types[k].0
         )));

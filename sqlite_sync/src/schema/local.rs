@@ -29,7 +29,7 @@ pub fn parse(text: &str, schema: &Schema) -> Result<LocalSpec> {
 pub fn stored(db: Db) -> Result<LocalSpec> {
     match meta_get(db, KEY)? {
         Some(Value::Text(s)) => serde_json::from_str(&s)
-            .map_err(|e| Error::msg(format!("stored local spec is corrupt: {e}"))),
+            .map_err(|e| Error::corrupt(format!("stored local spec is corrupt: {e}"))),
         _ => Ok(LocalSpec::new()),
     }
 }
@@ -88,7 +88,7 @@ pub fn apply(db: Db, schema: &Schema, mut spec: LocalSpec) -> Result<()> {
                 q(cname)
             ))
             .map_err(|e| {
-                Error::msg(format!(
+                Error::layout(format!(
                     "cannot add local column {cname:?} {decl:?} to table {tname:?}: {e}"
                 ))
             })?;

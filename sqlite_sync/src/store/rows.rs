@@ -442,7 +442,7 @@ pub fn row_values(
 ) -> Result<Vec<Value>> {
     for k in row.keys() {
         if t.def.column_index(k).is_none() {
-            return Err(Error::msg(format!(
+            return Err(Error::input(format!(
                 "table {:?} has no synced column {}",
                 t.name(),
                 show(k)
@@ -466,7 +466,7 @@ pub fn row_values(
 /// Checks a version array against the table's column count.
 pub fn check_ver(t: &TableInfo, ver: &[Hlc]) -> Result<()> {
     if ver.len() != t.ncols() {
-        return Err(Error::msg(format!(
+        return Err(Error::input(format!(
             "ver has {} entries but table {:?} has {} synced columns",
             ver.len(),
             t.name(),

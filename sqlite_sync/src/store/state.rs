@@ -39,7 +39,7 @@ impl Loaded {
         self.table_idx(name)
             .map(|i| (i, &self.tables[i]))
             .ok_or_else(|| {
-                Error::msg(format!(
+                Error::input(format!(
                     "table {} is not synced",
                     crate::model::names::show(name)
                 ))
@@ -84,7 +84,7 @@ impl ConnState {
         let mut c = self.clock.borrow_mut();
         let clock = c
             .as_mut()
-            .ok_or_else(|| Error::msg("clock not initialised"))?;
+            .ok_or_else(|| Error::Internal("clock not initialised".into()))?;
         Ok(clock.tick(wall_clock_unix_ms()))
     }
 
@@ -154,7 +154,7 @@ impl ConnState {
             _ => return Err(not_initialised()),
         };
         let schema: Schema = serde_json::from_str(&text)
-            .map_err(|e| Error::msg(format!("stored schema is corrupt: {e}")))?;
+            .map_err(|e| Error::corrupt(format!("stored schema is corrupt: {e}")))?;
         let l = Rc::new(Loaded::new(schema));
         *self.cache.borrow_mut() = Some(l.clone());
         Ok(l)
@@ -170,7 +170,7 @@ impl crate::ffi::OneRow for ConnState {
     fn value(&self, db: Db) -> Result<i64> {
         self.tick(db)
             .map(|h| h.as_i64())
-            .map_err(|e| Error::msg(format!("sync_clock: {e}")))
+            .map_err(|e| Error::input(format!("sync_clock: {e}")))
     }
 }
 
@@ -193,7 +193,7 @@ impl Drop for CaptureGuard<'_> {
 }
 
 pub fn not_initialised() -> Error {
-    Error::msg("this database is not initialised for sync; call sync_init(schema) first")
+    Error::NotInitialised
 }
 
 /// Whether `name` exists in the main schema (any object type).
@@ -275,7 +275,7 @@ pub fn in_savepoint<T>(db: Db, name: &str, f: impl FnOnce() -> Result<T>) -> Res
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown".into());
-            Err(Error::msg(format!("internal error (panic: {what})")))
+            Err(Error::input(format!("internal error (panic: {what})")))
         }
     };
     match result {

@@ -25,7 +25,7 @@ pub const MAX_CURSOR_BYTES: usize = 1 << 20;
 pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
     let page = wire::parse(text)?;
     if page.cursor.0.len() > MAX_CURSOR_BYTES {
-        return Err(Error::msg(format!(
+        return Err(Error::input(format!(
             "the page's cursor is {} bytes, more than the limit of {MAX_CURSOR_BYTES}",
             page.cursor.0.len()
         )));
@@ -42,7 +42,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         if let Some(schema) = &page.schema {
             let size = serde_json::to_string(schema)?.len();
             if size > crate::model::names::MAX_SCHEMA_BYTES {
-                return Err(Error::msg(format!(
+                return Err(Error::input(format!(
                     "the page's schema is {size} bytes, more than the limit of {}",
                     crate::model::names::MAX_SCHEMA_BYTES
                 )));
@@ -56,7 +56,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
         }
         let loaded = st.loaded(db)?;
         if page.schema_version != loaded.schema.version {
-            return Err(Error::msg(format!(
+            return Err(Error::input(format!(
                 "pull page follows schema version {} but this database has version {}; \
                  pass the server's schema to sync_init (or include it in the page)",
                 page.schema_version, loaded.schema.version
@@ -119,7 +119,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
             match rc.op {
                 PullOp::Upsert => {
                     let (Some(row), Some(ver)) = (&rc.row, &rc.ver) else {
-                        return Err(Error::msg(format!(
+                        return Err(Error::input(format!(
                             "upsert of {} {} has no row or no ver",
                             rc.table.0,
                             crate::model::names::show_json(&serde_json::Value::Object(

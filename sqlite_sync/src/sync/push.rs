@@ -21,7 +21,7 @@ use crate::sync::adopt::adopt_row;
 /// Builds (or returns the stored) push batch.
 pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
     if max < 1 {
-        return Err(Error::msg(format!("max must be at least 1, got {max}")));
+        return Err(Error::input(format!("max must be at least 1, got {max}")));
     }
     let max = (max as usize).min(sync_core::wire::MAX_BATCH_CHANGES);
     let loaded = st.loaded(db)?;
@@ -198,7 +198,7 @@ fn result_row(
         }));
     };
     if cols.len() != ver.len() {
-        return Err(Error::msg(format!(
+        return Err(Error::input(format!(
             "ver has {} entries but the result names {} columns of table {:?}",
             ver.len(),
             cols.len(),
@@ -242,7 +242,7 @@ fn result_row(
         if out.known & bit == 0 {
             let name = t.col_name(i);
             let v = r.pk.get(name).ok_or_else(|| {
-                Error::msg(format!(
+                Error::input(format!(
                     "primary key of table {:?} is missing column {name:?}",
                     t.name()
                 ))
@@ -413,7 +413,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
     let loaded = st.loaded(db)?;
     let client = client_id(db)?;
     if result.client_id != client {
-        return Err(Error::msg(format!(
+        return Err(Error::input(format!(
             "push result is for client {} but this database is client {client:?}",
             show(&result.client_id)
         )));
@@ -422,13 +422,13 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
         let _nc = st.no_capture();
         crate::schema::ddl::check_clock_not_shadowed(db)?;
         let (mut confirmed, mut rejected, mut conflicts, mut ignored) = (0, 0, 0, 0);
-        let inflight = match meta_get(db, "inflight")? {
-            Some(Value::Text(j)) => Some(
-                PushBatch::parse(&j)
-                    .map_err(|e| Error::msg(format!("stored in-flight batch is corrupt: {e}")))?,
-            ),
-            _ => None,
-        };
+        let inflight =
+            match meta_get(db, "inflight")? {
+                Some(Value::Text(j)) => Some(PushBatch::parse(&j).map_err(|e| {
+                    Error::corrupt(format!("stored in-flight batch is corrupt: {e}"))
+                })?),
+                _ => None,
+            };
         let Some(inflight) = inflight else {
             return Ok(summary(0, 0, 0, result.results.len()));
         };
@@ -440,7 +440,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
             rows.push(None);
             if let Some(c) = by_seq.get(&r.seq) {
                 if r.table != c.table {
-                    return Err(Error::msg(format!(
+                    return Err(Error::input(format!(
                         "result for seq {} names table {} but the change was on {:?}",
                         r.seq,
                         show(&r.table),
@@ -449,7 +449,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                 }
                 if let Some(t) = loaded.table(&c.table) {
                     if t.key_from_json(&r.pk)? != t.key_from_json(&c.pk)? {
-                        return Err(Error::msg(format!(
+                        return Err(Error::input(format!(
                             "result for seq {} has pk {} but the change was for {}",
                             r.seq,
                             show_json(&Json::Object(r.pk.clone())),

@@ -41,7 +41,7 @@ pub fn sync_status(st: &ConnState, db: Db) -> Result<String> {
 pub fn sync_pending(st: &ConnState, db: Db, table: &Value, pk: &Value) -> Result<i64> {
     let loaded = st.loaded(db)?;
     let Value::Text(table) = table else {
-        return Err(Error::msg("table must be a table name (text)"));
+        return Err(Error::input("table must be a table name (text)"));
     };
     let (ti, t) = loaded.require(table)?;
     let key = match pk {
@@ -52,17 +52,17 @@ pub fn sync_pending(st: &ConnState, db: Db, table: &Value, pk: &Value) -> Result
                 }
                 Ok(_) | Err(_) if t.single_pk() => plain_key(t, pk),
                 Ok(_) => {
-                    return Err(Error::msg(format!(
+                    return Err(Error::input(format!(
                         "pk must name the key columns {:?} of table {table:?}",
                         t.def.pk
                     )))
                 }
-                Err(e) => return Err(Error::msg(format!("malformed JSON in pk: {e}"))),
+                Err(e) => return Err(Error::input(format!("malformed JSON in pk: {e}"))),
             }
         }
         _ if t.single_pk() => plain_key(t, pk),
         _ => {
-            return Err(Error::msg(format!(
+            return Err(Error::input(format!(
                 "table {table:?} has a composite primary key {:?}; pass pk as a JSON object",
                 t.def.pk
             )))
