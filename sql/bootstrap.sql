@@ -66,6 +66,18 @@ CREATE TABLE pg_sync.push_results (
     PRIMARY KEY (role, client_id, seq)
 );
 
+-- 0.4.0: who ran each transaction that pushed (one row per sync_push
+-- transaction), so a conflict record can name the client whose push last
+-- wrote the row: the winner a device shows in its conflict inbox. Pruned
+-- with the push results by sync_compact. Not dumped: xids belong to this
+-- database's history.
+CREATE TABLE pg_sync.push_xacts (
+    xid       xid8 PRIMARY KEY,
+    role      regrole NOT NULL,
+    client_id text NOT NULL,
+    at        timestamptz NOT NULL DEFAULT now()
+);
+
 -- Every conflict that was not a clean merge. Never truncated by pg_sync.
 CREATE TABLE pg_sync.conflicts (
     id           bigserial PRIMARY KEY,
@@ -84,7 +96,11 @@ CREATE TABLE pg_sync.conflicts (
     seq          bigint,
     resolved_at  timestamptz,
     resolution   jsonb,
-    client_role  regrole
+    client_role  regrole,
+    -- 0.4.0: the client and role whose push last wrote the row before the
+    -- conflicting change, as far as pg_sync.push_xacts knows it.
+    winner_client text,
+    winner_role  regrole
 );
 CREATE INDEX conflicts_open_idx ON pg_sync.conflicts (table_name) WHERE resolved_at IS NULL;
 

@@ -543,6 +543,7 @@ fn push_batches(c: &mut Client, rows: &[u64], edit: u64, client: &str, per: usiz
                 .collect(),
             base_values: Map::new(),
             hlc: stamp,
+            resolves: Vec::new(),
         });
     }
     changes

@@ -110,6 +110,7 @@ impl<'a> Arbitrary<'a> for Input {
             base,
             base_values,
             hlc: hlc(u)?,
+            resolves: Vec::new(),
         };
 
         let state = if u.arbitrary()? {

@@ -159,3 +159,40 @@ fn resolve(id: i64, resolution: &str, value: Option<Value>) -> Result<bool> {
     privileged::conflict_resolved(id, res.to_string())?;
     Ok(true)
 }
+
+/// Closes conflict `id` that a device's user resolved with the applied
+/// change `c` (its `resolves`): only a record of the change's table and
+/// row, still open, on a table the caller may update. Anything else is
+/// left as it is (the change itself stands). Returns whether it closed.
+pub(crate) fn close_from_device(
+    t: &crate::catalog::TableInfo,
+    id: i64,
+    c: &sync_core::wire::Change,
+    client: &str,
+) -> Result<bool> {
+    let Some(rec) = privileged::conflict_get(id)? else {
+        return Ok(false);
+    };
+    let rec: Value = serde_json::from_str(&rec).unwrap_or_default();
+    let same_row = rec["table_name"].as_str() == Some(t.name.as_str())
+        && rec["relid"].as_u64() == Some(u64::from(u32::from(t.relid)))
+        && rec["pk"] == Value::Object(c.pk.clone());
+    if !same_row || !rec["resolved_at"].is_null() {
+        return Ok(false);
+    }
+    let may_update = one(
+        "SELECT pg_catalog.has_any_column_privilege($1, 'UPDATE')::pg_catalog.text",
+        &[t.relid.into()],
+    )?;
+    if may_update.as_deref() != Some("true") {
+        return Ok(false);
+    }
+    let res = serde_json::json!({
+        "resolution": "device",
+        "by": one("SELECT current_user::pg_catalog.text", &[])?,
+        "client_id": client,
+        "seq": c.seq,
+    });
+    privileged::conflict_resolved(id, res.to_string())?;
+    Ok(true)
+}

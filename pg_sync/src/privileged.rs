@@ -126,7 +126,10 @@ fn role_arg(role: pg_sys::Oid) -> DatumWithOid<'static> {
 pub fn client_begin(client: &str) -> Result<i64> {
     let role = caller();
     let got = run(
-        "INSERT INTO pg_sync.clients AS c (role, client_id, last_push, pushes) \
+        "WITH x AS (INSERT INTO pg_sync.push_xacts (xid, role, client_id) \
+                    VALUES (pg_catalog.pg_current_xact_id(), $1::pg_catalog.oid::pg_catalog.regrole, $2) \
+                    ON CONFLICT (xid) DO NOTHING RETURNING 1) \
+         INSERT INTO pg_sync.clients AS c (role, client_id, last_push, pushes) \
          VALUES ($1::pg_catalog.oid::pg_catalog.regrole, $2, pg_catalog.now(), 1) \
          ON CONFLICT (role, client_id) DO UPDATE \
            SET last_push = pg_catalog.now(), pushes = c.pushes OPERATOR(pg_catalog.+) 1 \
@@ -205,29 +208,51 @@ pub fn results_put(client: &str, results_json: String) -> Result<()> {
     Ok(())
 }
 
-/// Inserts conflict records (a JSON array of objects), stamped with the
-/// calling role; returns their ids in the order of the records.
-pub fn conflicts_add(records_json: String) -> Result<Vec<i64>> {
+/// A stored conflict record: its id and the winner it names.
+pub struct Added {
+    pub id: i64,
+    pub winner_client: Option<String>,
+    pub winner_role: Option<String>,
+}
+
+/// Stores conflict records (a JSON array, each with its table, pk, client,
+/// seq and `winner_xid`: the transaction that last wrote the row, looked
+/// up in `pg_sync.push_xacts` to name the winner); returns them in order.
+pub fn conflicts_add(records_json: String) -> Result<Vec<Added>> {
     let got = run(
         "WITH ins AS ( \
              INSERT INTO pg_sync.conflicts (table_name, pk, column_name, strategy, outcome, reason, \
-                 server_value, client_value, server_ver, client_ver, client_id, seq, client_role) \
+                 server_value, client_value, server_ver, client_ver, client_id, seq, client_role, \
+                 winner_client, winner_role) \
              SELECT e OPERATOR(pg_catalog.->>) 'table', e OPERATOR(pg_catalog.->) 'pk', \
                     e OPERATOR(pg_catalog.->>) 'column', e OPERATOR(pg_catalog.->>) 'strategy', \
                     e OPERATOR(pg_catalog.->>) 'outcome', e OPERATOR(pg_catalog.->>) 'reason', \
                     e OPERATOR(pg_catalog.->) 'server_value', e OPERATOR(pg_catalog.->) 'client_value', \
                     e OPERATOR(pg_catalog.->>) 'server_ver', e OPERATOR(pg_catalog.->>) 'client_ver', \
                     e OPERATOR(pg_catalog.->>) 'client_id', (e OPERATOR(pg_catalog.->>) 'seq')::pg_catalog.int8, \
-                    $1::pg_catalog.oid::pg_catalog.regrole \
+                    $1::pg_catalog.oid::pg_catalog.regrole, w.client_id, w.role \
              FROM pg_catalog.jsonb_array_elements($2::pg_catalog.jsonb) WITH ORDINALITY AS x(e, ord) \
+             LEFT JOIN pg_sync.push_xacts w \
+               ON w.xid OPERATOR(pg_catalog.=) (x.e OPERATOR(pg_catalog.->>) 'winner_xid')::pg_catalog.xid8 \
+              AND w.xid OPERATOR(pg_catalog.<>) pg_catalog.pg_current_xact_id() \
              ORDER BY x.ord \
-             RETURNING id) \
-         SELECT i.id::pg_catalog.text FROM ins i ORDER BY i.id",
+             RETURNING id, winner_client, winner_role) \
+         SELECT i.id::pg_catalog.text, i.winner_client, i.winner_role::pg_catalog.text \
+         FROM ins i ORDER BY i.id",
         &[role_arg(caller()), records_json.into()],
     )?;
     Ok(got
         .into_iter()
-        .filter_map(|r| r.first()?.as_deref()?.parse().ok())
+        .filter_map(|mut r| {
+            let id = r.first()?.as_deref()?.parse().ok()?;
+            let winner_role = r.get_mut(2).and_then(Option::take);
+            let winner_client = r.get_mut(1).and_then(Option::take);
+            Some(Added {
+                id,
+                winner_client,
+                winner_role,
+            })
+        })
         .collect())
 }
 
@@ -281,6 +306,8 @@ pub fn compact(retain: pgrx::datum::Interval) -> Result<String> {
               m AS (SELECT pg_catalog.count(*) AS n, pg_catalog.max(d.xid::pg_catalog.text::pg_catalog.numeric) AS x FROM d), \
               r AS (DELETE FROM pg_sync.push_results p \
                     WHERE p.at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1) RETURNING 1), \
+              w AS (DELETE FROM pg_sync.push_xacts x \
+                    WHERE x.at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1) RETURNING 1), \
               u AS (UPDATE pg_sync.meta SET \
                         compacted_xid = GREATEST(compacted_xid, \
                             ((SELECT m.x FROM m) OPERATOR(pg_catalog.+) 1)::pg_catalog.text::pg_catalog.xid8), \

@@ -230,6 +230,54 @@ fn intern<'a>(ids: &mut HashMap<&'a str, u32>, toks: &[&'a str]) -> Vec<u32> {
         .collect()
 }
 
+/// One piece of a word-level diff (see [`word_diff`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "op", content = "text", rename_all = "snake_case")]
+pub enum Edit {
+    /// Text both sides have.
+    Equal(String),
+    /// Text only `from` has.
+    Delete(String),
+    /// Text only `to` has.
+    Insert(String),
+}
+
+/// The word-level diff of `from` into `to`: the same tokens and minimal
+/// diff the `text_merge` strategy uses, as runs of equal, deleted and
+/// inserted text (adjacent runs of one kind joined; within a changed
+/// region the deletion comes first). `None` past the same bounds as
+/// [`merge3`]. Concatenating the `Equal` and `Delete` runs gives `from`;
+/// the `Equal` and `Insert` runs give `to`.
+pub fn word_diff(from: &str, to: &str) -> Option<Vec<Edit>> {
+    let (ta, tb) = (tokenize(from), tokenize(to));
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    let (ia, ib) = (intern(&mut ids, &ta), intern(&mut ids, &tb));
+    let mut out: Vec<Edit> = Vec::new();
+    let mut push = |e: Edit| {
+        let empty = |e: &Edit| match e {
+            Edit::Equal(t) | Edit::Delete(t) | Edit::Insert(t) => t.is_empty(),
+        };
+        if empty(&e) {
+            return;
+        }
+        match (out.last_mut(), e) {
+            (Some(Edit::Equal(a)), Edit::Equal(b))
+            | (Some(Edit::Delete(a)), Edit::Delete(b))
+            | (Some(Edit::Insert(a)), Edit::Insert(b)) => a.push_str(&b),
+            (_, e) => out.push(e),
+        }
+    };
+    let mut pos = 0;
+    for h in diff(&ia, &ib)? {
+        push(Edit::Equal(ta[pos..h.start].concat()));
+        push(Edit::Delete(ta[h.start..h.end].concat()));
+        push(Edit::Insert(tb[h.with_start..h.with_end].concat()));
+        pos = h.end;
+    }
+    push(Edit::Equal(ta[pos..].concat()));
+    Some(out)
+}
+
 /// Which side a hunk comes from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -322,7 +370,43 @@ pub fn merge3(base: &str, theirs: &str, mine: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{merge3, tokenize};
+
+    #[test]
+    fn word_diff_rebuilds_both_sides() {
+        let d = word_diff("Website redesign for Q3", "Website relaunch for Q4").unwrap();
+        assert_eq!(
+            d,
+            vec![
+                Edit::Equal("Website ".into()),
+                Edit::Delete("redesign".into()),
+                Edit::Insert("relaunch".into()),
+                Edit::Equal(" for ".into()),
+                Edit::Delete("Q3".into()),
+                Edit::Insert("Q4".into()),
+            ]
+        );
+        let side = |keep: fn(&Edit) -> Option<&String>| {
+            d.iter().filter_map(keep).cloned().collect::<String>()
+        };
+        assert_eq!(
+            side(|e| match e {
+                Edit::Equal(t) | Edit::Delete(t) => Some(t),
+                _ => None,
+            }),
+            "Website redesign for Q3"
+        );
+        assert_eq!(
+            word_diff("same", "same").unwrap(),
+            vec![Edit::Equal("same".into())]
+        );
+        assert_eq!(word_diff("", "").unwrap(), vec![]);
+        assert_eq!(
+            serde_json::to_string(&word_diff("a b", "a c").unwrap()).unwrap(),
+            r#"[{"op":"equal","text":"a "},{"op":"delete","text":"b"},{"op":"insert","text":"c"}]"#
+        );
+    }
+
+    use super::{merge3, tokenize, word_diff, Edit};
 
     #[test]
     fn disjoint_edits_merge() {

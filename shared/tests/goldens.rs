@@ -56,6 +56,7 @@ fn golden_batch() -> PushBatch {
         base: Default::default(),
         base_values: Default::default(),
         hlc: Hlc::ZERO,
+        resolves: Vec::new(),
     };
     PushBatch {
         format: 1,

@@ -136,6 +136,7 @@ fn build(c: &Case) -> (Table, Change, Option<ServerRow>, Stamps) {
             .map(|(i, v)| (name(i), v.clone()))
             .collect(),
         hlc: c.stamp,
+        resolves: Vec::new(),
     };
     let row = c.row.as_ref().map(|(vals, ver)| {
         let mut m: Map<String, Value> = vals
@@ -257,6 +258,7 @@ proptest! {
             base: new.keys().map(|i| (name(i), Hlc::from_i64(ver[i + 2]))).collect(),
             base_values: new.keys().map(|i| (name(i), vals[*i].clone())).collect(),
             hlc: later,
+            resolves: Vec::new(),
         };
         let stamps = Stamps { change: later, cols: BTreeMap::new(), clamped: Vec::new() };
         let d = decide(&t, &change, Found::Row { row: &row, ver: &ver }, &stamps);

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::ffi::{self, Db, Ret, Value, FLAG_DIRECTONLY, FLAG_INNOCUOUS};
 use crate::model::values;
 use crate::store::state::{self, ConnState};
-use crate::sync::{init, pull, push, status};
+use crate::sync::{conflicts, init, pull, push, status};
 
 fn text_arg<'a>(args: &'a [Value], i: usize, what: &str) -> Result<&'a str> {
     match args.get(i) {
@@ -65,6 +65,42 @@ fn f_apply(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
     pull::sync_apply(st, db, p)
         .map(Ret::Text)
         .map_err(|e| e.prefixed("sync_apply"))
+}
+
+/// The conflict id argument: an integer.
+fn id_arg(args: &[Value]) -> Result<i64> {
+    match args.first() {
+        Some(Value::Int(n)) => Ok(*n),
+        Some(Value::Null) | None => Err(Error::input("conflict must not be NULL")),
+        Some(_) => Err(Error::input(
+            "conflict must be an integer (an id of _sync_conflicts)",
+        )),
+    }
+}
+
+fn f_resolve(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+    let name = |e: Error| e.prefixed("sync_resolve");
+    let id = id_arg(args).map_err(name)?;
+    let how = match args.get(1) {
+        Some(Value::Text(s)) => s.as_str(),
+        _ => {
+            return Err(name(Error::input(
+                "resolution must be 'mine', 'theirs' or 'value'",
+            )))
+        }
+    };
+    conflicts::sync_resolve(st, db, id, how, args.get(2))
+        .map(Ret::Text)
+        .map_err(name)
+}
+
+fn f_conflict_diff(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+    let name = |e: Error| e.prefixed("sync_conflict_diff");
+    st.loaded(db).map_err(name)?;
+    let id = id_arg(args).map_err(name)?;
+    conflicts::sync_conflict_diff(db, id)
+        .map(Ret::Text)
+        .map_err(name)
 }
 
 fn f_status(st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
@@ -138,6 +174,9 @@ pub fn register(db: *mut sqlite3) -> Result<()> {
     ffi::register(db, "sync_changes", 1, direct, &st, f_changes)?;
     ffi::register(db, "sync_ack", 1, direct, &st, f_ack)?;
     ffi::register(db, "sync_apply", 1, direct, &st, f_apply)?;
+    ffi::register(db, "sync_resolve", 2, direct, &st, f_resolve)?;
+    ffi::register(db, "sync_resolve", 3, direct, &st, f_resolve)?;
+    ffi::register(db, "sync_conflict_diff", 1, 0, &st, f_conflict_diff)?;
     ffi::register(db, "sync_status", 0, 0, &st, f_status)?;
     ffi::register(db, "sync_pending", 2, 0, &st, f_pending)?;
     ffi::register(db, "sync_client_id", 0, 0, &st, f_client_id)?;

@@ -13,6 +13,9 @@
 
 use std::time::{Duration, Instant};
 
+/// The device layout this build writes (`schema/ddl.rs` `LAYOUT`).
+const LAYOUT: i64 = 4;
+
 use serde_json::{json, Value};
 use sync_tests::sqlite::{hlc, page, tasks_schema, upsert, ver_all, TestClient};
 
@@ -613,7 +616,7 @@ fn a_device_of_the_previous_layout_is_upgraded_in_place() {
     );
     assert_eq!(
         c.int("SELECT value FROM _sync_meta WHERE key = 'layout'"),
-        3
+        LAYOUT
     );
 
     // The pending write survives and goes out; new writes are exact and
@@ -656,7 +659,7 @@ fn a_pull_upgrades_a_device_of_the_previous_layout_too() {
     c.apply(&p);
     assert_eq!(
         c.int("SELECT value FROM _sync_meta WHERE key = 'layout'"),
-        3
+        LAYOUT
     );
     assert_eq!(
         c.rows("SELECT amount, typeof(amount), typeof(price) FROM items WHERE id = 'c'"),
@@ -676,7 +679,7 @@ fn a_pull_upgrades_a_device_of_the_previous_layout_too() {
 }
 
 #[test]
-fn a_device_of_layout_2_is_upgraded_to_layout_3() {
+fn a_device_of_layout_2_is_upgraded_to_the_current_layout() {
     for via_pull in [false, true] {
         let c = TestClient::with_schema(&tasks_schema(1));
         c.exec("INSERT INTO tasks (id, title) VALUES ('a', 'x')");
@@ -696,7 +699,7 @@ fn a_device_of_layout_2_is_upgraded_to_layout_3() {
         );
         assert_eq!(
             c.int("SELECT value FROM _sync_meta WHERE key = 'layout'"),
-            3
+            LAYOUT
         );
         // The pending insert survives and goes out.
         let batch = c.changes();
@@ -737,5 +740,32 @@ fn an_error_sqlite_reports_keeps_its_code() {
             assert!(msg.contains("malformed JSON in schema"), "{msg}");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// A device of layout 3 (before the conflict inbox) gets `_sync_conflicts`
+/// from its next sync call.
+#[test]
+fn a_device_of_layout_3_gets_the_conflict_inbox() {
+    for via_pull in [false, true] {
+        let c = TestClient::with_schema(&tasks_schema(1));
+        c.exec(
+            "DROP TABLE _sync_conflicts;
+             UPDATE _sync_meta SET value = 3 WHERE key = 'layout';",
+        );
+        if via_pull {
+            c.apply(&page(1, "c1", false, vec![]));
+        } else {
+            c.call("SELECT sync_init(?1)", Some(&tasks_schema(1).to_string()));
+        }
+        assert_eq!(
+            c.int("SELECT count(*) FROM sqlite_master WHERE name = '_sync_conflicts'"),
+            1
+        );
+        assert_eq!(
+            c.int("SELECT value FROM _sync_meta WHERE key = 'layout'"),
+            LAYOUT
+        );
+        assert_eq!(c.call("SELECT sync_status()", None)["conflicts"], 0);
     }
 }

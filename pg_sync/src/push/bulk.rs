@@ -40,7 +40,7 @@ fn recordset(t: &TableInfo) -> String {
 /// A row's state (values and versions) as JSON text.
 fn state_text(t: &TableInfo) -> String {
     format!(
-        "pg_catalog.json_build_object('row', {}, 'ver', t._sync_ver)::text",
+        "pg_catalog.json_build_object('row', {}, 'ver', t._sync_ver, 'xid', t._sync_xid::pg_catalog.text)::text",
         t.row_expr("t")
     )
 }
@@ -350,13 +350,15 @@ pub(super) fn run_round(
     // Answers and conflict records of the changes that stand, the records
     // in one statement.
     let mut records: Vec<Value> = Vec::new();
-    let mut owners: Vec<usize> = Vec::new();
+    let mut owners: Vec<(usize, decide::Record)> = Vec::new();
     for p in decided.iter_mut() {
         if one_by_one.contains(&p.index) {
             continue;
         }
         let c = &batch.changes[p.index];
         let t = &tables[&c.table];
+        // The transaction that last wrote the row names the winner.
+        let winner = p.current.as_ref().and_then(|s| s.xid.clone());
         let state = match written.remove(&p.index) {
             Some(s) => Some(s),
             None if p.decision.show_current => p.current.take(),
@@ -365,16 +367,22 @@ pub(super) fn run_round(
         if let Some(r) = results[p.index].take() {
             results[p.index] = Some(with_state(t, r, state.as_ref()));
         }
-        if let Value::Array(recs) = records_json(t, c, &batch.client_id, &p.decision.records) {
-            owners.extend(std::iter::repeat_n(p.index, recs.len()));
+        if let Value::Array(recs) = records_json(
+            t,
+            c,
+            &batch.client_id,
+            &p.decision.records,
+            winner.as_deref(),
+        ) {
+            owners.extend(p.decision.records.iter().map(|r| (p.index, r.clone())));
             records.extend(recs);
         }
     }
     if !records.is_empty() {
-        let ids = privileged::conflicts_add(Value::Array(records).to_string())?;
-        for (owner, id) in owners.into_iter().zip(ids) {
+        let added = privileged::conflicts_add(Value::Array(records).to_string())?;
+        for ((owner, rec), a) in owners.into_iter().zip(added) {
             if let Some(r) = results[owner].as_mut() {
-                r.conflicts.push(id);
+                super::attach_records(r, std::slice::from_ref(&rec), vec![a]);
             }
         }
     }

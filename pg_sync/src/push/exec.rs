@@ -149,8 +149,10 @@ pub(super) fn apply_one(
     };
     let mut r = answer(c, &d);
     if !d.records.is_empty() {
-        r.conflicts =
-            privileged::conflicts_add(records_json(t, c, client, &d.records).to_string())?;
+        let winner = current.as_ref().and_then(|s| s.xid.as_deref());
+        let added =
+            privileged::conflicts_add(records_json(t, c, client, &d.records, winner).to_string())?;
+        super::attach_records(&mut r, &d.records, added);
     }
     let state = match written {
         Some(s) => s,
@@ -211,7 +213,7 @@ fn run_write(t: &TableInfo, w: &Write, pk_json: &str) -> Result<Tried> {
 /// A row's state (values and versions) as one jsonb value.
 fn state_sql(t: &TableInfo) -> String {
     format!(
-        "pg_catalog.jsonb_build_object('row', {}, 'ver', t._sync_ver)",
+        "pg_catalog.jsonb_build_object('row', {}, 'ver', t._sync_ver, 'xid', t._sync_xid::pg_catalog.text)",
         t.row_expr("t")
     )
 }

@@ -18,7 +18,9 @@ use pgrx::JsonB;
 use serde_json::{json, Value};
 use sync_core::decide::{self, Clamp, Found, Record, Stamps};
 use sync_core::hlc::Observed;
-use sync_core::wire::{Change, ChangeResult, Op, PushBatch, PushResult, Row, Status, FORMAT};
+use sync_core::wire::{
+    Change, ChangeResult, ConflictRecord, Op, PushBatch, PushResult, Row, Status, FORMAT,
+};
 use sync_core::{Hlc, SyncError};
 
 use crate::catalog::{self, TableInfo};
@@ -63,6 +65,7 @@ fn push(json: &str) -> Result<PushResult> {
                     reason: Some(reason),
                     constraint: Some(constraint.into()),
                     conflicts: Vec::new(),
+                    records: Vec::new(),
                     row: None,
                     ver: None,
                     ignored: Vec::new(),
@@ -132,6 +135,22 @@ fn push(json: &str) -> Result<PushResult> {
         }
         bulk::run_round(&tables, &rules, &batch, &round, &mut results)?;
         rest = later;
+    }
+    // Conflicts a device's user resolved with one of these changes: closed
+    // once the change is applied (a change answered before is not re-run).
+    for &i in &fresh {
+        let c = &batch.changes[i];
+        let applied = matches!(
+            results[i].as_ref().map(|r| r.status),
+            Some(Status::Applied | Status::Merged)
+        );
+        if applied && !c.resolves.is_empty() {
+            if let Some(t) = tables.get(&c.table) {
+                for &id in &c.resolves {
+                    crate::ops::close_from_device(t, id, c, &batch.client_id)?;
+                }
+            }
+        }
     }
     let results: Vec<ChangeResult> = results
         .into_iter()
@@ -308,6 +327,8 @@ pub(super) fn jsonb_pk_from_param(t: &TableInfo, param: &str) -> String {
 struct RowState {
     row: Row,
     ver: Vec<i64>,
+    /// The transaction that last wrote the row (`_sync_xid`), when read.
+    xid: Option<String>,
 }
 
 impl RowState {
@@ -319,7 +340,8 @@ impl RowState {
             Some(Value::String(s)) => parse_int_array(s),
             _ => Vec::new(),
         };
-        Some(RowState { row, ver })
+        let xid = v.get("xid").and_then(Value::as_str).map(str::to_string);
+        Some(RowState { row, ver, xid })
     }
 }
 
@@ -391,6 +413,7 @@ fn answer(c: &Change, d: &decide::Decision) -> ChangeResult {
         reason: d.reason.clone(),
         constraint: d.constraint.clone(),
         conflicts: Vec::new(),
+        records: Vec::new(),
         row: None,
         ver: None,
         ignored: Vec::new(),
@@ -407,6 +430,7 @@ fn rejected(c: &Change, reason: String, constraint: Option<String>) -> ChangeRes
         reason: Some(reason),
         constraint,
         conflicts: Vec::new(),
+        records: Vec::new(),
         row: None,
         ver: None,
         ignored: Vec::new(),
@@ -429,21 +453,50 @@ fn with_state(t: &TableInfo, mut r: ChangeResult, state: Option<&RowState>) -> C
 }
 
 /// Conflict records as the JSON array `privileged::conflicts_add` stores.
-fn records_json(t: &TableInfo, c: &Change, client: &str, records: &[Record]) -> Value {
+/// `winner_xid` is the transaction that last wrote the row (the record
+/// names the client of that push, when it was one).
+fn records_json(
+    t: &TableInfo,
+    c: &Change,
+    client: &str,
+    records: &[Record],
+    winner_xid: Option<&str>,
+) -> Value {
     Value::Array(
         records
             .iter()
-            .map(|r| record_json(t, c, client, r))
+            .map(|r| {
+                json!({
+                    "table": t.name, "pk": c.pk, "client_id": client, "seq": c.seq,
+                    "column": r.column, "strategy": r.strategy, "outcome": r.outcome,
+                    "reason": r.reason,
+                    "server_value": r.server_value, "client_value": r.client_value,
+                    "server_ver": r.server_ver.map(|h| h.to_string()),
+                    "client_ver": r.client_ver.map(|h| h.to_string()),
+                    "winner_xid": winner_xid,
+                })
+            })
             .collect(),
     )
 }
 
-fn record_json(t: &TableInfo, c: &Change, client: &str, r: &Record) -> Value {
-    json!({
-        "table": t.name, "pk": c.pk, "client_id": client, "seq": c.seq,
-        "column": r.column, "strategy": r.strategy, "outcome": r.outcome, "reason": r.reason,
-        "server_value": r.server_value, "client_value": r.client_value,
-        "server_ver": r.server_ver.map(|h| h.to_string()),
-        "client_ver": r.client_ver.map(|h| h.to_string()),
-    })
+/// Adds the stored conflict records (`added`: id and winner of each of
+/// `records`, in order) to an answer: their ids, and each in full.
+fn attach_records(r: &mut ChangeResult, records: &[Record], added: Vec<privileged::Added>) {
+    for (rec, a) in records.iter().zip(added) {
+        r.conflicts.push(a.id);
+        r.records.push(ConflictRecord {
+            id: a.id,
+            column: rec.column.clone(),
+            strategy: rec.strategy.clone(),
+            outcome: rec.outcome.clone(),
+            reason: rec.reason.clone(),
+            server_value: rec.server_value.clone(),
+            client_value: rec.client_value.clone(),
+            server_ver: rec.server_ver,
+            client_ver: rec.client_ver,
+            winner_client: a.winner_client,
+            winner_role: a.winner_role,
+        });
+    }
 }

@@ -67,6 +67,12 @@ pub struct Change {
     pub base_values: Row,
     /// Stamp of the change as a whole (the delete stamp for a delete).
     pub hlc: Hlc,
+    /// Server conflict records this change resolves: the device's user
+    /// chose a value for them (`sync_resolve` on the device). Once the
+    /// change is applied, the server closes those of them the caller may
+    /// resolve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolves: Vec<i64>,
 }
 
 /// A client's batch of changes, the argument of `sync_push`.
@@ -115,6 +121,10 @@ pub struct ChangeResult {
     /// Ids of the conflict records written for this change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<i64>,
+    /// Those records in full, in the order of `conflicts`: what a device
+    /// shows in its conflict inbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<ConflictRecord>,
     /// The row as the server holds it afterwards (absent when deleted or
     /// not visible), with its column versions in schema order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +136,43 @@ pub struct ChangeResult {
     /// device wrote them): the server ignored them and applied the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
+}
+
+/// One conflict record the server wrote for a pushed change (a row of
+/// `pg_sync.conflicts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictRecord {
+    /// The server's id of the record.
+    pub id: i64,
+    /// The column, the columns concerned joined by ", ", or none (the row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// The strategy or rule that decided.
+    pub strategy: String,
+    /// What happened (for example `server_wins`, `manual`, `clamped`).
+    pub outcome: String,
+    /// Why, for a person.
+    pub reason: String,
+    /// The value the server kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_value: Option<Value>,
+    /// The value the change carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_value: Option<Value>,
+    /// The version (stamp) of the server's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_ver: Option<Hlc>,
+    /// The stamp of the change's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ver: Option<Hlc>,
+    /// The client whose push last wrote the row before this change, as
+    /// far as the server knows it (none when a direct write on the server
+    /// did, or the record of that push was compacted away).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner_client: Option<String>,
+    /// The database role of that push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner_role: Option<String>,
 }
 
 /// The answer to a [`PushBatch`], the argument of `sync_ack`.

@@ -15,6 +15,7 @@ pub const CHANGES: &str = "_changes";
 pub const ERRORS: &str = "_sync_errors";
 
 pub const BASE: &str = "_sync_base";
+pub const CONFLICTS: &str = "_sync_conflicts";
 
 /// Double-quotes an SQL identifier.
 pub fn q(ident: &str) -> String {

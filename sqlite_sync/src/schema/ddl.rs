@@ -33,7 +33,7 @@ use sync_core::Hlc;
 
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::names::{lit, q, BASE, CHANGES, ERRORS, META};
+use crate::model::names::{lit, q, BASE, CHANGES, CONFLICTS, ERRORS, META};
 use crate::model::table::{state_table_name, TableInfo};
 use crate::model::values::decl_type;
 use crate::model::values::{f64_numeric_text, ver_from_blob, ver_to_blob};
@@ -42,8 +42,9 @@ use crate::store::state::{meta_get, meta_set, object_exists};
 /// The current layout of the device's objects (see [`upgrade_layout`]):
 /// 2 gave columns their exact types and the triggers `sync_clock()`; 3 adds
 /// the partial index of the queue's high-water marks and shows an insert's
-/// written columns in `T_local._mask`.
-pub const LAYOUT: i64 = 3;
+/// written columns in `T_local._mask`; 4 adds the conflict inbox
+/// (`_sync_conflicts`).
+pub const LAYOUT: i64 = 4;
 
 /// The clock the triggers read; no other object may take its name.
 pub const CLOCK: &str = "sync_clock";
@@ -97,7 +98,28 @@ pub fn create_meta(db: Db) -> Result<()> {
              col TEXT NOT NULL,
              ver INTEGER NOT NULL,
              val,
-             PRIMARY KEY(tbl, key, col)) WITHOUT ROWID;",
+             PRIMARY KEY(tbl, key, col)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {conflicts}(
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             server_id INTEGER UNIQUE,
+             tbl TEXT NOT NULL,
+             pk TEXT NOT NULL,
+             col TEXT,
+             strategy TEXT NOT NULL,
+             outcome TEXT NOT NULL,
+             reason TEXT,
+             mine TEXT,
+             theirs TEXT,
+             base TEXT,
+             mine_at TEXT,
+             theirs_at TEXT,
+             winner_client TEXT,
+             winner_role TEXT,
+             at TEXT NOT NULL,
+             state TEXT NOT NULL DEFAULT 'open',
+             resolution TEXT,
+             resolved_at TEXT);
+         CREATE INDEX IF NOT EXISTS {conflicts_row} ON {conflicts}(tbl, pk) WHERE state = 'resolving';",
         meta = q(META),
         changes = q(CHANGES),
         old_changes_batch = q("_changes_batch"),
@@ -105,6 +127,8 @@ pub fn create_meta(db: Db) -> Result<()> {
         changes_mark = q("_sync_changes_mark"),
         errors = q(ERRORS),
         base = q(BASE),
+        conflicts = q(CONFLICTS),
+        conflicts_row = q("_sync_conflicts_row"),
     ))
 }
 
@@ -798,7 +822,7 @@ pub fn set_layout(db: Db) -> Result<()> {
 
 /// Brings the objects of an initialised device built by an older version
 /// to the current layout, in place: triggers that read `sync_clock()`, and
-/// the declared types of `model::decl_type` (numeric columns become TEXT
+/// the declared types of `model::values::decl_type` (numeric columns become TEXT
 /// holding their exact decimal text, real columns lose their REAL affinity;
 /// the tables are rebuilt, keeping rows, rowids, the app's indexes and
 /// triggers). Does nothing on a current device.

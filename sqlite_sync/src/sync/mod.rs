@@ -3,7 +3,9 @@
 //! rows, and status.
 
 pub mod adopt;
+pub mod conflicts;
 pub mod init;
+pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod status;

@@ -17,6 +17,7 @@ use crate::store::changes::{self, ChangeRow, Group, Net, RowLookup};
 use crate::store::rows::{check_ver, row_values, TableOps};
 use crate::store::state::{client_id, in_savepoint, meta_delete, meta_get, meta_set, ConnState};
 use crate::sync::adopt::adopt_row;
+use crate::sync::{conflicts, progress};
 
 /// Builds (or returns the stored) push batch.
 pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
@@ -66,6 +67,13 @@ pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
         }
         drop(mark);
         drop(ops);
+        // Resolutions made with sync_resolve travel with their row's change.
+        if !out.is_empty() && conflicts::any_resolving(db)? {
+            for c in out.iter_mut() {
+                let pk = Json::Object(c.pk.clone()).to_string();
+                c.resolves = conflicts::resolving(db, &c.table, &pk)?;
+            }
+        }
         changes::purge(db, &loaded, &purge, &sel.orphans)?;
         if out.is_empty() {
             changes::unindex_if_empty(db)?;
@@ -78,6 +86,7 @@ pub fn sync_changes(st: &ConnState, db: Db, max: i64) -> Result<String> {
         let text = serde_json::to_string(&batch)?;
         if !batch.changes.is_empty() {
             meta_set(db, "inflight", &Value::Text(text.clone()))?;
+            progress::batch_sent(db, batch.changes.len())?;
         }
         st.save_clock(db)?;
         Ok(text)
@@ -160,6 +169,7 @@ fn build_change(o: &mut TableOps, g: &Group, net: Net, wire_seq: i64) -> Result<
         base,
         base_values,
         hlc: Hlc::from_i64(hlc),
+        resolves: Vec::new(),
     }))
 }
 
@@ -507,6 +517,10 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
                 continue;
             }
             to_delete.extend(covered.iter().map(|x| x.seq));
+            // The conflict inbox: what the server reported, and the
+            // resolutions this change carried.
+            conflicts::record(db, c, &r.records)?;
+            conflicts::settle(db, c, matches!(r.status, Status::Applied | Status::Merged))?;
             // A table the device no longer syncs (it pulled its removal while
             // the batch was in flight): its rows are gone; the answer is
             // counted, and a rejection recorded.
@@ -635,6 +649,7 @@ pub fn sync_ack(st: &ConnState, db: Db, json_text: &str) -> Result<String> {
         ))?;
         meta_delete(db, "inflight")?;
         meta_set(db, "last_push", &Value::Text(now_iso()))?;
+        progress::batch_answered(db, confirmed + rejected + conflicts)?;
         changes::keep_high_water(db, high_water)?;
         changes::unindex_if_empty(db)?;
         st.save_clock(db)?;

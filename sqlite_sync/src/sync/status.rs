@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
 use crate::model::key::{key_affinity, Key, KeyPart};
-use crate::model::names::{q, ERRORS};
+use crate::model::names::{q, CONFLICTS, ERRORS};
 use crate::model::values::json_to_sql;
 use crate::store::changes;
 use crate::store::state::{client_id, meta_get, meta_text, ConnState};
@@ -19,9 +19,21 @@ pub fn sync_status(st: &ConnState, db: Db) -> Result<String> {
         .iter()
         .filter(|g| g.is_pending(&loaded.tables[g.table]))
         .count();
+    // Rows with writes no batch has taken yet.
+    let queued = groups
+        .groups
+        .iter()
+        .filter(|g| g.net(&loaded.tables[g.table]) != changes::Net::Nothing)
+        .count();
     let in_flight = matches!(meta_get(db, "inflight")?, Some(Value::Text(_)));
     let mut s = db.prepare(&format!("SELECT count(*) FROM {}", q(ERRORS)))?;
     let errors = if s.step()? { s.col_i64(0) } else { 0 };
+    drop(s);
+    let mut s = db.prepare(&format!(
+        "SELECT count(*) FROM {} WHERE state <> 'resolved'",
+        q(CONFLICTS)
+    ))?;
+    let open_conflicts = if s.step()? { s.col_i64(0) } else { 0 };
     drop(s);
     Ok(json!({
         "client_id": client_id(db)?,
@@ -32,6 +44,8 @@ pub fn sync_status(st: &ConnState, db: Db) -> Result<String> {
         "last_push": meta_text(db, "last_push")?,
         "last_pull": meta_text(db, "last_pull")?,
         "errors": errors,
+        "conflicts": open_conflicts,
+        "push": crate::sync::progress::status(db, queued)?,
     })
     .to_string())
 }
