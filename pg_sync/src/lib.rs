@@ -43,6 +43,7 @@ pub extern "C-unwind" fn _PG_init() {
     // Backends are single-threaded when a library is loaded.
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     track::register_gucs();
+    pull::register_gucs();
 }
 
 pgrx::extension_sql_file!("../../sql/bootstrap.sql", name = "bootstrap", bootstrap);

@@ -135,6 +135,57 @@ struct Page {
     segments: Vec<Segment>,
 }
 
+/// `pg_sync.max_page_size`: the byte budget of a pull page, in kB.
+pub static MAX_PAGE_SIZE: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(16 * 1024);
+
+/// Registers the pull settings.
+pub fn register_gucs() {
+    pgrx::GucRegistry::define_int_guc(
+        c"pg_sync.max_page_size",
+        c"Byte budget of a pull page (besides max_changes).",
+        c"A page stops before the change that would take it past this size (estimated from the \
+stored values, before rendering); it always carries at least one change, so a row larger than \
+the budget still syncs, alone.",
+        &MAX_PAGE_SIZE,
+        64,
+        256 * 1024,
+        pgrx::GucContext::Userset,
+        pgrx::GucFlags::UNIT_KB,
+    );
+}
+
+/// The byte budget of a page being planned.
+struct PageBytes {
+    left: u64,
+    taken: usize,
+}
+
+impl PageBytes {
+    fn new(kb: i32) -> PageBytes {
+        PageBytes {
+            left: u64::from(kb.max(1).unsigned_abs()) * 1024,
+            taken: 0,
+        }
+    }
+
+    /// Takes a change of `n` bytes into the page, unless the page already
+    /// has a change and `n` would take it past the budget.
+    fn take(&mut self, n: u64) -> bool {
+        if self.taken > 0 && n > self.left {
+            self.left = 0;
+            return false;
+        }
+        self.left = self.left.saturating_sub(n);
+        self.taken += 1;
+        true
+    }
+
+    /// Whether the page has a change and no bytes left.
+    fn full(&self) -> bool {
+        self.taken > 0 && self.left == 0
+    }
+}
+
 fn pull(
     cursor: Option<&str>,
     max_changes: i32,
@@ -232,6 +283,7 @@ fn pull(
     let mut emitted = 0usize;
     let mut has_more = false;
     let budget_total = max_changes as usize;
+    let mut bytes = PageBytes::new(MAX_PAGE_SIZE.get());
     for t in &tables {
         let readable = one_cached(
             "SELECT pg_catalog.has_table_privilege($1, 'SELECT')::text",
@@ -255,12 +307,12 @@ fn pull(
             pos.d = Pos::Start;
         }
         pos.n = Some(t.enabled);
-        if emitted >= budget_total {
+        if emitted >= budget_total || bytes.full() {
             has_more |= stream_nonempty(t, pos, h)?;
             continue;
         }
         let budget = budget_total - emitted;
-        let (n, more, segment) = plan_table(t, pos, h, budget)?;
+        let (n, more, segment) = plan_table(t, pos, h, budget, &mut bytes)?;
         emitted += n;
         has_more |= more;
         segments.extend(segment);
@@ -397,18 +449,59 @@ fn tombs_cond(pos: &Pos, op: &str, args: &mut Args) -> String {
 }
 
 /// Keys of the live rows after `pos`, below the horizon, in stream order.
+/// Keys of the rows after `pos`, in stream order, each with the estimated
+/// bytes of its page entry (see [`row_bytes`]).
 fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
     let mut args = Args::default();
     let sql = format!(
-        "SELECT t._sync_xid::text, {pk}::text FROM {tbl} t \
+        "SELECT t._sync_xid::text, {pk}::text, ({bytes})::text FROM {tbl} t \
          WHERE {cond} AND t._sync_xid < {h}::pg_catalog.xid8 ORDER BY t._sync_xid, {keys} LIMIT {limit}",
         pk = t.pk_expr("t"),
+        bytes = row_bytes(t),
         tbl = t.qualified,
         cond = rows_cond(t, pos, ">", &mut args),
         h = args.push(h),
         keys = key_cols(t),
     );
     rows_ro_args(&sql, &args)
+}
+
+/// An estimate of the bytes a row takes in a page, read without detoasting
+/// anything: `octet_length` of a text or bytea value is its uncompressed
+/// size, taken from its TOAST header; other values count their stored size.
+/// Per column, 40 bytes for its name, quotes and version.
+fn row_bytes(t: &TableInfo) -> String {
+    let parts: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| {
+            let col = format!("t.{}", crate::spi_util::ident(&c.name));
+            match c.ty {
+                sync_core::schema::ColumnType::Text => {
+                    format!("coalesce(pg_catalog.octet_length({col}::pg_catalog.text), 0)")
+                }
+                // Hex on the wire: two characters a byte.
+                sync_core::schema::ColumnType::Blob => {
+                    format!("coalesce(2 OPERATOR(pg_catalog.*) pg_catalog.octet_length({col}), 0)")
+                }
+                _ => format!("coalesce(pg_catalog.pg_column_size({col}), 0)"),
+            }
+        })
+        .collect();
+    format!(
+        "({}::pg_catalog.int8 OPERATOR(pg_catalog.+) {})",
+        40 * t.columns.len() + 60,
+        parts.join(" OPERATOR(pg_catalog.+) ")
+    )
+}
+
+/// The estimated page bytes of a key row of [`rows_keys`] or [`tombs_keys`].
+fn bytes_of(r: &TextRow) -> u64 {
+    match r.get(2).and_then(|v| v.as_deref()) {
+        Some(v) => v.parse().unwrap_or(0),
+        // A tombstone: its key and the entry around it.
+        None => 60 + r.get(1).and_then(|v| v.as_deref()).map_or(0, str::len) as u64,
+    }
 }
 
 /// The filter every sent tombstone passes. A tombstone whose key exists
@@ -459,6 +552,7 @@ fn plan_table(
     pos: &mut TablePos,
     h: u64,
     budget: usize,
+    bytes: &mut PageBytes,
 ) -> Result<(usize, bool, Vec<Segment>)> {
     let live = rows_keys(t, &pos.r, h, budget + 1)?;
     let tombs = tombs_keys(t, &pos.d, h, budget + 1)?;
@@ -469,6 +563,10 @@ fn plan_table(
             (None, Some(_)) => true,
             _ => false,
         };
+        let next = if take_tomb { &tombs[j] } else { &live[i] };
+        if !bytes.take(bytes_of(next)) {
+            break;
+        }
         if take_tomb {
             j += 1;
         } else {

@@ -227,3 +227,100 @@ fn bad_cursor_and_page_size_are_clear_errors() {
     let e = c.query_one("SELECT sync_pull(NULL, 0)", &[]).unwrap_err();
     assert!(err_text(&e).contains("max_changes must be between"), "{e}");
 }
+
+/// Pulls every page from the start (each page's text as it is sent),
+/// waiting for rows still above the snapshot horizon.
+fn all_pages(c: &mut postgres::Client, want_rows: usize) -> Vec<String> {
+    let mut pages = Vec::new();
+    let ok = eventually(30, || {
+        pages.clear();
+        let mut cursor: Option<String> = None;
+        let mut rows = 0;
+        loop {
+            let text: String = c
+                .query_one("SELECT sync_pull($1, 1000)::text", &[&cursor])
+                .unwrap_or_else(|e| panic!("{}", err_text(&e)))
+                .get(0);
+            let page: Value = serde_json::from_str(&text).unwrap();
+            rows += page["changes"].as_array().unwrap().len();
+            cursor = page["cursor"].as_str().map(str::to_string);
+            pages.push(text);
+            if page["has_more"] != true {
+                break;
+            }
+        }
+        rows == want_rows
+    });
+    assert!(ok, "never saw {want_rows} rows");
+    pages
+}
+
+/// A page stops at `pg_sync.max_page_size` as well as at `max_changes`,
+/// estimated from the stored values without reading them; a row larger
+/// than the budget still comes, alone.
+#[test]
+fn pages_are_bounded_in_bytes_and_a_larger_row_comes_alone() {
+    let db = TestDb::new("page_bytes");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE big (id int PRIMARY KEY, body text, blob bytea);
+         SELECT sync_enable('big');
+         INSERT INTO big SELECT g, repeat('x', 100000), NULL FROM generate_series(1, 20) g;
+         INSERT INTO big VALUES (21, repeat('y', 1000000), NULL);
+         INSERT INTO big VALUES (22, 'small', decode(repeat('ab', 60000), 'hex'));
+         SET pg_sync.max_page_size = '256kB';",
+    )
+    .unwrap();
+    let pages = all_pages(&mut c, 22);
+    let mut seen = Vec::new();
+    for text in &pages {
+        let page: Value = serde_json::from_str(text).unwrap();
+        let n = page["changes"].as_array().unwrap().len();
+        assert!(
+            n == 1 || text.len() <= 256 * 1024,
+            "a page of {n} changes is {} bytes",
+            text.len()
+        );
+        for ch in page["changes"].as_array().unwrap() {
+            seen.push(ch["pk"]["id"].as_i64().unwrap());
+            if ch["pk"]["id"] == 21 {
+                assert_eq!(n, 1, "the 1 MB row comes alone");
+            }
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=22).collect::<Vec<_>>());
+    // Two 100 kB rows a page: the budget is used, not just respected.
+    assert!(pages.len() <= 13, "{} pages", pages.len());
+    // Without the setting (16 MB), one page carries them all.
+    c.batch_execute("RESET pg_sync.max_page_size").unwrap();
+    assert_eq!(all_pages(&mut c, 22).len(), 1);
+}
+
+/// Rows of 4 MB each sync with the default settings, a few per page (the
+/// report of issue 14 had every first pull fail with out of memory).
+#[test]
+fn rows_of_megabytes_sync_with_the_default_settings() {
+    let db = TestDb::new("page_huge");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE huge (id int PRIMARY KEY, body text);
+         SELECT sync_enable('huge');
+         INSERT INTO huge SELECT g, repeat(md5(g::text), 131072) FROM generate_series(1, 12) g;",
+    )
+    .unwrap();
+    let d = sync_tests::e2e::Device::new(&mut c, "page_huge");
+    let pages = all_pages(&mut c, 12);
+    assert!(pages.len() >= 3, "{} pages", pages.len());
+    for text in &pages {
+        assert!(
+            text.len() <= 17 * 1024 * 1024,
+            "a page of {} bytes",
+            text.len()
+        );
+    }
+    assert!(eventually(30, || {
+        d.pull(&mut c);
+        d.rows("SELECT count(*) FROM huge WHERE length(body) = 4194304")[0][0] == 12
+    }));
+}
