@@ -10,3 +10,7 @@ CREATE TABLE pg_sync.push_xacts (
 );
 
 ALTER TABLE pg_sync.conflicts ADD COLUMN winner_client text, ADD COLUMN winner_role regrole;
+
+-- Pull pages render a row's column versions with one call per row.
+CREATE FUNCTION pg_sync._ver_json(ver bigint[], attnums smallint[]) RETURNS json
+IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'ver_json_wrapper';

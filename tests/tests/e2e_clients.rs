@@ -194,8 +194,10 @@ fn a_process_killed_mid_apply_leaves_the_database_as_before() {
     pull_until(&d, &mut c, |d| d.rows("SELECT id FROM items").len() == 10);
     d.db.execute_batch("UPDATE items SET body = 'local' WHERE id = 1")
         .unwrap();
+    // One page of 100000 rows (about 40 MB): past the default byte budget.
     c.batch_execute(
-        "INSERT INTO items SELECT g, repeat('y', 300) FROM generate_series(11, 200000) g",
+        "INSERT INTO items SELECT g, repeat('y', 300) FROM generate_series(11, 200000) g;
+         SET pg_sync.max_page_size = '256MB';",
     )
     .unwrap();
     let cursor: Option<String> =
