@@ -165,13 +165,7 @@ fn a_backlog_is_read_through_the_row_index() {
 /// what the table holds. The plans are read with auto_explain.
 #[test]
 fn a_push_probes_its_rows_by_key_however_big_the_table_grew() {
-    let db = TestDb::new("push_probe");
-    let mut c = db.connect();
-    c.batch_execute(
-        "CREATE TABLE notes (id text PRIMARY KEY, body text, n int);
-         SELECT sync_enable('notes');",
-    )
-    .unwrap();
+    let (db, mut c) = server_with_notes("push_probe");
     let d = Device::new(&mut c, "push_probe");
     let plans = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let sink = plans.clone();
@@ -402,6 +396,14 @@ fn ms(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1000.0)
 }
 
+/// A count from the environment, or `default`.
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn summary(what: &str, rs: &[Run], f: impl Fn(&Run) -> Duration) -> String {
     format!(
         "median {what} {} ms [{}]",
@@ -413,14 +415,10 @@ fn summary(what: &str, rs: &[Run], f: impl Fn(&Run) -> Duration) -> String {
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture (see the module doc)"]
 fn backlog_timing() {
-    let writes: usize = std::env::var("BACKLOG_WRITES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
-    let runs: usize = std::env::var("BACKLOG_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let (writes, runs) = (
+        env_usize("BACKLOG_WRITES", 50_000),
+        env_usize("BACKLOG_RUNS", 5),
+    );
     println!(
         "backlog of {writes} writes, library {}",
         sync_tests::sqlite::lib_path().display()
@@ -528,14 +526,10 @@ fn device_only(writes: usize, max: i64) -> Run {
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture (see the module doc)"]
 fn backlog_timing_device_only() {
-    let writes: usize = std::env::var("BACKLOG_WRITES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
-    let runs: usize = std::env::var("BACKLOG_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let (writes, runs) = (
+        env_usize("BACKLOG_WRITES", 50_000),
+        env_usize("BACKLOG_RUNS", 5),
+    );
     println!(
         "backlog of {writes} writes, device only, library {}",
         sync_tests::sqlite::lib_path().display()

@@ -496,3 +496,48 @@ fn a_full_disk_fails_each_call_cleanly_and_the_next_sync_converges() {
     );
     assert_eq!(d.call("SELECT sync_status()", None)["pending"], 0);
 }
+
+/// A push names, in `resolves`, a conflict record of another row: the
+/// server applies the change and leaves the record open (a record closes
+/// only with a change of its own row, by a role that may update it).
+#[test]
+fn a_push_cannot_close_the_conflict_of_another_row() {
+    let (db, mut c) = server("inbox_forge", "{}");
+    let (mut alice, mut bob) = (
+        as_role(&db, "inbox_forge_alice"),
+        as_role(&db, "inbox_forge_bob"),
+    );
+    let (a, b) = lose_one("inbox_forge", &mut c, &mut alice, &mut bob);
+    let server_id = inbox(&b)[0]["server_id"].as_i64().unwrap();
+    a.db.execute(
+        "INSERT INTO projects (id, title) VALUES ('p2', 'other')",
+        [],
+    )
+    .unwrap();
+    let mut batch = a.call("SELECT sync_changes()", None);
+    batch["changes"][0]["resolves"] = json!([server_id]);
+    let result: Value = alice
+        .query_one("SELECT sync_push($1)", &[&batch])
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)))
+        .get(0);
+    assert_eq!(result["results"][0]["status"], "applied", "{result}");
+    a.call("SELECT sync_ack(?1)", Some(&result.to_string()));
+    let open: bool = c
+        .query_one(
+            "SELECT resolved_at IS NULL FROM pg_sync.conflicts WHERE id = $1",
+            &[&server_id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(open, "a change of p2 closed the record of p1");
+    // A record id that does not exist is ignored the same way.
+    a.db.execute("UPDATE projects SET title = 'again' WHERE id = 'p2'", [])
+        .unwrap();
+    let mut batch = a.call("SELECT sync_changes()", None);
+    batch["changes"][0]["resolves"] = json!([987654321]);
+    let result: Value = alice
+        .query_one("SELECT sync_push($1)", &[&batch])
+        .unwrap()
+        .get(0);
+    assert_eq!(result["results"][0]["status"], "applied", "{result}");
+}
