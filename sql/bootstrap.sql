@@ -78,6 +78,17 @@ CREATE TABLE pg_sync.push_xacts (
     at        timestamptz NOT NULL DEFAULT now()
 );
 
+-- 0.5.0: write marks. Per synced table, the newest transaction that wrote
+-- it, raised in place by the tracking triggers (and by the _sync_xid
+-- default) and never lowered: a pull reads only the tables written since
+-- its cursor. Read by pulls through pg_sync's elevated reader; not readable
+-- by PUBLIC. Not dumped: xids belong to this database's history (a restored
+-- table without a mark is read by every pull until it is enabled again).
+CREATE TABLE pg_sync.last_writes (
+    relid oid PRIMARY KEY,
+    xid   xid8 NOT NULL
+);
+
 -- Every conflict that was not a clean merge. Never truncated by pg_sync.
 CREATE TABLE pg_sync.conflicts (
     id           bigserial PRIMARY KEY,
@@ -300,6 +311,12 @@ BEGIN
              JOIN pg_trigger t ON t.oid = c.objid
              WHERE c.classid = 'pg_trigger'::regclass AND t.tgname = 'zz_pg_sync_track'
     LOOP
+        -- 0.5.0: a restored table gets its write mark back (marks are not
+        -- dumped; without one, every pull reads the table).
+        IF has_table_privilege('pg_sync.last_writes', 'INSERT') THEN
+            INSERT INTO pg_sync.last_writes (relid, xid) VALUES (r.rel, pg_current_xact_id())
+            ON CONFLICT (relid) DO NOTHING;
+        END IF;
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s WHERE _sync_xid >= pg_current_xact_id())',
                        r.rel) INTO v_stale;
         CONTINUE WHEN NOT v_stale;

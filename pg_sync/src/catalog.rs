@@ -1,7 +1,9 @@
 //! What pg_sync knows about a synced table: its columns, key, options and
 //! wire name, read from `pg_sync.tables` and the system catalogs.
 
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
 
 use pgrx::pg_sys;
 use serde::Deserialize;
@@ -10,7 +12,7 @@ use sync_core::schema::{ColumnDef, ColumnType, DeletePolicy, Schema, TableDef, W
 use sync_core::wire::FORMAT;
 
 use crate::error::{PgSyncError, Result};
-use crate::spi_util::{ident, one, rows};
+use crate::spi_util::{ident, rows};
 
 /// Name of the hidden column holding the writing transaction id.
 pub const XID_COL: &str = "_sync_xid";
@@ -84,6 +86,9 @@ pub struct TableInfo {
     pub columns: Vec<Column>,
     /// Options.
     pub options: TableOptions,
+    /// A stable hash of the synced columns' names and types: a cursor
+    /// that pulled the table with other columns reads it again.
+    pub signature: u64,
     /// When sync was enabled (microseconds since 2000-01-01; 0 while being
     /// enabled): a table disabled and enabled again starts its streams over.
     pub enabled: i64,
@@ -291,14 +296,88 @@ pub fn describe(relid: pg_sys::Oid, options: TableOptions) -> Result<TableInfo> 
         name,
         qualified,
         pk,
+        signature: column_signature(&columns),
         columns,
         options,
         enabled: 0,
     })
 }
 
-/// All synced tables, parents before children (by foreign keys), then by name.
-pub fn synced_tables() -> Result<Vec<TableInfo>> {
+/// The synced tables as read at a schema version and invalidation
+/// generation.
+type TablesAt = (i64, u64, Rc<Vec<TableInfo>>);
+
+thread_local! {
+    /// The synced tables as last read.
+    static TABLES: RefCell<Option<TablesAt>> = const { RefCell::new(None) };
+    /// The relids of [`TABLES`]: invalidations of other relations keep it.
+    static RELIDS: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
+    /// Raised by every invalidation that may change a synced table's
+    /// description (its relation, a schema, a type).
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Relcache invalidation: a synced table changed (or all relations did).
+unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // While the set is being rebuilt (borrowed), count every invalidation.
+    let ours = RELIDS.with(|r| {
+        r.try_borrow().map_or(true, |r| {
+            relid == pg_sys::Oid::INVALID || r.contains(&u32::from(relid))
+        })
+    });
+    if ours {
+        GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+    }
+}
+
+/// Syscache invalidation of a schema or a type (a rename changes the
+/// qualified names and the column types pulls use).
+unsafe extern "C-unwind" fn on_syscache(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+}
+
+/// Registers the invalidation callbacks of the table cache (once, at load).
+pub fn register_invalidation() {
+    // SAFETY: called from _PG_init; the callbacks only bump a counter.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache), pg_sys::Datum::from(0usize));
+        for cache in [
+            pg_sys::SysCacheIdentifier::NAMESPACEOID,
+            pg_sys::SysCacheIdentifier::TYPEOID,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(on_syscache),
+                pg_sys::Datum::from(0usize),
+            );
+        }
+    }
+}
+
+/// All synced tables, parents before children (by foreign keys), then by
+/// name. Kept for the backend between calls until the schema version moves
+/// (sync_enable, sync_disable, ALTER TABLE of a synced table) or Postgres
+/// invalidates one of the tables, a schema or a type.
+pub fn synced_tables() -> Result<Rc<Vec<TableInfo>>> {
+    let version = schema_version()?;
+    let generation = GENERATION.with(Cell::get);
+    let cached = TABLES.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(v, g, _)| *v == version && *g == generation)
+            .map(|(_, _, t)| t.clone())
+    });
+    if let Some(t) = cached {
+        return Ok(t);
+    }
+    let tables = Rc::new(read_synced_tables()?);
+    RELIDS.with(|r| *r.borrow_mut() = tables.iter().map(|t| u32::from(t.relid)).collect());
+    TABLES.with(|c| *c.borrow_mut() = Some((version, generation, tables.clone())));
+    Ok(tables)
+}
+
+/// Reads the synced tables from the catalogs.
+fn read_synced_tables() -> Result<Vec<TableInfo>> {
     let r = rows(
         "WITH RECURSIVE deps(relid, depth) AS ( \
              SELECT relid::pg_catalog.oid, 0 FROM pg_sync.tables \
@@ -325,11 +404,31 @@ pub fn synced_tables() -> Result<Vec<TableInfo>> {
     Ok(out)
 }
 
+/// A stable hash of columns' names and types (FNV-1a).
+fn column_signature(columns: &[Column]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for c in columns {
+        for b in c
+            .name
+            .bytes()
+            .chain([0u8])
+            .chain(c.sql_type.bytes())
+            .chain([1u8])
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// The current schema version.
 pub fn schema_version() -> Result<i64> {
-    Ok(one("SELECT schema_version::text FROM pg_sync.meta", &[])?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1))
+    Ok(
+        crate::spi_util::one_cached("SELECT schema_version::text FROM pg_sync.meta", &[])?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+    )
 }
 
 /// The synced schema as clients receive it.

@@ -38,8 +38,8 @@ fn enable(relid: pg_sys::Oid, options_json: &str) -> Result<bool> {
         return Err(PgSyncError::DuplicateName(info.name));
     }
     let others: Vec<String> = catalog::synced_tables()?
-        .into_iter()
-        .map(|t| t.name)
+        .iter()
+        .map(|t| t.name.clone())
         .collect();
     sync_core::schema::check_table_name(&info.name, others.iter().map(String::as_str))?;
     for c in &info.columns {
@@ -73,11 +73,20 @@ fn enable(relid: pg_sys::Oid, options_json: &str) -> Result<bool> {
         ),
         &[],
     )?;
-    // Rows written while the triggers are bypassed still get a real xid.
+    // Rows inserted while the triggers are bypassed still get a real xid,
+    // and raise the table's write mark (marks.rs; a catalog older than
+    // 0.5.0 has no marks, and the update sets this default).
+    let marks = crate::marks::available();
+    let default = if marks {
+        format!(
+            "pg_sync._write_xid('{}'::pg_catalog.regclass)",
+            u32::from(relid)
+        )
+    } else {
+        "pg_catalog.pg_current_xact_id()".to_string()
+    };
     exec(
-        &format!(
-            "ALTER TABLE {t} ALTER COLUMN {XID_COL} SET DEFAULT pg_catalog.pg_current_xact_id()"
-        ),
+        &format!("ALTER TABLE {t} ALTER COLUMN {XID_COL} SET DEFAULT {default}"),
         &[],
     )?;
     let pk_cols: Vec<String> = info.pk.iter().map(|k| ident(k)).collect();
@@ -126,6 +135,13 @@ fn enable(relid: pg_sys::Oid, options_json: &str) -> Result<bool> {
             options_json.to_string().into(),
         ],
     )?;
+    if marks {
+        exec(
+            "INSERT INTO pg_sync.last_writes (relid, xid) VALUES ($1, pg_catalog.pg_current_xact_id()) \
+             ON CONFLICT (relid) DO UPDATE SET xid = EXCLUDED.xid",
+            &[relid.into()],
+        )?;
+    }
     bump_schema_version()?;
     Ok(true)
 }
@@ -178,6 +194,12 @@ fn disable(relid: pg_sys::Oid) -> Result<bool> {
         "DELETE FROM pg_sync.tables WHERE relid = $1",
         &[relid.into()],
     )?;
+    if crate::marks::available() {
+        exec(
+            "DELETE FROM pg_sync.last_writes WHERE relid = $1",
+            &[relid.into()],
+        )?;
+    }
     bump_schema_version()?;
     Ok(true)
 }
@@ -192,6 +214,6 @@ fn bump_schema_version() -> Result<()> {
 /// The synced schema, as `sync_init` on a client takes it.
 #[pg_extern]
 fn sync_schema() -> JsonB {
-    let schema = or_raise(catalog::synced_tables().and_then(|t| catalog::schema(&t)));
+    let schema = or_raise(catalog::synced_tables().and_then(|t| catalog::schema(t.as_slice())));
     JsonB(serde_json::to_value(schema).unwrap_or_default())
 }

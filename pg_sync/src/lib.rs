@@ -25,6 +25,7 @@ mod catalog;
 mod clock;
 mod enable;
 mod error;
+mod marks;
 mod ops;
 mod privileged;
 mod pull;
@@ -44,6 +45,7 @@ pub extern "C-unwind" fn _PG_init() {
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     track::register_gucs();
     pull::register_gucs();
+    catalog::register_invalidation();
 }
 
 pgrx::extension_sql_file!("../../sql/bootstrap.sql", name = "bootstrap", bootstrap);

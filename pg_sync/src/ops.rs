@@ -77,8 +77,9 @@ fn resolve(id: i64, resolution: &str, value: Option<Value>) -> Result<bool> {
     let c: Value = serde_json::from_str(&c).unwrap_or_default();
     let table = c["table_name"].as_str().unwrap_or_default();
     let t = catalog::synced_tables()?
-        .into_iter()
-        .find(|t| t.name == table && c["relid"].as_u64() == Some(u64::from(u32::from(t.relid))));
+        .iter()
+        .find(|t| t.name == table && c["relid"].as_u64() == Some(u64::from(u32::from(t.relid))))
+        .cloned();
     // Acting on a conflict needs UPDATE on its table and the row visible to
     // the caller; to anyone else the conflict does not exist (its values
     // are another tenant's data).

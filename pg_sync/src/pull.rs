@@ -7,7 +7,7 @@ use crate::error::{or_raise, PgSyncError, Result};
 use sync_core::cursor::{Cursor, Pos, TablePos};
 use sync_core::wire::MAX_CLIENT_ID_BYTES;
 
-use crate::spi_util::{ident, one_cached, rows_cached, rows_ro, rows_ro_args, Args, TextRow};
+use crate::spi_util::{ident, one_cached, rows_cached, rows_ro_args, Args, TextRow};
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
@@ -114,7 +114,7 @@ pub unsafe extern "C-unwind" fn pg_sync_pull_json(
 /// the horizon included, so the keys chosen for a page and the rows sent
 /// agree.
 fn horizon() -> Result<Snapshot> {
-    let row = rows_ro(
+    let row = rows_cached(
         "SELECT pg_catalog.pg_snapshot_xmin(s)::pg_catalog.text, \
                 pg_catalog.pg_snapshot_xmax(s)::pg_catalog.text, \
                 (pg_catalog.pg_control_system()).system_identifier::pg_catalog.text, \
@@ -125,6 +125,7 @@ fn horizon() -> Result<Snapshot> {
                  WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()), \
                 pg_catalog.pg_is_in_recovery()::pg_catalog.text \
          FROM pg_catalog.pg_current_snapshot() s",
+        &[],
     )?
     .into_iter()
     .next()
@@ -281,7 +282,7 @@ fn pull(
     }
     let send_schema = cursor.is_none() || cur.s != version || other_history;
     let schema = if send_schema {
-        Some(serde_json::to_string(&catalog::schema(&tables)?).unwrap_or_default())
+        Some(serde_json::to_string(&catalog::schema(tables.as_slice())?).unwrap_or_default())
     } else {
         None
     };
@@ -323,18 +324,17 @@ fn pull(
     let mut has_more = false;
     let budget_total = max_changes as usize;
     let mut bytes = PageBytes::new(MAX_PAGE_SIZE.get());
-    for t in &tables {
-        let readable = one_cached(
-            "SELECT pg_catalog.has_table_privilege($1, 'SELECT')::text",
-            &[t.relid.into()],
-        )?;
-        if readable.as_deref() != Some("true") {
+    // Read after the horizon was taken (see marks.rs).
+    let marks = crate::marks::read();
+    let readable = readable(tables.as_slice());
+    for t in tables.iter() {
+        if !readable.contains(&u32::from(t.relid)) {
             continue;
         }
         let pos = cur.t.entry(t.name.clone()).or_default();
         // A changed column list (ALTER TABLE ADD COLUMN ... DEFAULT changes
         // every row without writing it) re-sends the table's rows.
-        let sig = column_signature(t);
+        let sig = t.signature;
         if pos.c.is_some_and(|c| c != sig) {
             pos.r = Pos::Start;
         }
@@ -346,6 +346,10 @@ fn pull(
             pos.d = Pos::Start;
         }
         pos.n = Some(t.enabled);
+        let mark = marks.as_ref().map(|m| m.get(&u32::from(t.relid)).copied());
+        if skip_unwritten(pos, mark, h) {
+            continue;
+        }
         if emitted >= budget_total || bytes.full() {
             has_more |= stream_nonempty(t, pos, h)?;
             continue;
@@ -357,8 +361,8 @@ fn pull(
         segments.extend(segment);
     }
     // Forget tables that are no longer synced.
-    cur.t
-        .retain(|name, _| tables.iter().any(|t| &t.name == name));
+    let names: std::collections::HashSet<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    cur.t.retain(|name, _| names.contains(name.as_str()));
     cur.v = 1;
     cur.s = version;
     cur.e = Some(epoch);
@@ -366,7 +370,7 @@ fn pull(
     let encoded = cur.encode();
     // A hot standby records nothing (it cannot write); the primary records
     // the pull for pg_sync.status.
-    if let Some(id) = client_id.filter(|_| !snap.in_recovery) {
+    if let Some(id) = client_id.filter(|id| !snap.in_recovery && due_record(id)) {
         crate::privileged::pulled(id, &encoded)?;
     }
     build_page(
@@ -380,6 +384,83 @@ fn pull(
         },
         as_jsonb,
     )
+}
+
+/// How often one backend records the pulls of one client in
+/// `pg_sync.clients` (`last_pull`, `last_cursor`): a pull that records
+/// writes, and a write commits through a WAL flush, which would cost an
+/// idle poll more than everything else it does.
+const RECORD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+thread_local! {
+    /// When this backend last recorded a pull, by (role, client id).
+    static RECORDED: std::cell::RefCell<std::collections::HashMap<(u32, String), std::time::Instant>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Whether this pull of `client` (for the calling role) is to be recorded:
+/// the first of the backend's, then one every [`RECORD_EVERY`].
+fn due_record(client: &str) -> bool {
+    let key = (u32::from(crate::privileged::caller()), client.to_string());
+    let now = std::time::Instant::now();
+    RECORDED.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.get(&key)
+            .is_some_and(|t| now.duration_since(*t) < RECORD_EVERY)
+        {
+            return false;
+        }
+        if r.len() >= 10_000 {
+            r.clear();
+        }
+        r.insert(key, now);
+        true
+    })
+}
+
+/// The relids of the tables the caller may read (SELECT privilege, as
+/// `has_table_privilege` checks it), without SQL.
+fn readable(tables: &[TableInfo]) -> std::collections::HashSet<u32> {
+    // SAFETY: ACL lookups by oid inside a transaction; a table dropped
+    // meanwhile reads as missing, not as an error.
+    let user = unsafe { pg_sys::GetUserId() };
+    tables
+        .iter()
+        .filter(|t| {
+            let mut missing = false;
+            // SAFETY: as above.
+            let ok = unsafe {
+                pg_sys::pg_class_aclcheck_ext(
+                    t.relid,
+                    user,
+                    pg_sys::ACL_SELECT as pg_sys::AclMode,
+                    &mut missing,
+                )
+            };
+            ok == pg_sys::AclResult::ACLCHECK_OK && !missing
+        })
+        .map(|t| u32::from(t.relid))
+        .collect()
+}
+
+/// Whether a table can be skipped because no transaction wrote it since
+/// both its positions were taken: its write `mark` (`Some(None)`: the
+/// catalog has marks, but none for this table; `None`: no marks at all) is
+/// below both. Both positions then move up to the horizon `h`: every
+/// change below it was delivered (see marks.rs).
+fn skip_unwritten(pos: &mut TablePos, mark: Option<Option<u64>>, h: u64) -> bool {
+    let (Pos::Below([r]), Pos::Below([d])) = (&pos.r, &pos.d) else {
+        return false;
+    };
+    let (r, d) = (*r, *d);
+    match mark.flatten() {
+        Some(m) if m < r.min(d) => {
+            pos.r = Pos::Below([r.max(h)]);
+            pos.d = Pos::Below([d.max(h)]);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Builds the page as JSON text: each segment statement renders its rows
@@ -722,24 +803,6 @@ fn has_ver_json() -> Result<bool> {
     let yes = found.as_deref() == Some("true");
     SEEN.with(|s| s.set(yes));
     Ok(yes)
-}
-
-/// A stable hash of a table's synced columns and their types.
-fn column_signature(t: &TableInfo) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for c in &t.columns {
-        for b in c
-            .name
-            .bytes()
-            .chain([0u8])
-            .chain(c.sql_type.bytes())
-            .chain([1u8])
-        {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }
 
 /// Parses a Postgres int8[] text form (`{1,2,NULL}`); NULL reads as 0.

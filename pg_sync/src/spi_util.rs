@@ -189,13 +189,6 @@ pub fn one_cached(sql: &str, args: &[DatumWithOid]) -> Result<Option<String>> {
     Ok(first(rows_cached(sql, args)?))
 }
 
-/// Runs a read-only query (no parameters) in the snapshot of the calling
-/// statement: SPI in read-only mode takes no new snapshot per query, so all
-/// of a pull's reads see the same data. Every column comes back as text.
-pub fn rows_ro(sql: &str) -> Result<Vec<TextRow>> {
-    rows_ro_args(sql, &Args::default())
-}
-
 /// The values of a statement built at run time, passed as text parameters
 /// `$1, $2, ...`; the statement casts each to its type.
 #[derive(Default)]
@@ -209,7 +202,10 @@ impl Args {
     }
 }
 
-/// Like [`rows_ro`], with text parameters.
+/// Runs a read-only query built at run time in the snapshot of the calling
+/// statement: SPI in read-only mode takes no new snapshot per query, so all
+/// of a pull's reads see the same data. The values travel as text
+/// parameters; every column comes back as text.
 pub fn rows_ro_args(sql: &str, args: &Args) -> Result<Vec<TextRow>> {
     use pgrx::pg_sys;
     let query = std::ffi::CString::new(sql)

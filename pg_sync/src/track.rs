@@ -7,6 +7,8 @@
 //! - `pg_sync.track_delete()`: AFTER DELETE, FOR EACH ROW. Writes a tombstone.
 //! - `pg_sync.track_truncate()`: BEFORE TRUNCATE. Tombstones every row.
 //!
+//! Each raises its table's write mark (`marks.rs`) once per transaction.
+//!
 //! Every `unsafe` here is the C trigger API: the functions below are
 //! called by the executor with a valid `FunctionCallInfo` whose context is
 //! `TriggerData` (checked by [`trigger_data`]), and read the trigger's
@@ -263,6 +265,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) 
     }
     let is_update = pgrx::trigger_support::trigger_fired_by_update(event);
     let rel = (*td).tg_relation;
+    crate::marks::raise((*rel).rd_id);
     let tupdesc = (*rel).rd_att;
     let natts = (*tupdesc).natts as usize;
     let (xid_i, ver_i) = tracking_columns(tupdesc);
@@ -553,6 +556,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track_delete(
     let td = trigger_data(fcinfo, "pg_sync.track_delete()");
     let rel = (*td).tg_relation;
     notify_once(rel);
+    crate::marks::raise((*rel).rd_id);
     write_tombstone(rel, (*td).tg_trigtuple, delete_stamp());
     pg_sys::Datum::from((*td).tg_trigtuple)
 }
@@ -569,6 +573,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track_truncate(
     let relid = (*(*td).tg_relation).rd_id;
     let hlc = clock::tick_after(Hlc::ZERO);
     notify_once((*td).tg_relation);
+    crate::marks::raise(relid);
     crate::privileged::elevated(|| {
         let rls = (*(*(*td).tg_relation).rd_rel).relrowsecurity;
         let sql = truncate_tombs_sql(relid, rls);

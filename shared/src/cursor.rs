@@ -19,8 +19,8 @@ use crate::SyncError;
 /// Result of decoding a cursor.
 pub type Result<T> = std::result::Result<T, SyncError>;
 
-/// A position in one stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// A position in one stream: `null`, `[xid]` or `[xid, key]` in JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 #[serde(untagged)]
 pub enum Pos {
     /// Nothing read yet.
@@ -30,6 +30,43 @@ pub enum Pos {
     Below([u64; 1]),
     /// Read up to and including this (xid, key).
     After(u64, Value),
+}
+
+/// Reads a position by its JSON shape directly (an untagged enum would
+/// buffer each value and try every variant: most of an idle pull's time
+/// with hundreds of tables).
+impl<'de> Deserialize<'de> for Pos {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Pos, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = Pos;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("null, [xid] or [xid, key]")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Pos, E> {
+                Ok(Pos::Start)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Pos, E> {
+                Ok(Pos::Start)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> std::result::Result<Pos, A::Error> {
+                let x: u64 = s
+                    .next_element()?
+                    .ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
+                let Some(key) = s.next_element::<Value>()? else {
+                    return Ok(Pos::Below([x]));
+                };
+                if s.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::invalid_length(3, &self));
+                }
+                Ok(Pos::After(x, key))
+            }
+        }
+        d.deserialize_any(Shape)
+    }
 }
 
 /// Positions for one table.
@@ -158,5 +195,17 @@ mod tests {
         );
         assert_eq!(d.t["tasks"].d, Pos::Below([7]));
         assert!(Cursor::decode("garbage").is_err());
+        // Every shape of a position reads back; others are refused.
+        for p in [
+            Pos::Start,
+            Pos::Below([u64::MAX]),
+            Pos::After(3, serde_json::json!(["k", 1])),
+        ] {
+            let text = serde_json::to_string(&p).unwrap();
+            assert_eq!(serde_json::from_str::<Pos>(&text).unwrap(), p, "{text}");
+        }
+        for bad in ["[]", "[1,2,3]", "\"x\"", "[-1]", "{}"] {
+            assert!(serde_json::from_str::<Pos>(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -167,9 +167,11 @@ fn no_internal_function_is_executable_by_public_and_definer_code_pins_its_path()
     let mut s = Scene::new("sec_public_helpers", &["eve"]);
     let eve = s.role("eve");
     // Everything in schema pg_sync that eve (no grants at all) may execute:
-    // only the three helpers that run as the caller (none reads anything
+    // only the helpers that run as the caller (none reads anything
     // elevated: _ver_json formats versions, _try runs the caller's SQL as
-    // the caller, _tomb_visible checks a policy).
+    // the caller, _tomb_visible checks a policy, _write_xid is the default
+    // of _sync_xid and raises the write mark of a table the caller may
+    // insert into).
     let callable: Vec<String> = s
         .admin
         .query(
@@ -182,7 +184,10 @@ fn no_internal_function_is_executable_by_public_and_definer_code_pins_its_path()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(callable, vec!["_tomb_visible", "_try", "_ver_json"]);
+    assert_eq!(
+        callable,
+        vec!["_tomb_visible", "_try", "_ver_json", "_write_xid"]
+    );
     // Neither of them is SECURITY DEFINER; every definer function pins search_path.
     let loose: i64 = s.count(
         "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

@@ -40,7 +40,8 @@ fn sync_push(batch: JsonB) -> JsonB {
 fn push(json: &str) -> Result<PushResult> {
     let mut batch = PushBatch::parse(json)?;
     let tables: HashMap<String, TableInfo> = catalog::synced_tables()?
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|t| (t.name.clone(), t))
         .collect();
     // Changes written against an older (or newer) schema: columns the

@@ -1,0 +1,56 @@
+-- pg_sync 0.4.0 -> 0.5.0: write marks, so a pull reads only the tables
+-- written since its cursor (an idle pull no longer costs a query per table).
+
+CREATE TABLE pg_sync.last_writes (
+    relid oid PRIMARY KEY,
+    xid   xid8 NOT NULL
+);
+INSERT INTO pg_sync.last_writes (relid, xid)
+SELECT relid::oid, pg_current_xact_id() FROM pg_sync.tables;
+
+CREATE FUNCTION pg_sync._write_xid(tbl regclass) RETURNS xid8
+STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_write_xid';
+
+-- Rows inserted while the tracking triggers are bypassed raise the mark too.
+DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT relid FROM pg_sync.tables LOOP
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN _sync_xid SET DEFAULT pg_sync._write_xid(%L::pg_catalog.regclass)',
+                       r.relid, r.relid::oid);
+    END LOOP;
+END;
+$$;
+
+-- A restored table gets its write mark back when its tracking trigger is
+-- created (marks are not dumped).
+CREATE OR REPLACE FUNCTION pg_sync._on_trigger_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record; v_role text; v_stale boolean;
+BEGIN
+    -- Runs as the user who created the trigger (no elevated rights): an
+    -- owner creating the trigger on its own table can only touch that table.
+    FOR r IN SELECT t.tgrelid::regclass AS rel FROM pg_event_trigger_ddl_commands() c
+             JOIN pg_trigger t ON t.oid = c.objid
+             WHERE c.classid = 'pg_trigger'::regclass AND t.tgname = 'zz_pg_sync_track'
+    LOOP
+        -- 0.5.0: a restored table gets its write mark back (marks are not
+        -- dumped; without one, every pull reads the table).
+        IF has_table_privilege('pg_sync.last_writes', 'INSERT') THEN
+            INSERT INTO pg_sync.last_writes (relid, xid) VALUES (r.rel, pg_current_xact_id())
+            ON CONFLICT (relid) DO NOTHING;
+        END IF;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s WHERE _sync_xid >= pg_current_xact_id())',
+                       r.rel) INTO v_stale;
+        CONTINUE WHEN NOT v_stale;
+        v_role := current_setting('session_replication_role');
+        IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            PERFORM set_config('session_replication_role', 'replica', true);
+        END IF;
+        EXECUTE format('UPDATE ONLY %s SET _sync_xid = pg_current_xact_id() '
+                       'WHERE _sync_xid >= pg_current_xact_id()', r.rel);
+        PERFORM set_config('session_replication_role', v_role, true);
+    END LOOP;
+END;
+$$;
