@@ -89,6 +89,21 @@ CREATE TABLE pg_sync.last_writes (
     xid   xid8 NOT NULL
 );
 
+-- 0.5.0: streams, named filters over one synced table that devices
+-- subscribe to with typed parameters (sync_stream). sql holds the filter
+-- with ($n::text::<type>) parameters; deps the other tables it reads.
+CREATE TABLE pg_sync.streams (
+    name       text PRIMARY KEY,
+    relid      regclass NOT NULL,
+    filter     text NOT NULL,
+    sql        text NOT NULL,
+    params     text[] NOT NULL,
+    types      regtype[] NOT NULL,
+    deps       regclass[] NOT NULL,
+    volatile   boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- Every conflict that was not a clean merge. Never truncated by pg_sync.
 CREATE TABLE pg_sync.conflicts (
     id           bigserial PRIMARY KEY,
@@ -292,6 +307,9 @@ SELECT pg_catalog.pg_extension_config_dump('pg_sync.conflicts', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_sync.conflicts_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_sync.clients', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_sync.push_results', '');
+-- 0.5.0: stream definitions are read by pulls as the caller, and dumped.
+GRANT SELECT ON pg_sync.streams TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.streams', '');
 
 -- 0.3.0: rows restored by pg_restore carry the _sync_xid of the database
 -- they were dumped from, which can be ahead of this cluster's xids: such a

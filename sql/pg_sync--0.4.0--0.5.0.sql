@@ -54,3 +54,24 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- Streams: named filters over one synced table that devices subscribe to.
+CREATE TABLE pg_sync.streams (
+    name       text PRIMARY KEY,
+    relid      regclass NOT NULL,
+    filter     text NOT NULL,
+    sql        text NOT NULL,
+    params     text[] NOT NULL,
+    types      regtype[] NOT NULL,
+    deps       regclass[] NOT NULL,
+    volatile   boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+GRANT SELECT ON pg_sync.streams TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('pg_sync.streams', '');
+CREATE FUNCTION sync_stream(name text, tbl regclass, filter text) RETURNS jsonb
+STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'sync_stream_wrapper';
+REVOKE EXECUTE ON FUNCTION sync_stream(text, regclass, text) FROM PUBLIC;
+CREATE FUNCTION sync_stream_drop(name text) RETURNS boolean
+STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'sync_stream_drop_wrapper';
+REVOKE EXECUTE ON FUNCTION sync_stream_drop(text) FROM PUBLIC;

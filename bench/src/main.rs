@@ -20,12 +20,14 @@
 
 mod cluster;
 mod data;
+mod idle;
 mod load;
 mod pg;
 mod plot;
 mod report;
 mod results;
 mod sqlite;
+mod subset;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -227,7 +229,7 @@ fn main() {
     }
     let mut c = pg::create_db(&cluster, pg::DB);
     let pg_version: String = c.query_one("SELECT version()", &[]).unwrap().get(0);
-    let needs_big = ["P2", "P3", "P6", "P7", "P8", "P9"]
+    let needs_big = ["P2", "P3", "P6", "P7", "P8", "P9", "P13"]
         .iter()
         .any(|f| cfg.wants(f));
     let mut end_cursor = None;
@@ -271,6 +273,14 @@ fn main() {
     if cfg.wants("P7") {
         eprintln!("bench: P7");
         figs.push(pg::p7(&mut c, &cfg));
+    }
+    if cfg.wants("P13") && needs_big {
+        eprintln!("bench: P13");
+        figs.extend(subset::p13(&mut c, &cfg));
+    }
+    if cfg.wants("P12") {
+        eprintln!("bench: P12");
+        figs.extend(idle::p12(&cluster, &cfg));
     }
     let mut warnings = Vec::new();
     if cfg.wants("P10") {

@@ -431,12 +431,14 @@ pub fn schema_version() -> Result<i64> {
     )
 }
 
-/// The synced schema as clients receive it.
-pub fn schema(tables: &[TableInfo]) -> Result<Schema> {
+/// The synced schema as clients receive it, with the streams they may
+/// subscribe to.
+pub fn schema(tables: &[TableInfo], streams: Vec<sync_core::streams::StreamDef>) -> Result<Schema> {
     Ok(Schema {
         format: FORMAT,
         version: schema_version()?,
         tables: tables.iter().map(TableInfo::table_def).collect(),
+        streams,
     })
 }
 

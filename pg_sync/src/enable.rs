@@ -214,6 +214,9 @@ fn bump_schema_version() -> Result<()> {
 /// The synced schema, as `sync_init` on a client takes it.
 #[pg_extern]
 fn sync_schema() -> JsonB {
-    let schema = or_raise(catalog::synced_tables().and_then(|t| catalog::schema(t.as_slice())));
+    let schema = or_raise(catalog::synced_tables().and_then(|t| {
+        let streams = crate::streams::load(t.as_slice())?;
+        catalog::schema(t.as_slice(), streams.into_iter().map(|s| s.def).collect())
+    }));
     JsonB(serde_json::to_value(schema).unwrap_or_default())
 }

@@ -31,6 +31,7 @@ mod privileged;
 mod pull;
 mod push;
 mod spi_util;
+mod streams;
 mod track;
 
 pgrx::pg_module_magic!();
@@ -45,6 +46,7 @@ pub extern "C-unwind" fn _PG_init() {
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     track::register_gucs();
     pull::register_gucs();
+    pull::register_stream_gucs();
     catalog::register_invalidation();
 }
 

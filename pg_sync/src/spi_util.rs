@@ -192,12 +192,18 @@ pub fn one_cached(sql: &str, args: &[DatumWithOid]) -> Result<Option<String>> {
 /// The values of a statement built at run time, passed as text parameters
 /// `$1, $2, ...`; the statement casts each to its type.
 #[derive(Default)]
-pub struct Args(Vec<String>);
+pub struct Args(Vec<Option<String>>);
 
 impl Args {
     /// Adds a value and returns its placeholder (`$n`).
     pub fn push(&mut self, value: impl ToString) -> String {
-        self.0.push(value.to_string());
+        self.0.push(Some(value.to_string()));
+        format!("${}", self.0.len())
+    }
+
+    /// Adds a value that may be NULL and returns its placeholder.
+    pub fn push_opt(&mut self, value: Option<&str>) -> String {
+        self.0.push(value.map(str::to_string));
         format!("${}", self.0.len())
     }
 }
@@ -213,7 +219,7 @@ pub fn rows_ro_args(sql: &str, args: &Args) -> Result<Vec<TextRow>> {
     let values: Vec<std::ffi::CString> = args
         .0
         .iter()
-        .map(|v| std::ffi::CString::new(v.as_str()))
+        .map(|v| std::ffi::CString::new(v.as_deref().unwrap_or("")))
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| crate::error::PgSyncError::Spi("a parameter contains a NUL byte".into()))?;
     // SAFETY: plain SPI protocol. The parameter datums are text values
@@ -230,7 +236,12 @@ pub fn rows_ro_args(sql: &str, args: &Args) -> Result<Vec<TextRow>> {
             .iter()
             .map(|v| pg_sys::Datum::from(pg_sys::cstring_to_text(v.as_ptr())))
             .collect();
-        let nulls = vec![b' ' as std::ffi::c_char; n + 1];
+        let mut nulls: Vec<std::ffi::c_char> = args
+            .0
+            .iter()
+            .map(|v| if v.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
+            .collect();
+        nulls.push(0);
         let rc = pg_sys::SPI_execute_with_args(
             query.as_ptr(),
             n as i32,

@@ -85,6 +85,10 @@ pub struct TablePos {
     /// table disabled and enabled again starts its streams over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<i64>,
+    /// Whether the table reached the device through streams (true) or
+    /// whole (false): a change of that makes the device resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<bool>,
 }
 
 /// The decoded cursor.
@@ -105,6 +109,54 @@ pub struct Cursor {
     /// failover) must resync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub h: Option<String>,
+    /// The device's subscriptions to streams, with their positions. The
+    /// device adds and removes them (`sync_subscribe`); the server moves
+    /// their positions. Everything in it is checked as untrusted input.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub q: Vec<Sub>,
+}
+
+/// One subscription to a stream.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Sub {
+    /// Id, unique in the device (page entries name it).
+    pub i: u32,
+    /// Stream name.
+    pub s: String,
+    /// Parameter values.
+    #[serde(default)]
+    pub p: serde_json::Map<String, Value>,
+    /// Position in the table's stream of live rows (incremental pulls).
+    #[serde(default)]
+    pub r: Pos,
+    /// The first download, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b: Option<Boot>,
+    /// Horizon of the last full key list (`members`): tables the filter
+    /// reads that were written at or after it send the list again.
+    #[serde(default)]
+    pub f: u64,
+    /// When the last full key list was sent (Unix seconds): a filter that
+    /// reads the clock sends it again after a while.
+    #[serde(default)]
+    pub ft: i64,
+    /// Keys the device lacks (rows that entered through another table).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub w: Vec<Value>,
+}
+
+/// A first download in progress: rows in key order.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Boot {
+    /// The last key sent, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<Value>,
+    /// Horizon when it started: changes from here on come incrementally.
+    pub h: u64,
+    /// Rows sent so far.
+    pub n: u64,
+    /// Rows counted when it started.
+    pub t: u64,
 }
 
 const PREFIX: &str = "c1.";
@@ -147,6 +199,7 @@ impl Cursor {
         self.t
             .values()
             .flat_map(|p| [&p.r, &p.d])
+            .chain(self.q.iter().map(|s| &s.r))
             .filter_map(|p| match p {
                 Pos::Start => None,
                 Pos::Below([x]) | Pos::After(x, _) => Some(*x),
@@ -186,6 +239,7 @@ mod tests {
                 d: Pos::Below([7]),
                 c: None,
                 n: Some(5),
+                m: None,
             },
         );
         let d = Cursor::decode(&c.encode()).unwrap();

@@ -17,6 +17,7 @@ pub mod decimal;
 pub mod hlc;
 pub mod merge;
 pub mod schema;
+pub mod streams;
 pub mod text;
 pub mod wire;
 

@@ -122,6 +122,10 @@ pub struct Schema {
     pub version: i64,
     /// Synced tables.
     pub tables: Vec<TableDef>,
+    /// Streams a device may subscribe to (see [`crate::streams`]); a table
+    /// with streams reaches devices only through subscriptions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::streams::StreamDef>,
 }
 
 impl Schema {
@@ -131,6 +135,7 @@ impl Schema {
             format: FORMAT,
             version: 0,
             tables: Vec::new(),
+            streams: Vec::new(),
         }
     }
 
@@ -159,7 +164,7 @@ pub const MAX_SYNCED_COLUMNS: usize = 63;
 
 /// Names the device keeps for itself: its clock, queue and bookkeeping
 /// tables. No synced table may take one.
-pub const RESERVED_TABLE_NAMES: &[&str] = &["sync_clock", "_changes"];
+pub const RESERVED_TABLE_NAMES: &[&str] = &["sync_clock", "_changes", "sync_subscriptions"];
 
 /// Prefix of every name the extensions keep for themselves.
 pub const RESERVED_PREFIX: &str = "_sync_";

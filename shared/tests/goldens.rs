@@ -144,6 +144,7 @@ fn the_pages_read_back_and_the_writer_reproduces_them() {
         "page_first.json",
         "page_incremental.json",
         "page_resync.json",
+        "page_streams.json",
     ] {
         let file = text(name);
         let typed = PullPage::parse(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -166,6 +167,8 @@ fn the_pages_read_back_and_the_writer_reproduces_them() {
             .iter()
             .map(|c| serde_json::to_string(c).unwrap())
             .collect();
+        let members = serde_json::to_string(&typed.members).unwrap();
+        let progress = serde_json::to_string(&typed.progress).unwrap();
         let written = write_page(
             &PageHead {
                 schema_version: typed.schema_version,
@@ -174,6 +177,8 @@ fn the_pages_read_back_and_the_writer_reproduces_them() {
                 has_more: typed.has_more,
                 resync_required: typed.resync_required,
                 behind: typed.behind,
+                members: (!typed.members.is_empty()).then_some(members.as_str()),
+                progress: (!typed.progress.is_empty()).then_some(progress.as_str()),
             },
             changes.iter().map(String::as_str),
         );
@@ -182,6 +187,18 @@ fn the_pages_read_back_and_the_writer_reproduces_them() {
     let incr = PullPage::parse(&text("page_incremental.json")).unwrap();
     assert!(incr.changes.iter().any(|c| c.op == PullOp::Delete));
     assert!(incr.schema.is_none());
+    // Streams: an upsert and a leave for a subscription, its key list and
+    // its download progress, read alike by both readers.
+    let streams = PullPage::parse(&text("page_streams.json")).unwrap();
+    assert!(streams.changes.iter().any(|c| c.op == PullOp::Leave));
+    assert_eq!(streams.changes[0].subs, Some(vec![1]));
+    assert_eq!(streams.members[0].keys.len(), 2);
+    assert!(streams.progress[0].done);
+    let streams_text = text("page_streams.json");
+    let borrowed = read_page(&streams_text).unwrap();
+    assert_eq!(borrowed.members, streams.members);
+    assert_eq!(borrowed.progress, streams.progress);
+    assert_eq!(borrowed.changes[1].subs, Some(vec![1]));
     let resync = PullPage::parse(&text("page_resync.json")).unwrap();
     assert!(resync.resync_required && resync.cursor.is_empty() && resync.changes.is_empty());
 }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::ffi::{self, Db, Ret, Value, FLAG_DIRECTONLY, FLAG_INNOCUOUS};
 use crate::model::values;
 use crate::store::state::{self, ConnState};
-use crate::sync::{conflicts, init, pull, push, status};
+use crate::sync::{conflicts, init, pull, push, status, streams};
 
 fn text_arg<'a>(args: &'a [Value], i: usize, what: &str) -> Result<&'a str> {
     match args.get(i) {
@@ -103,6 +103,32 @@ fn f_conflict_diff(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
         .map_err(name)
 }
 
+fn f_subscribe(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+    let name = |e: Error| e.prefixed("sync_subscribe");
+    let stream = text_arg(args, 0, "stream").map_err(name)?;
+    let params = match args.get(1) {
+        None | Some(Value::Null) => "{}",
+        Some(Value::Text(s)) => s.as_str(),
+        Some(_) => return Err(name(Error::input("params must be text (a JSON object)"))),
+    };
+    streams::sync_subscribe(st, db, stream, params)
+        .map(Ret::Text)
+        .map_err(name)
+}
+
+fn f_unsubscribe(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+    let name = |e: Error| e.prefixed("sync_unsubscribe");
+    let stream = text_arg(args, 0, "stream").map_err(name)?;
+    let params = match args.get(1) {
+        None | Some(Value::Null) => "{}",
+        Some(Value::Text(s)) => s.as_str(),
+        Some(_) => return Err(name(Error::input("params must be text (a JSON object)"))),
+    };
+    streams::sync_unsubscribe(st, db, stream, params)
+        .map(Ret::Text)
+        .map_err(name)
+}
+
 fn f_status(st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
     status::sync_status(st, db)
         .map(Ret::Text)
@@ -177,6 +203,10 @@ pub fn register(db: *mut sqlite3) -> Result<()> {
     ffi::register(db, "sync_resolve", 2, direct, &st, f_resolve)?;
     ffi::register(db, "sync_resolve", 3, direct, &st, f_resolve)?;
     ffi::register(db, "sync_conflict_diff", 1, 0, &st, f_conflict_diff)?;
+    ffi::register(db, "sync_subscribe", 1, direct, &st, f_subscribe)?;
+    ffi::register(db, "sync_subscribe", 2, direct, &st, f_subscribe)?;
+    ffi::register(db, "sync_unsubscribe", 1, direct, &st, f_unsubscribe)?;
+    ffi::register(db, "sync_unsubscribe", 2, direct, &st, f_unsubscribe)?;
     ffi::register(db, "sync_status", 0, 0, &st, f_status)?;
     ffi::register(db, "sync_pending", 2, 0, &st, f_pending)?;
     ffi::register(db, "sync_client_id", 0, 0, &st, f_client_id)?;

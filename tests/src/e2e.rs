@@ -15,6 +15,8 @@ pub struct Device {
     pub db: Connection,
     /// The database file.
     pub path: PathBuf,
+    /// Another handle on the same file: dropping it keeps the file.
+    shared: bool,
 }
 
 impl Device {
@@ -35,7 +37,31 @@ impl Device {
             .query_row("SELECT sync_init(?1)", [schema.to_string()], |r| r.get(0))
             .map(|v: Option<String>| v.unwrap_or_default())
             .unwrap_or_else(|e| panic!("sync_init: {e}"));
-        Device { db, path }
+        Device {
+            db,
+            path,
+            shared: false,
+        }
+    }
+
+    /// A device on a new database at `path` without `sync_init` (removed
+    /// when dropped).
+    pub fn open_new(path: &std::path::Path) -> Device {
+        Device {
+            db: crate::sqlite::open(path),
+            path: path.to_path_buf(),
+            shared: false,
+        }
+    }
+
+    /// A second connection to an existing device's file (another thread's
+    /// handle on the same device).
+    pub fn reopen(path: &std::path::Path) -> Device {
+        Device {
+            db: crate::sqlite::open(path),
+            path: path.to_path_buf(),
+            shared: true,
+        }
     }
 
     /// Runs a function returning JSON text.
@@ -119,6 +145,9 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
+        if self.shared {
+            return;
+        }
         for suffix in ["", "-wal", "-shm", "-journal"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
         }

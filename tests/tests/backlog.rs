@@ -463,7 +463,8 @@ fn device_only(writes: usize, max: i64) -> Run {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", dir.display()));
     }
-    let db = sync_tests::sqlite::open(&dir);
+    let d = Device::open_new(&dir);
+    let db = &d.db;
     let schema = serde_json::json!({"format": 1, "version": 1, "tables": [{"name": "notes",
         "pk": ["id"], "columns": [{"name": "id", "type": "text", "nullable": false},
         {"name": "body", "type": "text"}, {"name": "n", "type": "integer"}]}]});
@@ -472,10 +473,6 @@ fn device_only(writes: usize, max: i64) -> Run {
         .unwrap();
     db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
         .unwrap();
-    let d = Device {
-        db,
-        path: dir.clone(),
-    };
     queue_writes(&d, writes, "n");
     let mut run = Run {
         device: Duration::ZERO,

@@ -227,10 +227,7 @@ fn a_process_killed_mid_apply_leaves_the_database_as_before() {
         "sync_apply finished before it could be killed"
     );
     // As before the call: same rows, same cursor, the local edit pending.
-    let d2 = Device {
-        db: sync_tests::sqlite::open(&d.path),
-        path: d.path.clone(),
-    };
+    let d2 = Device::reopen(&d.path);
     assert_eq!(d2.rows("SELECT count(*), sum(id) FROM items"), before_rows);
     let cursor_after: Option<String> = d2
         .db
@@ -321,10 +318,7 @@ fn a_process_killed_mid_ack_or_mid_write_leaves_the_database_as_before() {
         ),
     );
     assert!(killed, "sync_ack finished before it could be killed");
-    let d2 = Device {
-        db: sync_tests::sqlite::open(&d.path),
-        path: d.path.clone(),
-    };
+    let d2 = Device::reopen(&d.path);
     assert_eq!(d2.call("SELECT sync_status()", None)["pending"], before.0);
     assert_eq!(d2.rows("SELECT count(*) FROM items"), before.1);
     // The batch is still in flight and the same; acknowledging again works.
@@ -341,10 +335,7 @@ fn a_process_killed_mid_ack_or_mid_write_leaves_the_database_as_before() {
          INSERT INTO items (id, body) SELECT n, 'doomed ' || n FROM g;",
     );
     assert!(killed, "the write finished before it could be killed");
-    let d3 = Device {
-        db: sync_tests::sqlite::open(&d.path),
-        path: d.path.clone(),
-    };
+    let d3 = Device::reopen(&d.path);
     assert_eq!(
         d3.rows("SELECT count(*), coalesce(sum(id), 0) FROM items"),
         rows_before

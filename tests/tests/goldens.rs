@@ -151,8 +151,7 @@ fn rows(d: &Device, sql: &str) -> Vec<String> {
 fn the_device_reads_the_golden_documents() {
     let path = std::env::temp_dir().join(format!("pg_sync_golden_{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let db = sync_tests::sqlite::open(&path);
-    let d = Device { db, path };
+    let d = Device::open_new(&path);
     let call = |sql: &str, arg: &Value| -> Value { d.call(sql, Some(&arg.to_string())) };
     call("SELECT sync_init(?1)", &golden("schema.json"));
     call("SELECT sync_apply(?1)", &golden("page_first.json"));

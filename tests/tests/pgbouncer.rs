@@ -151,10 +151,7 @@ fn new_device(c: &mut Client, name: &str) -> Device {
         .query_typed_one("SELECT sync_schema()::text", &[])
         .unwrap()
         .get(0);
-    let d = Device {
-        db: sync_tests::sqlite::open(&path),
-        path,
-    };
+    let d = Device::open_new(&path);
     let _: Option<String> =
         d.db.query_row("SELECT sync_init(?1)", [schema], |r| r.get(0))
             .unwrap();

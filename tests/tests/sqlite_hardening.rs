@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 /// The device layout this build writes (`schema/ddl.rs` `LAYOUT`).
-const LAYOUT: i64 = 4;
+const LAYOUT: i64 = 5;
 
 use serde_json::{json, Value};
 use sync_tests::sqlite::{hlc, page, tasks_schema, upsert, ver_all, TestClient};
@@ -743,14 +743,16 @@ fn an_error_sqlite_reports_keeps_its_code() {
     }
 }
 
-/// A device of layout 3 (before the conflict inbox) gets `_sync_conflicts`
-/// from its next sync call.
+/// A device of layout 3 (before the conflict inbox and the subscriptions
+/// to streams) gets `_sync_conflicts`, `_sync_subscriptions`,
+/// `_sync_members` and the `sync_subscriptions` view from its next sync call.
 #[test]
 fn a_device_of_layout_3_gets_the_conflict_inbox() {
     for via_pull in [false, true] {
         let c = TestClient::with_schema(&tasks_schema(1));
         c.exec(
-            "DROP TABLE _sync_conflicts;
+            "DROP TABLE _sync_conflicts; DROP VIEW sync_subscriptions;
+             DROP TABLE _sync_members; DROP TABLE _sync_subscriptions;
              UPDATE _sync_meta SET value = 3 WHERE key = 'layout';",
         );
         if via_pull {
@@ -759,8 +761,15 @@ fn a_device_of_layout_3_gets_the_conflict_inbox() {
             c.call("SELECT sync_init(?1)", Some(&tasks_schema(1).to_string()));
         }
         assert_eq!(
-            c.int("SELECT count(*) FROM sqlite_master WHERE name = '_sync_conflicts'"),
-            1
+            c.int(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('_sync_conflicts', \
+                   '_sync_subscriptions', '_sync_members', 'sync_subscriptions')"
+            ),
+            4
+        );
+        assert_eq!(
+            c.call("SELECT sync_status()", None)["streams"],
+            serde_json::json!([])
         );
         assert_eq!(
             c.int("SELECT value FROM _sync_meta WHERE key = 'layout'"),

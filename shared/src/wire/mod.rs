@@ -27,6 +27,20 @@ pub const MAX_CLIENT_ID_BYTES: usize = 200;
 /// A JSON object of column name to value.
 pub type Row = Map<String, Value>;
 
+/// A JSON value for an error message, cut short when long.
+pub fn short_json(v: &Value) -> String {
+    const MAX: usize = 200;
+    let s = v.to_string();
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
 /// Kind of a client change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,6 +213,10 @@ pub enum PullOp {
     Upsert,
     /// Remove the row (a tombstone, or the row left the client's view).
     Delete,
+    /// The row left the subscriptions named in `subs` (it no longer
+    /// matches their filters): the device drops it when no subscription of
+    /// its holds it any more and it has no pending writes.
+    Leave,
 }
 
 /// One row change in a pull page.
@@ -216,6 +234,38 @@ pub struct RowChange {
     /// Column versions in the schema's column order, for an upsert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ver: Option<Vec<Hlc>>,
+    /// The subscriptions (cursor ids) an upsert or a leave is for; absent
+    /// for tables synced whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subs: Option<Vec<u32>>,
+}
+
+/// Every key a subscription holds now (sent when a table its filter reads,
+/// or the clock, may have moved rows in or out without writing them): the
+/// device drops the rows of the subscription not listed, and asks for the
+/// listed ones it lacks in its next pull.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Members {
+    /// Subscription id.
+    pub sub: u32,
+    /// Its table.
+    pub table: String,
+    /// Primary keys of all its rows.
+    pub keys: Vec<Row>,
+}
+
+/// How far a subscription's first download is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Subscription id.
+    pub sub: u32,
+    /// Rows sent so far.
+    pub sent: u64,
+    /// Rows it held when the download started (counted then; rows written
+    /// since come with the incremental pulls that follow).
+    pub total: u64,
+    /// The download is complete.
+    pub done: bool,
 }
 
 /// A page of server changes, returned by `sync_pull`.
@@ -240,6 +290,12 @@ pub struct PullPage {
     /// cursor: the page has no changes and the same cursor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub behind: bool,
+    /// Subscriptions' full key lists (streams).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Members>,
+    /// Progress of subscriptions' first downloads (streams).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub progress: Vec<Progress>,
     /// The changes, in commit order per table.
     pub changes: Vec<RowChange>,
 }

@@ -31,6 +31,12 @@ pub struct PageHead<'a> {
     /// This server (a hot standby) has not yet replayed up to the cursor:
     /// no changes, the same cursor; pull again later or elsewhere.
     pub behind: bool,
+    /// Streams: the subscriptions' full key lists, as the text of a JSON
+    /// array of [`super::Members`].
+    pub members: Option<&'a str>,
+    /// Streams: first-download progress, as the text of a JSON array of
+    /// [`super::Progress`].
+    pub progress: Option<&'a str>,
 }
 
 /// Writes a pull page: the head, then the changes, given as lists each
@@ -57,6 +63,12 @@ pub fn write_page<'c>(head: &PageHead<'_>, lists: impl IntoIterator<Item = &'c s
     }
     if head.behind {
         out.push_str("\"behind\": true, ");
+    }
+    if let Some(m) = head.members {
+        out.push_str(&format!("\"members\": {m}, "));
+    }
+    if let Some(p) = head.progress {
+        out.push_str(&format!("\"progress\": {p}, "));
     }
     out.push_str(&format!(
         "\"cursor\": {}, \"has_more\": {}, \"resync_required\": {}, \"changes\": [{changes}]}}",
@@ -188,6 +200,9 @@ pub struct RowIn<'a> {
     /// Column versions in schema order (upserts).
     #[serde(default)]
     pub ver: Option<Vers>,
+    /// Subscriptions the upsert or leave is for (streams).
+    #[serde(default)]
+    pub subs: Option<Vec<u32>>,
 }
 
 /// A pull page.
@@ -211,6 +226,12 @@ pub struct PageIn<'a> {
     /// The server has not replayed up to the cursor yet (a hot standby).
     #[serde(default)]
     pub behind: bool,
+    /// Subscriptions' full key lists (streams).
+    #[serde(default)]
+    pub members: Vec<super::Members>,
+    /// First-download progress (streams).
+    #[serde(default)]
+    pub progress: Vec<super::Progress>,
     /// The changes.
     #[serde(borrow)]
     pub changes: Vec<RowIn<'a>>,

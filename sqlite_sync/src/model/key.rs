@@ -89,6 +89,26 @@ impl Key {
         self.0.len().cmp(&other.0.len())
     }
 
+    /// The key back from its [`Key::canonical`] form.
+    pub fn from_canonical(text: &str) -> Option<Key> {
+        let parts: Vec<String> = serde_json::from_str(text).ok()?;
+        parts
+            .iter()
+            .map(|p| {
+                let (tag, rest) = p.split_at(p.char_indices().nth(1).map_or(p.len(), |(i, _)| i));
+                Some(match tag {
+                    "n" => KeyPart::Null,
+                    "i" => KeyPart::Int(rest.parse().ok()?),
+                    "r" => KeyPart::Real(u64::from_str_radix(rest, 16).ok()?),
+                    "t" => KeyPart::Text(rest.to_string()),
+                    "b" => KeyPart::Blob(super::values::hex_decode(rest)?),
+                    _ => return None,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Key)
+    }
+
     /// A canonical text form, used as the key of `_sync_base`.
     pub fn canonical(&self) -> String {
         let parts: Vec<Json> = self

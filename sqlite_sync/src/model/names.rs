@@ -16,6 +16,10 @@ pub const ERRORS: &str = "_sync_errors";
 
 pub const BASE: &str = "_sync_base";
 pub const CONFLICTS: &str = "_sync_conflicts";
+/// The device's subscriptions to streams.
+pub const SUBSCRIPTIONS: &str = "_sync_subscriptions";
+/// Which subscriptions hold which rows.
+pub const MEMBERS: &str = "_sync_members";
 
 /// Double-quotes an SQL identifier.
 pub fn q(ident: &str) -> String {

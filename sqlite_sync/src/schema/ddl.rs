@@ -33,7 +33,7 @@ use sync_core::Hlc;
 
 use crate::error::{Error, Result};
 use crate::ffi::{Db, Value};
-use crate::model::names::{lit, q, BASE, CHANGES, CONFLICTS, ERRORS, META};
+use crate::model::names::{lit, q, BASE, CHANGES, CONFLICTS, ERRORS, MEMBERS, META, SUBSCRIPTIONS};
 use crate::model::table::{state_table_name, TableInfo};
 use crate::model::values::decl_type;
 use crate::model::values::{f64_numeric_text, ver_from_blob, ver_to_blob};
@@ -43,8 +43,9 @@ use crate::store::state::{meta_get, meta_set, object_exists};
 /// 2 gave columns their exact types and the triggers `sync_clock()`; 3 adds
 /// the partial index of the queue's high-water marks and shows an insert's
 /// written columns in `T_local._mask`; 4 adds the conflict inbox
-/// (`_sync_conflicts`).
-pub const LAYOUT: i64 = 4;
+/// (`_sync_conflicts`); 5 the subscriptions to streams
+/// (`_sync_subscriptions`, `_sync_members`, the `sync_subscriptions` view).
+pub const LAYOUT: i64 = 5;
 
 /// The clock the triggers read; no other object may take its name.
 pub const CLOCK: &str = "sync_clock";
@@ -119,7 +120,24 @@ pub fn create_meta(db: Db) -> Result<()> {
              state TEXT NOT NULL DEFAULT 'open',
              resolution TEXT,
              resolved_at TEXT);
-         CREATE INDEX IF NOT EXISTS {conflicts_row} ON {conflicts}(tbl, pk) WHERE state = 'resolving';",
+         CREATE INDEX IF NOT EXISTS {conflicts_row} ON {conflicts}(tbl, pk) WHERE state = 'resolving';
+         CREATE TABLE IF NOT EXISTS {subs}(
+             id INTEGER PRIMARY KEY,
+             stream TEXT NOT NULL,
+             params TEXT NOT NULL,
+             state TEXT NOT NULL DEFAULT 'bootstrapping',
+             sent INTEGER NOT NULL DEFAULT 0,
+             total INTEGER,
+             created_at TEXT NOT NULL,
+             UNIQUE(stream, params));
+         CREATE TABLE IF NOT EXISTS {members}(
+             sub INTEGER NOT NULL,
+             tbl TEXT NOT NULL,
+             pk TEXT NOT NULL,
+             PRIMARY KEY(sub, tbl, pk)) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS {members_row} ON {members}(tbl, pk);
+         CREATE VIEW IF NOT EXISTS sync_subscriptions AS
+             SELECT id, stream, params, state, sent, total, created_at FROM {subs};",
         meta = q(META),
         changes = q(CHANGES),
         old_changes_batch = q("_changes_batch"),
@@ -129,6 +147,9 @@ pub fn create_meta(db: Db) -> Result<()> {
         base = q(BASE),
         conflicts = q(CONFLICTS),
         conflicts_row = q("_sync_conflicts_row"),
+        subs = q(SUBSCRIPTIONS),
+        members = q(MEMBERS),
+        members_row = q("_sync_members_row"),
     ))
 }
 

@@ -1,6 +1,6 @@
 //! The sync operations behind the SQL functions: `sync_init`, building
 //! and acknowledging a push, applying a pull page, adopting the server's
-//! rows, and status.
+//! rows, subscriptions to streams, and status.
 
 pub mod adopt;
 pub mod conflicts;
@@ -9,3 +9,4 @@ pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod status;
+pub mod streams;

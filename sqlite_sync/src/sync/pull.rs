@@ -63,16 +63,21 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
             )));
         }
         if page.resync_required || force_resync {
-            return resync(db, &loaded).map(|dropped| {
-                json!({
-                    "upserts": 0,
-                    "deletes": dropped,
-                    "cursor": null,
-                    "has_more": true,
-                    "resync_required": true,
+            return resync(db, &loaded)
+                .and_then(|dropped| {
+                    crate::sync::streams::restart_all(db)?;
+                    Ok(dropped)
                 })
-                .to_string()
-            });
+                .map(|dropped| {
+                    json!({
+                        "upserts": 0,
+                        "deletes": dropped,
+                        "cursor": null,
+                        "has_more": true,
+                        "resync_required": true,
+                    })
+                    .to_string()
+                });
         }
         let mut ops: HashMap<usize, TableOps> = HashMap::new();
         let (mut upserts, mut deletes) = (0usize, 0usize);
@@ -111,6 +116,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
             let refs: Vec<&changes::Group> = nothing.iter().collect();
             changes::purge(db, &loaded, &refs, &[])?;
         }
+        let mut members = crate::sync::streams::Holds::new(db)?;
         for (j, (ti, key, i)) in order.iter().enumerate() {
             let rc = &page.changes[*i];
             let t = &loaded.tables[*ti];
@@ -134,26 +140,60 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                         max_seen = max_seen.max(*m);
                     }
                     adopt_row(o, key, Some((&vals, ver)), overlay, true)?;
+                    for sub in rc.subs.iter().flatten() {
+                        members.add(i64::from(*sub), t.name(), &key.canonical())?;
+                    }
                     upserts += 1;
                 }
                 PullOp::Delete => {
+                    members.remove(t.name(), &key.canonical(), None)?;
                     adopt_row::<Value>(o, key, None, overlay, true)?;
                     deletes += 1;
+                }
+                PullOp::Leave => {
+                    // The row left these subscriptions: it goes when no
+                    // other holds it and it has no pending writes.
+                    let c = key.canonical();
+                    for sub in rc.subs.iter().flatten() {
+                        members.remove(t.name(), &c, Some(i64::from(*sub)))?;
+                    }
+                    if overlay.is_none() && !members.held(t.name(), &c)? {
+                        adopt_row::<Value>(o, key, None, None, true)?;
+                        deletes += 1;
+                    }
                 }
             }
         }
         drop(ops);
+        drop(members);
+        // Streams: key lists and download progress.
+        let mut cursor_text = page.cursor.0.to_string();
+        let mut asked = false;
+        if !page.members.is_empty() {
+            let mut c = sync_core::cursor::Cursor::decode(&cursor_text)
+                .map_err(|e| Error::input(format!("the page's cursor: {e}")))?;
+            let (removed, a) =
+                crate::sync::streams::apply_members(db, &loaded, &page.members, &mut c)?;
+            deletes += removed;
+            asked = a;
+            if asked {
+                cursor_text = c.encode();
+            }
+        }
+        crate::sync::streams::apply_progress(db, &page.progress)?;
         if max_seen != Hlc::ZERO {
             st.observe(db, max_seen)?;
             st.save_clock(db)?;
         }
-        meta_set(db, "cursor", &Value::Text(page.cursor.0.to_string()))?;
+        let cursor_text = crate::sync::streams::reconcile(db, &cursor_text)?;
+        meta_set(db, "cursor", &Value::Text(cursor_text.clone()))?;
         meta_set(db, "last_pull", &Value::Text(now_iso()))?;
+        // A subscription asked for rows it lacks: pull again now.
         Ok(json!({
             "upserts": upserts,
             "deletes": deletes,
-            "cursor": page.cursor.0,
-            "has_more": page.has_more,
+            "cursor": cursor_text,
+            "has_more": page.has_more || asked,
         })
         .to_string())
     })?;

@@ -46,6 +46,7 @@ pub fn sync_status(st: &ConnState, db: Db) -> Result<String> {
         "errors": errors,
         "conflicts": open_conflicts,
         "push": crate::sync::progress::status(db, queued)?,
+        "streams": crate::sync::streams::status(db)?,
     })
     .to_string())
 }

@@ -7,7 +7,14 @@ use crate::error::{or_raise, PgSyncError, Result};
 use sync_core::cursor::{Cursor, Pos, TablePos};
 use sync_core::wire::MAX_CLIENT_ID_BYTES;
 
-use crate::spi_util::{ident, one_cached, rows_cached, rows_ro_args, Args, TextRow};
+use crate::spi_util::{rows_cached, rows_ro_args};
+
+mod plan;
+mod subs;
+
+pub use subs::register_gucs as register_stream_gucs;
+
+use plan::{plan_table, stream_nonempty, Live, PageBytes, Positions, Segment};
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
@@ -161,9 +168,6 @@ struct Snapshot {
     in_recovery: bool,
 }
 
-/// A statement with its values, yielding a JSON array of changes as text.
-type Segment = (String, Args);
-
 /// Everything `sync_pull` computed before building the page.
 struct Page {
     version: i64,
@@ -173,6 +177,10 @@ struct Page {
     resync: bool,
     /// Statements each yielding a JSON array of changes as text.
     segments: Vec<Segment>,
+    /// Subscriptions' full key lists, each a JSON object as text.
+    members: Vec<String>,
+    /// Subscriptions' download progress, each a JSON object as text.
+    progress: Vec<String>,
 }
 
 /// `pg_sync.max_page_size`: the byte budget of a pull page, in kB.
@@ -192,38 +200,6 @@ the budget still syncs, alone.",
         pgrx::GucContext::Userset,
         pgrx::GucFlags::UNIT_KB,
     );
-}
-
-/// The byte budget of a page being planned.
-struct PageBytes {
-    left: u64,
-    taken: usize,
-}
-
-impl PageBytes {
-    fn new(kb: i32) -> PageBytes {
-        PageBytes {
-            left: u64::from(kb.max(1).unsigned_abs()) * 1024,
-            taken: 0,
-        }
-    }
-
-    /// Takes a change of `n` bytes into the page, unless the page already
-    /// has a change and `n` would take it past the budget.
-    fn take(&mut self, n: u64) -> bool {
-        if self.taken > 0 && n > self.left {
-            self.left = 0;
-            return false;
-        }
-        self.left = self.left.saturating_sub(n);
-        self.taken += 1;
-        true
-    }
-
-    /// Whether the page has a change and no bytes left.
-    fn full(&self) -> bool {
-        self.taken > 0 && self.left == 0
-    }
 }
 
 fn pull(
@@ -274,18 +250,34 @@ fn pull(
                     has_more: false,
                     resync_required: false,
                     behind: true,
+                    members: None,
+                    progress: None,
                 },
                 std::iter::empty(),
             );
             return text_datum(page, as_jsonb);
         }
     }
+    let streams = crate::streams::load(tables.as_slice())?;
     let send_schema = cursor.is_none() || cur.s != version || other_history;
     let schema = if send_schema {
-        Some(serde_json::to_string(&catalog::schema(tables.as_slice())?).unwrap_or_default())
+        let defs = streams.iter().map(|s| s.def.clone()).collect();
+        Some(serde_json::to_string(&catalog::schema(tables.as_slice(), defs)?).unwrap_or_default())
     } else {
         None
     };
+    // Subscriptions are the device's input: checked before anything is read.
+    let sub_params = check_subs(&cur, &streams)?;
+    let streamed: std::collections::HashSet<u32> =
+        streams.iter().map(|s| u32::from(s.relid)).collect();
+    // A table that starts or stops being reached through streams changes
+    // what the device must hold of it: the device starts over.
+    let switched = tables.iter().any(|t| {
+        cur.t.get(&t.name).is_some_and(|p| {
+            let was = p.m.or((p.r != Pos::Start).then_some(false));
+            was.is_some_and(|m| m != streamed.contains(&u32::from(t.relid)))
+        })
+    });
 
     // Read through to_jsonb so a catalog not yet updated (no epoch column)
     // still serves pulls between installing new binaries and ALTER EXTENSION.
@@ -303,6 +295,7 @@ fn pull(
     let stale_epoch = cur.e.is_some_and(|e| e != epoch);
     if cursor.is_some()
         && (other_history
+            || switched
             || stale_epoch
             || cur.oldest_tombstone_xid().is_some_and(|x| x < compacted))
     {
@@ -314,12 +307,29 @@ fn pull(
                 has_more: false,
                 resync: true,
                 segments: Vec::new(),
+                members: Vec::new(),
+                progress: Vec::new(),
             },
             as_jsonb,
         );
     }
 
     let mut segments = Vec::new();
+    let mut members: Vec<String> = Vec::new();
+    let mut progress: Vec<String> = Vec::new();
+    let now = now_secs();
+    // Subscriptions to streams that no longer exist end: the device drops
+    // their rows.
+    let mut ended = Vec::new();
+    for (k, p) in sub_params.iter().enumerate() {
+        if p.is_none() {
+            ended.push(cur.q[k].i);
+            members
+                .push(serde_json::json!({"sub": cur.q[k].i, "table": "", "keys": []}).to_string());
+        }
+    }
+    let sub_params: Vec<Vec<Option<String>>> = sub_params.into_iter().flatten().collect();
+    cur.q.retain(|s| !ended.contains(&s.i));
     let mut emitted = 0usize;
     let mut has_more = false;
     let budget_total = max_changes as usize;
@@ -347,6 +357,64 @@ fn pull(
         }
         pos.n = Some(t.enabled);
         let mark = marks.as_ref().map(|m| m.get(&u32::from(t.relid)).copied());
+        if streamed.contains(&u32::from(t.relid)) {
+            // Reached through streams: the table sends its tombstones, each
+            // subscription its rows.
+            pos.m = Some(true);
+            let clean = matches!((&pos.d, mark.flatten()), (Pos::Below([x]), Some(m)) if m < *x);
+            if clean {
+                if let Pos::Below([x]) = pos.d {
+                    pos.d = Pos::Below([x.max(h)]);
+                }
+            } else if emitted >= budget_total || bytes.full() {
+                has_more = true;
+            } else {
+                let (n, more, segment) = plan_table(
+                    t,
+                    Positions {
+                        r: None,
+                        d: Some(&mut pos.d),
+                    },
+                    h,
+                    budget_total - emitted,
+                    &mut bytes,
+                    &Live::Whole,
+                )?;
+                emitted += n;
+                has_more |= more;
+                segments.extend(segment);
+            }
+            for (sub, params) in cur.q.iter_mut().zip(&sub_params) {
+                let Some(stream) = streams.iter().find(|s| s.name == sub.s) else {
+                    continue;
+                };
+                if stream.relid != t.relid {
+                    continue;
+                }
+                if emitted >= budget_total || bytes.full() {
+                    has_more = true;
+                    continue;
+                }
+                let out = subs::plan_sub(
+                    t,
+                    stream,
+                    sub,
+                    params,
+                    h,
+                    budget_total - emitted,
+                    &mut bytes,
+                    marks.as_ref(),
+                    now,
+                )?;
+                emitted += out.n;
+                has_more |= out.more;
+                segments.extend(out.segments);
+                members.extend(out.members);
+                progress.extend(out.progress);
+            }
+            continue;
+        }
+        pos.m = Some(false);
         if skip_unwritten(pos, mark, h) {
             continue;
         }
@@ -355,7 +423,17 @@ fn pull(
             continue;
         }
         let budget = budget_total - emitted;
-        let (n, more, segment) = plan_table(t, pos, h, budget, &mut bytes)?;
+        let (n, more, segment) = plan_table(
+            t,
+            Positions {
+                r: Some(&mut pos.r),
+                d: Some(&mut pos.d),
+            },
+            h,
+            budget,
+            &mut bytes,
+            &Live::Whole,
+        )?;
         emitted += n;
         has_more |= more;
         segments.extend(segment);
@@ -381,6 +459,8 @@ fn pull(
             has_more,
             resync: false,
             segments,
+            members,
+            progress,
         },
         as_jsonb,
     )
@@ -463,6 +543,54 @@ fn skip_unwritten(pos: &mut TablePos, mark: Option<Option<u64>>, h: u64) -> bool
     }
 }
 
+/// Seconds since the Unix epoch.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Checks the cursor's subscriptions (the device's input): their number,
+/// unique ids, the size of their wanted lists, and each one's parameters
+/// against its stream. Returns each one's parameter texts, or `None` for a
+/// subscription whose stream no longer exists.
+fn check_subs(
+    cur: &Cursor,
+    streams: &[crate::streams::Stream],
+) -> Result<Vec<Option<Vec<Option<String>>>>> {
+    use sync_core::streams::{param_texts, MAX_SUBSCRIPTIONS, MAX_WANTED};
+    if cur.q.len() > MAX_SUBSCRIPTIONS {
+        return Err(PgSyncError::BadArgument(format!(
+            "the cursor holds {} subscriptions, more than {MAX_SUBSCRIPTIONS}",
+            cur.q.len()
+        )));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(cur.q.len());
+    for sub in &cur.q {
+        if !ids.insert(sub.i) {
+            return Err(PgSyncError::BadArgument(format!(
+                "the cursor holds subscription {} twice",
+                sub.i
+            )));
+        }
+        if sub.w.len() > MAX_WANTED {
+            return Err(PgSyncError::BadArgument(format!(
+                "subscription {} asks for {} rows, more than {MAX_WANTED}",
+                sub.i,
+                sub.w.len()
+            )));
+        }
+        match streams.iter().find(|s| s.name == sub.s) {
+            Some(s) => out.push(Some(
+                param_texts(&s.def, &sub.p).map_err(|e| PgSyncError::BadArgument(e.to_string()))?,
+            )),
+            None => out.push(None),
+        }
+    }
+    Ok(out)
+}
+
 /// Builds the page as JSON text: each segment statement renders its rows
 /// with `json_build_object`/`json_agg` (the same work as `to_json` of the
 /// rows), and the shared page writer splices the arrays, never parsed.
@@ -483,6 +611,8 @@ fn page_text(p: &Page) -> Result<String> {
             .and_then(|x| x.strip_suffix(']'))
             .unwrap_or("")
     });
+    let members = format!("[{}]", p.members.join(", "));
+    let progress = format!("[{}]", p.progress.join(", "));
     Ok(sync_core::wire::page::write_page(
         &sync_core::wire::page::PageHead {
             schema_version: p.version,
@@ -491,6 +621,8 @@ fn page_text(p: &Page) -> Result<String> {
             has_more: p.has_more,
             resync_required: p.resync,
             behind: false,
+            members: (!p.members.is_empty()).then_some(members.as_str()),
+            progress: (!p.progress.is_empty()).then_some(progress.as_str()),
         },
         inner,
     ))
@@ -514,295 +646,6 @@ fn text_datum(text: String, as_jsonb: bool) -> Result<pg_sys::Datum> {
             Ok(pg_sys::Datum::from(pg_sys::cstring_to_text(c.as_ptr())))
         }
     }
-}
-
-/// A condition selecting a stream's entries strictly after `pos`
-/// (`op` = ">") or up to and including it (`op` = "<="); the xid and the
-/// key travel as parameters.
-fn pos_cond(
-    pos: &Pos,
-    op: &str,
-    xid_expr: &str,
-    key_tuple: &str,
-    key_of: &dyn Fn(&str) -> String,
-    args: &mut Args,
-) -> String {
-    match (pos, op) {
-        (Pos::Start, _) => "true".into(),
-        (Pos::Below([x]), ">") => format!("{xid_expr} >= {}::pg_catalog.xid8", args.push(x)),
-        (Pos::Below([x]), _) => format!("{xid_expr} < {}::pg_catalog.xid8", args.push(x)),
-        (Pos::After(x, key), _) => {
-            let k = match key {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let x = args.push(x);
-            let k = args.push(k);
-            format!(
-                "({xid_expr}, {key_tuple}) {op} ({x}::pg_catalog.xid8, {})",
-                key_of(&k)
-            )
-        }
-    }
-}
-
-fn key_cols(t: &TableInfo) -> String {
-    let cols: Vec<String> = t.pk.iter().map(|k| format!("t.{}", ident(k))).collect();
-    cols.join(", ")
-}
-
-/// Live rows of `t` after (`op` ">") or up to (`op` "<=") `pos`.
-fn rows_cond(t: &TableInfo, pos: &Pos, op: &str, args: &mut Args) -> String {
-    pos_cond(
-        pos,
-        op,
-        "t._sync_xid",
-        &format!("({})", key_cols(t)),
-        &|p| t.pk_from_json_param(&format!("{p}::pg_catalog.jsonb")),
-        args,
-    )
-}
-
-/// Tombstones after (`op` ">") or up to (`op` "<=") `pos`.
-fn tombs_cond(pos: &Pos, op: &str, args: &mut Args) -> String {
-    pos_cond(pos, op, "d.xid", "d.pk", &|p| p.to_string(), args)
-}
-
-/// Keys of the live rows after `pos`, below the horizon, in stream order.
-/// Keys of the rows after `pos`, in stream order, each with the estimated
-/// bytes of its page entry (see [`row_bytes`]).
-fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
-    let mut args = Args::default();
-    let sql = format!(
-        "SELECT t._sync_xid::text, {pk}::text, ({bytes})::text FROM {tbl} t \
-         WHERE {cond} AND t._sync_xid < {h}::pg_catalog.xid8 ORDER BY t._sync_xid, {keys} LIMIT {limit}",
-        pk = t.pk_expr("t"),
-        bytes = row_bytes(t),
-        tbl = t.qualified,
-        cond = rows_cond(t, pos, ">", &mut args),
-        h = args.push(h),
-        keys = key_cols(t),
-    );
-    rows_ro_args(&sql, &args)
-}
-
-/// An estimate of the bytes a row takes in a page, read without detoasting
-/// anything: `octet_length` of a text or bytea value is its uncompressed
-/// size, taken from its TOAST header; other values count their stored size.
-/// Per column, 40 bytes for its name, quotes and version.
-fn row_bytes(t: &TableInfo) -> String {
-    let parts: Vec<String> = t
-        .columns
-        .iter()
-        .map(|c| {
-            let col = format!("t.{}", crate::spi_util::ident(&c.name));
-            match c.ty {
-                sync_core::schema::ColumnType::Text => {
-                    format!("coalesce(pg_catalog.octet_length({col}::pg_catalog.text), 0)")
-                }
-                // Hex on the wire: two characters a byte.
-                sync_core::schema::ColumnType::Blob => {
-                    format!("coalesce(2 OPERATOR(pg_catalog.*) pg_catalog.octet_length({col}), 0)")
-                }
-                _ => format!("coalesce(pg_catalog.pg_column_size({col}), 0)"),
-            }
-        })
-        .collect();
-    format!(
-        "({}::pg_catalog.int8 OPERATOR(pg_catalog.+) {})",
-        40 * t.columns.len() + 60,
-        parts.join(" OPERATOR(pg_catalog.+) ")
-    )
-}
-
-/// The estimated page bytes of a key row of [`rows_keys`] or [`tombs_keys`].
-fn bytes_of(r: &TextRow) -> u64 {
-    match r.get(2).and_then(|v| v.as_deref()) {
-        Some(v) => v.parse().unwrap_or(0),
-        // A tombstone: its key and the entry around it.
-        None => 60 + r.get(1).and_then(|v| v.as_deref()).map_or(0, str::len) as u64,
-    }
-}
-
-/// The filter every sent tombstone passes. A tombstone whose key exists
-/// again is skipped: xids are taken at a transaction's first write, not at
-/// commit, so a re-insert can carry a lower xid than the delete it
-/// followed; the live row's own state is what the client must end with.
-/// Under row-level security, the policy on `pg_sync.tombstones` shows the
-/// caller only tombstones of rows its own policies would have let it see.
-fn tomb_filter(t: &TableInfo, h: u64, args: &mut Args) -> String {
-    format!(
-        "d.relid = {relid}::pg_catalog.oid AND d.xid < {h}::pg_catalog.xid8 \
-         AND NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {live} = {key})",
-        relid = args.push(u32::from(t.relid)),
-        h = args.push(h),
-        tbl = t.qualified,
-        live = t.pk_tuple("t"),
-        key = t.pk_from_json_param("d.pk"),
-    )
-}
-
-/// Keys of the tombstones after `pos`, in stream order.
-fn tombs_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
-    let mut args = Args::default();
-    let sql = format!(
-        "SELECT d.xid::text, d.pk FROM pg_sync.tombstones d WHERE {cond} AND {filter} \
-         ORDER BY d.xid, d.pk LIMIT {limit}",
-        cond = tombs_cond(pos, ">", &mut args),
-        filter = tomb_filter(t, h, &mut args),
-    );
-    rows_ro_args(&sql, &args)
-}
-
-fn stream_nonempty(t: &TableInfo, pos: &TablePos, h: u64) -> Result<bool> {
-    Ok(!rows_keys(t, &pos.r, h, 1)?.is_empty() || !tombs_keys(t, &pos.d, h, 1)?.is_empty())
-}
-
-fn xid_of(r: &TextRow) -> u64 {
-    r[0].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-/// Decides which changes of one table go into this page (up to `budget`,
-/// live rows and tombstones merged in xid order, a tombstone before a row of
-/// the same xid), advances the table's positions, and returns the number of
-/// changes, whether more are ready, and the statements producing the
-/// table's changes (each one JSON array as text).
-fn plan_table(
-    t: &TableInfo,
-    pos: &mut TablePos,
-    h: u64,
-    budget: usize,
-    bytes: &mut PageBytes,
-) -> Result<(usize, bool, Vec<Segment>)> {
-    let live = rows_keys(t, &pos.r, h, budget + 1)?;
-    let tombs = tombs_keys(t, &pos.d, h, budget + 1)?;
-    let (mut i, mut j) = (0usize, 0usize);
-    while i + j < budget && (i < live.len() || j < tombs.len()) {
-        let take_tomb = match (live.get(i), tombs.get(j)) {
-            (Some(r), Some(d)) => xid_of(d) <= xid_of(r),
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        let next = if take_tomb { &tombs[j] } else { &live[i] };
-        if !bytes.take(bytes_of(next)) {
-            break;
-        }
-        if take_tomb {
-            j += 1;
-        } else {
-            i += 1;
-        }
-    }
-    let start = pos.clone();
-    if i > 0 {
-        let last = &live[i - 1];
-        pos.r = Pos::After(
-            xid_of(last),
-            serde_json::from_str(last[1].as_deref().unwrap_or("{}")).unwrap_or_default(),
-        );
-    }
-    if j > 0 {
-        let last = &tombs[j - 1];
-        pos.d = Pos::After(
-            xid_of(last),
-            serde_json::Value::String(last[1].clone().unwrap_or_default()),
-        );
-    }
-    let live_done = i == live.len() && live.len() <= budget;
-    let tombs_done = j == tombs.len() && tombs.len() <= budget;
-
-    let mut segments = Vec::new();
-    // Tombstones in a page are for keys that do not exist now, rows for keys
-    // that do: the two lists never share a key, so their relative order does
-    // not matter and each keeps its index order.
-    //
-    // Each list is rendered as the first `i` (or `j`) entries after the
-    // start, in index order: an ordered index scan that stops there, with
-    // no sort (a range with both ends was planned as a bitmap scan and a
-    // sort, whose comparisons under the database's collation cost as much
-    // as the rendering). The entries are those just counted, unless one was
-    // rewritten meanwhile: it left the horizon and comes later with its new
-    // xid, and the entry after the planned end comes now and again on the
-    // next page (a repeat, never a gap).
-    if j > 0 {
-        let mut args = Args::default();
-        let name = format!("{}::pg_catalog.text", args.push(&t.name));
-        let sql = format!(
-            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT pg_catalog.json_build_object('table', {name}, 'op', 'delete', \
-             'pk', d.pk::json) AS c FROM pg_sync.tombstones d WHERE {after} AND {filter} \
-             ORDER BY d.xid, d.pk LIMIT {j}) s",
-            after = tombs_cond(&start.d, ">", &mut args),
-            filter = tomb_filter(t, h, &mut args),
-        );
-        segments.push((sql, args));
-    }
-    if i > 0 {
-        // Between installing new binaries and ALTER EXTENSION UPDATE, the
-        // catalog lacks the renderer: the expression it replaced stands in.
-        let ver = if has_ver_json()? {
-            let attnums: Vec<String> = t.columns.iter().map(|c| c.attnum.to_string()).collect();
-            format!(
-                "pg_sync._ver_json(t._sync_ver, '{{{}}}'::pg_catalog.int2[])",
-                attnums.join(",")
-            )
-        } else {
-            let hex: Vec<String> = t
-                .columns
-                .iter()
-                .map(|c| {
-                    format!(
-                        "pg_catalog.lpad(pg_catalog.to_hex(coalesce(t._sync_ver[{}], 0)), 16, '0')",
-                        c.attnum
-                    )
-                })
-                .collect();
-            format!(
-                "pg_catalog.to_json(ARRAY[{}]::pg_catalog.text[])",
-                hex.join(", ")
-            )
-        };
-        let mut args = Args::default();
-        let name = format!("{}::pg_catalog.text", args.push(&t.name));
-        let sql = format!(
-            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT pg_catalog.json_build_object('table', {name}, 'op', 'upsert', \
-             'pk', {pk}, 'row', {row}, 'ver', {ver}) AS c \
-             FROM {tbl} t WHERE {after} AND t._sync_xid < {h}::pg_catalog.xid8 \
-             ORDER BY t._sync_xid, {keys} LIMIT {i}) s",
-            pk = t.pk_expr("t"),
-            row = t.row_expr("t"),
-            ver = ver,
-            tbl = t.qualified,
-            after = rows_cond(t, &start.r, ">", &mut args),
-            h = args.push(h),
-            keys = key_cols(t),
-        );
-        segments.push((sql, args));
-    }
-    if live_done {
-        pos.r = Pos::Below([h]);
-    }
-    if tombs_done {
-        pos.d = Pos::Below([h]);
-    }
-    Ok((i + j, !(live_done && tombs_done), segments))
-}
-
-/// Whether the catalog has `pg_sync._ver_json` (0.4.0 and later); once
-/// seen, it stays (the catalog is not downgraded under a backend).
-fn has_ver_json() -> Result<bool> {
-    thread_local! {
-        static SEEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    if SEEN.with(|s| s.get()) {
-        return Ok(true);
-    }
-    let found = one_cached(
-        "SELECT (pg_catalog.to_regprocedure('pg_sync._ver_json(bigint[],smallint[])') IS NOT NULL)::pg_catalog.text",
-        &[],
-    )?;
-    let yes = found.as_deref() == Some("true");
-    SEEN.with(|s| s.set(yes));
-    Ok(yes)
 }
 
 /// Parses a Postgres int8[] text form (`{1,2,NULL}`); NULL reads as 0.

@@ -1,0 +1,425 @@
+//! Planning one table's part of a pull page: which changes fit (by count
+//! and by bytes), the statements that render them, and the positions that
+//! follow. Used for tables synced whole and, with a filter, for streams.
+
+use crate::catalog::TableInfo;
+use crate::error::Result;
+use crate::spi_util::{ident, one_cached, rows_ro_args, Args, TextRow};
+use sync_core::cursor::{Pos, TablePos};
+
+/// A statement with its values, yielding a JSON array of changes as text.
+pub type Segment = (String, Args);
+
+/// The byte budget of a page being planned.
+pub struct PageBytes {
+    left: u64,
+    taken: usize,
+}
+
+impl PageBytes {
+    pub fn new(kb: i32) -> PageBytes {
+        PageBytes {
+            left: u64::from(kb.max(1).unsigned_abs()) * 1024,
+            taken: 0,
+        }
+    }
+
+    /// Takes a change of `n` bytes into the page, unless the page already
+    /// has a change and `n` would take it past the budget.
+    pub fn take(&mut self, n: u64) -> bool {
+        if self.taken > 0 && n > self.left {
+            self.left = 0;
+            return false;
+        }
+        self.left = self.left.saturating_sub(n);
+        self.taken += 1;
+        true
+    }
+
+    /// Whether the page has a change and no bytes left.
+    pub fn full(&self) -> bool {
+        self.taken > 0 && self.left == 0
+    }
+}
+
+/// A condition selecting a stream's entries strictly after `pos`
+/// (`op` = ">") or up to and including it (`op` = "<="); the xid and the
+/// key travel as parameters.
+pub fn pos_cond(
+    pos: &Pos,
+    op: &str,
+    xid_expr: &str,
+    key_tuple: &str,
+    key_of: &dyn Fn(&str) -> String,
+    args: &mut Args,
+) -> String {
+    match (pos, op) {
+        (Pos::Start, _) => "true".into(),
+        (Pos::Below([x]), ">") => format!("{xid_expr} >= {}::pg_catalog.xid8", args.push(x)),
+        (Pos::Below([x]), _) => format!("{xid_expr} < {}::pg_catalog.xid8", args.push(x)),
+        (Pos::After(x, key), _) => {
+            let k = match key {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let x = args.push(x);
+            let k = args.push(k);
+            format!(
+                "({xid_expr}, {key_tuple}) {op} ({x}::pg_catalog.xid8, {})",
+                key_of(&k)
+            )
+        }
+    }
+}
+
+pub fn key_cols(t: &TableInfo) -> String {
+    let cols: Vec<String> = t.pk.iter().map(|k| format!("t.{}", ident(k))).collect();
+    cols.join(", ")
+}
+
+/// Live rows of `t` after (`op` ">") or up to (`op` "<=") `pos`.
+pub fn rows_cond(t: &TableInfo, pos: &Pos, op: &str, args: &mut Args) -> String {
+    pos_cond(
+        pos,
+        op,
+        "t._sync_xid",
+        &format!("({})", key_cols(t)),
+        &|p| t.pk_from_json_param(&format!("{p}::pg_catalog.jsonb")),
+        args,
+    )
+}
+
+/// Tombstones after (`op` ">") or up to (`op` "<=") `pos`.
+pub fn tombs_cond(pos: &Pos, op: &str, args: &mut Args) -> String {
+    pos_cond(pos, op, "d.xid", "d.pk", &|p| p.to_string(), args)
+}
+
+/// Keys of the live rows after `pos`, below the horizon, in stream order.
+/// Keys of the rows after `pos`, in stream order, each with the estimated
+/// bytes of its page entry (see [`row_bytes`]).
+pub fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
+    let mut args = Args::default();
+    let sql = format!(
+        "SELECT t._sync_xid::text, {pk}::text, ({bytes})::text FROM {tbl} t \
+         WHERE {cond} AND t._sync_xid < {h}::pg_catalog.xid8 ORDER BY t._sync_xid, {keys} LIMIT {limit}",
+        pk = t.pk_expr("t"),
+        bytes = row_bytes(t),
+        tbl = t.qualified,
+        cond = rows_cond(t, pos, ">", &mut args),
+        h = args.push(h),
+        keys = key_cols(t),
+    );
+    rows_ro_args(&sql, &args)
+}
+
+/// An estimate of the bytes a row takes in a page, read without detoasting
+/// anything: `octet_length` of a text or bytea value is its uncompressed
+/// size, taken from its TOAST header; other values count their stored size.
+/// Per column, 40 bytes for its name, quotes and version.
+pub fn row_bytes(t: &TableInfo) -> String {
+    let parts: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| {
+            let col = format!("t.{}", crate::spi_util::ident(&c.name));
+            match c.ty {
+                sync_core::schema::ColumnType::Text => {
+                    format!("coalesce(pg_catalog.octet_length({col}::pg_catalog.text), 0)")
+                }
+                // Hex on the wire: two characters a byte.
+                sync_core::schema::ColumnType::Blob => {
+                    format!("coalesce(2 OPERATOR(pg_catalog.*) pg_catalog.octet_length({col}), 0)")
+                }
+                _ => format!("coalesce(pg_catalog.pg_column_size({col}), 0)"),
+            }
+        })
+        .collect();
+    format!(
+        "({}::pg_catalog.int8 OPERATOR(pg_catalog.+) {})",
+        40 * t.columns.len() + 60,
+        parts.join(" OPERATOR(pg_catalog.+) ")
+    )
+}
+
+/// The estimated page bytes of a key row of [`rows_keys`] or [`tombs_keys`].
+pub fn bytes_of(r: &TextRow) -> u64 {
+    match r.get(2).and_then(|v| v.as_deref()) {
+        Some(v) => v.parse().unwrap_or(0),
+        // A tombstone: its key and the entry around it.
+        None => 60 + r.get(1).and_then(|v| v.as_deref()).map_or(0, str::len) as u64,
+    }
+}
+
+/// The filter every sent tombstone passes. A tombstone whose key exists
+/// again is skipped: xids are taken at a transaction's first write, not at
+/// commit, so a re-insert can carry a lower xid than the delete it
+/// followed; the live row's own state is what the client must end with.
+/// Under row-level security, the policy on `pg_sync.tombstones` shows the
+/// caller only tombstones of rows its own policies would have let it see.
+pub fn tomb_filter(t: &TableInfo, h: u64, args: &mut Args) -> String {
+    format!(
+        "d.relid = {relid}::pg_catalog.oid AND d.xid < {h}::pg_catalog.xid8 \
+         AND NOT EXISTS (SELECT 1 FROM {tbl} t WHERE {live} = {key})",
+        relid = args.push(u32::from(t.relid)),
+        h = args.push(h),
+        tbl = t.qualified,
+        live = t.pk_tuple("t"),
+        key = t.pk_from_json_param("d.pk"),
+    )
+}
+
+/// Keys of the tombstones after `pos`, in stream order.
+pub fn tombs_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
+    let mut args = Args::default();
+    let sql = format!(
+        "SELECT d.xid::text, d.pk FROM pg_sync.tombstones d WHERE {cond} AND {filter} \
+         ORDER BY d.xid, d.pk LIMIT {limit}",
+        cond = tombs_cond(pos, ">", &mut args),
+        filter = tomb_filter(t, h, &mut args),
+    );
+    rows_ro_args(&sql, &args)
+}
+
+pub fn stream_nonempty(t: &TableInfo, pos: &TablePos, h: u64) -> Result<bool> {
+    Ok(!rows_keys(t, &pos.r, h, 1)?.is_empty() || !tombs_keys(t, &pos.d, h, 1)?.is_empty())
+}
+
+pub fn xid_of(r: &TextRow) -> u64 {
+    r[0].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// What a table's live rows become in a page.
+pub enum Live<'a> {
+    /// Every changed row, as an upsert (a table synced whole).
+    Whole,
+    /// A subscription's view of the changed rows: an upsert (with `subs`)
+    /// when the row matches the stream's filter, a leave when it does not.
+    Filter(&'a Filter<'a>),
+}
+
+/// A subscription's filter and its parameter values.
+pub struct Filter<'a> {
+    /// Subscription id.
+    pub sub: u32,
+    /// The stream's filter with typed parameters `$1..$n`.
+    pub sql: &'a str,
+    /// The parameter values as text (NULL as `None`), in order.
+    pub params: &'a [Option<String>],
+}
+
+impl Filter<'_> {
+    /// New arguments holding the filter's parameters as `$1..$n`.
+    pub fn args(&self) -> Args {
+        let mut a = Args::default();
+        for p in self.params {
+            a.push_opt(p.as_deref());
+        }
+        a
+    }
+}
+
+/// The positions a plan advances: live rows and tombstones (either may be
+/// absent: a stream's rows have no tombstones of their own, and a table
+/// reached through streams sends only its tombstones itself).
+pub struct Positions<'a> {
+    /// Live rows.
+    pub r: Option<&'a mut Pos>,
+    /// Tombstones.
+    pub d: Option<&'a mut Pos>,
+}
+
+/// Decides which changes of one table go into this page (up to `budget`,
+/// live rows and tombstones merged in xid order, a tombstone before a row of
+/// the same xid), advances the positions, and returns the number of
+/// changes, whether more are ready, and the statements producing the
+/// table's changes (each one JSON array as text).
+pub fn plan_table(
+    t: &TableInfo,
+    pos: Positions<'_>,
+    h: u64,
+    budget: usize,
+    bytes: &mut PageBytes,
+    mode: &Live<'_>,
+) -> Result<(usize, bool, Vec<Segment>)> {
+    let Positions {
+        r: mut pos_r,
+        d: mut pos_d,
+    } = pos;
+    let live = match pos_r.as_deref() {
+        Some(p) => rows_keys(t, p, h, budget + 1)?,
+        None => Vec::new(),
+    };
+    let tombs = match pos_d.as_deref() {
+        Some(p) => tombs_keys(t, p, h, budget + 1)?,
+        None => Vec::new(),
+    };
+    let (mut i, mut j) = (0usize, 0usize);
+    while i + j < budget && (i < live.len() || j < tombs.len()) {
+        let take_tomb = match (live.get(i), tombs.get(j)) {
+            (Some(r), Some(d)) => xid_of(d) <= xid_of(r),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let next = if take_tomb { &tombs[j] } else { &live[i] };
+        if !bytes.take(bytes_of(next)) {
+            break;
+        }
+        if take_tomb {
+            j += 1;
+        } else {
+            i += 1;
+        }
+    }
+    let start_r = pos_r.as_deref().cloned().unwrap_or_default();
+    let start_d = pos_d.as_deref().cloned().unwrap_or_default();
+    if let (true, Some(p)) = (i > 0, pos_r.as_deref_mut()) {
+        let last = &live[i - 1];
+        *p = Pos::After(
+            xid_of(last),
+            serde_json::from_str(last[1].as_deref().unwrap_or("{}")).unwrap_or_default(),
+        );
+    }
+    if let (true, Some(p)) = (j > 0, pos_d.as_deref_mut()) {
+        let last = &tombs[j - 1];
+        *p = Pos::After(
+            xid_of(last),
+            serde_json::Value::String(last[1].clone().unwrap_or_default()),
+        );
+    }
+    let live_done = i == live.len() && live.len() <= budget;
+    let tombs_done = j == tombs.len() && tombs.len() <= budget;
+
+    let mut segments = Vec::new();
+    // Tombstones in a page are for keys that do not exist now, rows for keys
+    // that do: the two lists never share a key, so their relative order does
+    // not matter and each keeps its index order.
+    //
+    // Each list is rendered as the first `i` (or `j`) entries after the
+    // start, in index order: an ordered index scan that stops there, with
+    // no sort (a range with both ends was planned as a bitmap scan and a
+    // sort, whose comparisons under the database's collation cost as much
+    // as the rendering). The entries are those just counted, unless one was
+    // rewritten meanwhile: it left the horizon and comes later with its new
+    // xid, and the entry after the planned end comes now and again on the
+    // next page (a repeat, never a gap).
+    if j > 0 {
+        let mut args = Args::default();
+        let name = format!("{}::pg_catalog.text", args.push(&t.name));
+        let sql = format!(
+            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT pg_catalog.json_build_object('table', {name}, 'op', 'delete', \
+             'pk', d.pk::json) AS c FROM pg_sync.tombstones d WHERE {after} AND {filter} \
+             ORDER BY d.xid, d.pk LIMIT {j}) s",
+            after = tombs_cond(&start_d, ">", &mut args),
+            filter = tomb_filter(t, h, &mut args),
+        );
+        segments.push((sql, args));
+    }
+    if i > 0 {
+        let (mut args, entry) = match mode {
+            Live::Whole => {
+                let mut args = Args::default();
+                let e = upsert_expr(t, &mut args, None)?;
+                (args, e)
+            }
+            Live::Filter(f) => {
+                let mut args = f.args();
+                let e = format!(
+                    "CASE WHEN ({filter}) THEN {upsert} ELSE {leave} END",
+                    filter = f.sql,
+                    upsert = upsert_expr(t, &mut args, Some(f.sub))?,
+                    leave = leave_expr(t, &mut args, f.sub),
+                );
+                (args, e)
+            }
+        };
+        let sql = format!(
+            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c \
+             FROM {tbl} t WHERE {after} AND t._sync_xid < {h}::pg_catalog.xid8 \
+             ORDER BY t._sync_xid, {keys} LIMIT {i}) s",
+            tbl = t.qualified,
+            after = rows_cond(t, &start_r, ">", &mut args),
+            h = args.push(h),
+            keys = key_cols(t),
+        );
+        segments.push((sql, args));
+    }
+    if let (true, Some(p)) = (live_done, pos_r) {
+        *p = Pos::Below([h]);
+    }
+    if let (true, Some(p)) = (tombs_done, pos_d) {
+        *p = Pos::Below([h]);
+    }
+    Ok((i + j, !(live_done && tombs_done), segments))
+}
+
+/// The page entry of an upserted row of `t` (alias `t`), with `subs` when
+/// it is a subscription's.
+pub fn upsert_expr(t: &TableInfo, args: &mut Args, sub: Option<u32>) -> Result<String> {
+    // Between installing new binaries and ALTER EXTENSION UPDATE, the
+    // catalog lacks the renderer: the expression it replaced stands in.
+    let ver = if has_ver_json()? {
+        let attnums: Vec<String> = t.columns.iter().map(|c| c.attnum.to_string()).collect();
+        format!(
+            "pg_sync._ver_json(t._sync_ver, '{{{}}}'::pg_catalog.int2[])",
+            attnums.join(",")
+        )
+    } else {
+        let hex: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "pg_catalog.lpad(pg_catalog.to_hex(coalesce(t._sync_ver[{}], 0)), 16, '0')",
+                    c.attnum
+                )
+            })
+            .collect();
+        format!(
+            "pg_catalog.to_json(ARRAY[{}]::pg_catalog.text[])",
+            hex.join(", ")
+        )
+    };
+    let name = format!("{}::pg_catalog.text", args.push(&t.name));
+    let subs = match sub {
+        Some(s) => format!(", 'subs', pg_catalog.json_build_array({s})"),
+        None => String::new(),
+    };
+    Ok(format!(
+        "pg_catalog.json_build_object('table', {name}, 'op', 'upsert', 'pk', {pk}, 'row', {row}, 'ver', {ver}{subs})",
+        pk = t.pk_expr("t"),
+        row = t.row_expr("t"),
+    ))
+}
+
+/// The page entry of a row of `t` (alias `t`) leaving subscription `sub`.
+pub fn leave_expr(t: &TableInfo, args: &mut Args, sub: u32) -> String {
+    let name = format!("{}::pg_catalog.text", args.push(&t.name));
+    format!(
+        "pg_catalog.json_build_object('table', {name}, 'op', 'leave', 'pk', {pk}, \
+         'subs', pg_catalog.json_build_array({sub}))",
+        pk = t.pk_expr("t"),
+    )
+}
+
+/// The primary key columns of `t` as `t."k1", t."k2"`.
+pub fn key_list(t: &TableInfo) -> String {
+    key_cols(t)
+}
+
+/// Whether the catalog has `pg_sync._ver_json` (0.4.0 and later); once
+/// seen, it stays (the catalog is not downgraded under a backend).
+pub fn has_ver_json() -> Result<bool> {
+    thread_local! {
+        static SEEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if SEEN.with(|s| s.get()) {
+        return Ok(true);
+    }
+    let found = one_cached(
+        "SELECT (pg_catalog.to_regprocedure('pg_sync._ver_json(bigint[],smallint[])') IS NOT NULL)::pg_catalog.text",
+        &[],
+    )?;
+    let yes = found.as_deref() == Some("true");
+    SEEN.with(|s| s.set(yes));
+    Ok(yes)
+}

@@ -1,0 +1,334 @@
+//! Streams end to end: DBA-defined filters, device subscriptions, rows
+//! moving in and out (by their own columns, through a parent, by time),
+//! unsubscribing, writes outside the subscriptions, pending writes kept
+//! through a move-out, progress, hostile parameters, and writers moving
+//! rows while a device pulls.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sync_tests::e2e::Device;
+use sync_tests::{err_text, eventually, TestDb};
+
+fn setup(c: &mut postgres::Client) {
+    c.batch_execute(
+        "CREATE TABLE tasks (id int PRIMARY KEY, project_id int NOT NULL, title text NOT NULL);
+         CREATE TABLE comments (id int PRIMARY KEY, task_id int NOT NULL REFERENCES tasks(id), body text);
+         SELECT sync_enable('tasks'); SELECT sync_enable('comments');
+         INSERT INTO tasks VALUES (1, 1, 'one'), (2, 1, 'two'), (3, 2, 'three');
+         INSERT INTO comments VALUES (1, 1, 'on one'), (2, 3, 'on three');
+         SELECT sync_stream('project_tasks', 'tasks', 'project_id = :project_id');
+         SELECT sync_stream('task_comments', 'comments',
+                            'task_id IN (SELECT id FROM tasks WHERE project_id = :project_id)');",
+    )
+    .unwrap();
+}
+
+fn ids(d: &Device, table: &str) -> BTreeSet<i64> {
+    d.rows(&format!("SELECT id FROM {table}"))
+        .into_iter()
+        .map(|r| r[0].as_i64().unwrap())
+        .collect()
+}
+
+fn set(v: &[i64]) -> BTreeSet<i64> {
+    v.iter().copied().collect()
+}
+
+fn subscribe(d: &Device, project: i64) {
+    for s in ["project_tasks", "task_comments"] {
+        d.db.query_row(
+            "SELECT sync_subscribe(?1, ?2)",
+            [s, &format!("{{\"project_id\": {project}}}")],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap();
+    }
+}
+
+/// Pulls until `check` holds (the horizon may hold changes back briefly).
+fn pull_until(d: &Device, c: &mut postgres::Client, check: impl Fn(&Device) -> bool) {
+    assert!(
+        eventually(30, || {
+            d.pull(c);
+            check(d)
+        }),
+        "tasks {:?} comments {:?}",
+        ids(d, "tasks"),
+        ids(d, "comments")
+    );
+}
+
+#[test]
+fn devices_hold_exactly_their_subscriptions_as_rows_move() {
+    let db = TestDb::new("streams_e2e");
+    let mut c = db.connect();
+    setup(&mut c);
+    let a = Device::new(&mut c, "streams_a");
+    let b = Device::new(&mut c, "streams_b");
+    subscribe(&a, 1);
+    subscribe(&b, 2);
+    pull_until(&a, &mut c, |d| {
+        ids(d, "tasks") == set(&[1, 2]) && ids(d, "comments") == set(&[1])
+    });
+    pull_until(&b, &mut c, |d| {
+        ids(d, "tasks") == set(&[3]) && ids(d, "comments") == set(&[2])
+    });
+    // Progress: both downloads complete, sent = total.
+    let st = a.call("SELECT sync_status()", None);
+    let streams = st["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 2, "{st}");
+    for s in streams {
+        assert_eq!(s["state"], "synced", "{st}");
+        assert_eq!(s["sent"], s["total"], "{st}");
+    }
+    let tasks_sub = streams
+        .iter()
+        .find(|s| s["stream"] == "project_tasks")
+        .unwrap();
+    assert_eq!(tasks_sub["total"], 2);
+
+    // Task 1 moves to project 2: it and its comment move from A to B
+    // (the comment did not change: it moves through its parent).
+    c.batch_execute("UPDATE tasks SET project_id = 2 WHERE id = 1")
+        .unwrap();
+    pull_until(&a, &mut c, |d| {
+        ids(d, "tasks") == set(&[2]) && ids(d, "comments").is_empty()
+    });
+    pull_until(&b, &mut c, |d| {
+        ids(d, "tasks") == set(&[1, 3]) && ids(d, "comments") == set(&[1, 2])
+    });
+
+    // Unsubscribing removes what no other subscription covers; subscribing
+    // again downloads only that stream.
+    let r: String =
+        b.db.query_row(
+            "SELECT sync_unsubscribe('task_comments', '{\"project_id\": 2}')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(r.contains("\"removed_rows\":2"), "{r}");
+    assert!(ids(&b, "comments").is_empty());
+    assert_eq!(ids(&b, "tasks"), set(&[1, 3]));
+    subscribe(&b, 2);
+    pull_until(&b, &mut c, |d| ids(d, "comments") == set(&[1, 2]));
+
+    // A writes into a project it does not subscribe to: pushed, accepted,
+    // then it leaves A like any move-out, and reaches B.
+    a.db.execute("INSERT INTO tasks VALUES (10, 2, 'from a')", [])
+        .unwrap();
+    let r = a.push(&mut c);
+    assert_eq!(r["results"][0]["status"], "applied", "{r}");
+    pull_until(&a, &mut c, |d| ids(d, "tasks") == set(&[2]));
+    pull_until(&b, &mut c, |d| ids(d, "tasks") == set(&[1, 3, 10]));
+
+    // A pending write survives a move-out until its push is settled.
+    a.db.execute("UPDATE tasks SET title = 'edited offline' WHERE id = 2", [])
+        .unwrap();
+    c.batch_execute("UPDATE tasks SET project_id = 3 WHERE id = 2")
+        .unwrap();
+    for _ in 0..3 {
+        a.pull(&mut c);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        a.rows("SELECT title FROM tasks WHERE id = 2"),
+        vec![vec![Value::from("edited offline")]]
+    );
+    let r = a.push(&mut c);
+    assert_eq!(r["results"][0]["status"], "applied", "{r}");
+    pull_until(&a, &mut c, |d| ids(d, "tasks").is_empty());
+    let title: String = c
+        .query_one("SELECT title FROM tasks WHERE id = 2", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(title, "edited offline");
+}
+
+#[test]
+fn hostile_subscriptions_are_refused_and_change_nothing() {
+    let db = TestDb::new("streams_hostile");
+    let mut c = db.connect();
+    setup(&mut c);
+    let d = Device::new(&mut c, "streams_hostile");
+    for (stream, params) in [
+        ("project_tasks", "{\"project_id\": \"1; DROP TABLE tasks\"}"),
+        ("project_tasks", "{\"project_id\": 1.5}"),
+        ("project_tasks", "{\"project_id\": 1, \"extra\": 2}"),
+        ("project_tasks", "{}"),
+        ("project_tasks", "not json"),
+        ("project_tasks", "[1]"),
+        ("no_such_stream", "{\"project_id\": 1}"),
+    ] {
+        let e =
+            d.db.query_row("SELECT sync_subscribe(?1, ?2)", [stream, params], |r| {
+                r.get::<_, String>(0)
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sync_subscribe"), "{e}");
+    }
+    let huge = format!("{{\"project_id\": \"{}\"}}", "9".repeat(20_000));
+    assert!(d
+        .db
+        .query_row("SELECT sync_subscribe('project_tasks', ?1)", [&huge], |r| {
+            r.get::<_, String>(0)
+        })
+        .is_err());
+    assert_eq!(
+        d.call("SELECT sync_status()", None)["streams"],
+        Value::Array(vec![])
+    );
+    // A forged cursor carrying SQL text as a parameter is refused by the
+    // server too, naming the stream and the parameter.
+    let forged = sync_core::cursor::Cursor {
+        v: 1,
+        q: vec![sync_core::cursor::Sub {
+            i: 1,
+            s: "project_tasks".into(),
+            p: serde_json::from_str("{\"project_id\": \"0) OR (true\"}").unwrap(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+    .encode();
+    let e = c
+        .query_one("SELECT sync_pull_json($1, 100)", &[&forged])
+        .unwrap_err();
+    assert!(err_text(&e).contains("project_id"), "{}", err_text(&e));
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM tasks", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    // A filter with SQL after it, or $n parameters, is refused at definition.
+    for bad in [
+        "project_id = 1; DROP TABLE tasks",
+        "project_id = $1",
+        "no_such_col = 1",
+    ] {
+        assert!(
+            c.query_one("SELECT sync_stream('bad', 'tasks', $1)", &[&bad])
+                .is_err(),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn rows_age_out_of_a_time_window() {
+    let db = TestDb::new("streams_time");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE events (id int PRIMARY KEY, at timestamptz NOT NULL);
+         SELECT sync_enable('events');
+         SELECT sync_stream('recent', 'events', 'at > now() - make_interval(secs => :secs)');
+         ALTER ROLE CURRENT_USER SET pg_sync.stream_refresh = 0;",
+    )
+    .unwrap();
+    let mut c = db.connect();
+    c.batch_execute("INSERT INTO events VALUES (1, now()), (2, now() - interval '1 day')")
+        .unwrap();
+    let d = Device::new(&mut c, "streams_time");
+    d.db.query_row(
+        "SELECT sync_subscribe('recent', '{\"secs\": 3}')",
+        [],
+        |r| r.get::<_, String>(0),
+    )
+    .unwrap();
+    pull_until(&d, &mut c, |d| ids(d, "events") == set(&[1]));
+    std::thread::sleep(Duration::from_secs(4));
+    // Nothing was written: the row leaves because time passed.
+    pull_until(&d, &mut c, |d| ids(d, "events").is_empty());
+}
+
+#[test]
+fn a_device_pulling_while_writers_move_rows_ends_with_exactly_its_rows() {
+    let db = TestDb::new("streams_concurrent");
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute(
+        "INSERT INTO tasks SELECT g, g % 4, 't' || g FROM generate_series(100, 300) g;
+         INSERT INTO comments SELECT g, 100 + g % 200, 'c' || g FROM generate_series(100, 700) g;",
+    )
+    .unwrap();
+    let d = Device::new(&mut c, "streams_conc");
+    subscribe(&d, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3u64 {
+        let conn = db.conn_str();
+        writers.push(std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&conn, postgres::NoTls).unwrap();
+            for i in 0..150u64 {
+                let mut tx = c.transaction().unwrap();
+                let task = 100 + ((w * 71 + i * 13) % 200) as i32;
+                let project = ((w + i) % 4) as i32;
+                tx.execute(
+                    "UPDATE tasks SET project_id = $2 WHERE id = $1",
+                    &[&task, &project],
+                )
+                .unwrap();
+                let cid = (1000 + w * 1000 + i) as i32;
+                tx.execute(
+                    "INSERT INTO comments VALUES ($1, $2, 'new')",
+                    &[&cid, &task],
+                )
+                .unwrap();
+                if i % 7 == 0 {
+                    tx.execute(
+                        "DELETE FROM comments WHERE id = $1",
+                        &[&(100 + (i as i32 * 3) % 600)],
+                    )
+                    .unwrap();
+                }
+                if w == 0 && i % 25 == 0 {
+                    // A transaction held open while others commit.
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                tx.commit().unwrap();
+            }
+        }));
+    }
+    let puller = {
+        let stop = stop.clone();
+        let conn = db.conn_str();
+        let path = d.path.clone();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&conn, postgres::NoTls).unwrap();
+            let dev = Device::reopen(&path);
+            while !stop.load(Ordering::SeqCst) {
+                dev.pull(&mut c);
+            }
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    puller.join().unwrap();
+    let want_tasks: BTreeSet<i64> = c
+        .query("SELECT id FROM tasks WHERE project_id = 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| i64::from(r.get::<_, i32>(0)))
+        .collect();
+    let want_comments: BTreeSet<i64> = c
+        .query(
+            "SELECT c.id FROM comments c JOIN tasks t ON t.id = c.task_id WHERE t.project_id = 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| i64::from(r.get::<_, i32>(0)))
+        .collect();
+    assert!(want_tasks.len() > 10 && want_comments.len() > 10);
+    pull_until(&d, &mut c, |d| {
+        ids(d, "tasks") == want_tasks && ids(d, "comments") == want_comments
+    });
+    let _ = err_text;
+}
