@@ -21,7 +21,12 @@ CREATE TABLE pg_sync.meta (
     id             boolean PRIMARY KEY DEFAULT true CHECK (id),
     schema_version bigint NOT NULL DEFAULT 1,
     compacted_xid  xid8 NOT NULL DEFAULT '0',
-    compacted_at   timestamptz
+    compacted_at   timestamptz,
+    -- 0.5.0: pulls use write marks once no backend can run triggers of an
+    -- older version (true on a fresh install; after an update, from the
+    -- first restart of the server, noted by the first push after it).
+    marks_trusted  boolean NOT NULL DEFAULT true,
+    marks_since    timestamptz
 );
 INSERT INTO pg_sync.meta DEFAULT VALUES;
 
@@ -331,9 +336,10 @@ BEGIN
     LOOP
         -- 0.5.0: a restored table gets its write mark back (marks are not
         -- dumped; without one, every pull reads the table).
-        IF has_table_privilege('pg_sync.last_writes', 'INSERT') THEN
-            INSERT INTO pg_sync.last_writes (relid, xid) VALUES (r.rel, pg_current_xact_id())
-            ON CONFLICT (relid) DO NOTHING;
+        IF has_table_privilege('pg_sync.last_writes', 'INSERT')
+           AND has_table_privilege('pg_sync.last_writes', 'UPDATE') THEN
+            INSERT INTO pg_sync.last_writes AS w (relid, xid) VALUES (r.rel, pg_current_xact_id())
+            ON CONFLICT (relid) DO UPDATE SET xid = GREATEST(w.xid, EXCLUDED.xid);
         END IF;
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s WHERE _sync_xid >= pg_current_xact_id())',
                        r.rel) INTO v_stale;

@@ -8,6 +8,14 @@ CREATE TABLE pg_sync.last_writes (
 INSERT INTO pg_sync.last_writes (relid, xid)
 SELECT relid::oid, pg_current_xact_id() FROM pg_sync.tables;
 
+-- Backends started before this update may still run the 0.4.0 triggers,
+-- which do not raise marks: pulls read every table until the server has
+-- restarted since now (the first push after the restart notes it).
+ALTER TABLE pg_sync.meta ADD COLUMN marks_trusted boolean NOT NULL DEFAULT false,
+    ADD COLUMN marks_since timestamptz;
+UPDATE pg_sync.meta SET marks_since = now();
+ALTER TABLE pg_sync.meta ALTER COLUMN marks_trusted SET DEFAULT true;
+
 CREATE FUNCTION pg_sync._write_xid(tbl regclass) RETURNS xid8
 STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_write_xid';
 
@@ -37,9 +45,10 @@ BEGIN
     LOOP
         -- 0.5.0: a restored table gets its write mark back (marks are not
         -- dumped; without one, every pull reads the table).
-        IF has_table_privilege('pg_sync.last_writes', 'INSERT') THEN
-            INSERT INTO pg_sync.last_writes (relid, xid) VALUES (r.rel, pg_current_xact_id())
-            ON CONFLICT (relid) DO NOTHING;
+        IF has_table_privilege('pg_sync.last_writes', 'INSERT')
+           AND has_table_privilege('pg_sync.last_writes', 'UPDATE') THEN
+            INSERT INTO pg_sync.last_writes AS w (relid, xid) VALUES (r.rel, pg_current_xact_id())
+            ON CONFLICT (relid) DO UPDATE SET xid = GREATEST(w.xid, EXCLUDED.xid);
         END IF;
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s WHERE _sync_xid >= pg_current_xact_id())',
                        r.rel) INTO v_stale;

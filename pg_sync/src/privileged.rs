@@ -272,6 +272,27 @@ pub fn pulled(client: &str, cursor: &str) -> Result<()> {
     Ok(())
 }
 
+/// Notes, once per backend, that write marks can be trusted: the server
+/// has restarted since the update that introduced them, so no backend can
+/// still run triggers that do not raise them (see marks.rs).
+pub fn trust_marks() -> Result<()> {
+    thread_local! {
+        static DONE: Cell<bool> = const { Cell::new(false) };
+    }
+    if DONE.with(Cell::get) || !crate::marks::available() {
+        return Ok(());
+    }
+    run(
+        "UPDATE pg_sync.meta SET marks_trusted = true \
+         WHERE NOT marks_trusted \
+           AND pg_catalog.pg_postmaster_start_time() OPERATOR(pg_catalog.>) marks_since \
+         RETURNING NULL::pg_catalog.text",
+        &[],
+    )?;
+    DONE.with(|d| d.set(true));
+    Ok(())
+}
+
 /// One conflict record as JSON (with its table's oid as `relid`, or null
 /// when the table is no longer synced).
 pub fn conflict_get(id: i64) -> Result<Option<String>> {

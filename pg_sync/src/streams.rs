@@ -38,6 +38,9 @@ pub struct Stream {
     pub deps: Vec<u32>,
     /// The filter reads the clock (or another non-immutable function).
     pub volatile: bool,
+    /// Identity of the definition (table and typed filter): subscriptions
+    /// made under another definition of the same name start over.
+    pub ident: u64,
 }
 
 /// The streams defined, by name (none before the catalog has them).
@@ -71,7 +74,16 @@ pub fn load(tables: &[TableInfo]) -> Result<Vec<Stream>> {
                 sql_type,
             })
             .collect();
+        let ident = {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in relid.to_le_bytes().iter().chain(get(2).as_bytes()) {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            h.max(1)
+        };
         out.push(Stream {
+            ident,
             name: get(0),
             relid: t.relid,
             sql: get(2),
@@ -165,7 +177,7 @@ fn scan(filter: &str) -> Result<(Vec<Piece<'_>>, Vec<String>)> {
     let b = filter.as_bytes();
     let mut out = Vec::new();
     let mut words = Vec::new();
-    let (mut i, mut start) = (0usize, 0usize);
+    let (mut i, mut start, mut depth) = (0usize, 0usize, 0usize);
     let unterminated =
         |what: &str| PgSyncError::BadArgument(format!("the filter has an unterminated {what}"));
     while i < b.len() {
@@ -250,8 +262,24 @@ fn scan(filter: &str) -> Result<(Vec<Piece<'_>>, Vec<String>)> {
                     "a filter is one expression; it may not contain ';'".into(),
                 ))
             }
+            b'(' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' => {
+                if depth == 0 {
+                    return Err(PgSyncError::BadArgument(
+                        "the filter closes a parenthesis it did not open".into(),
+                    ));
+                }
+                depth -= 1;
+                i += 1;
+            }
             _ => i += 1,
         }
+    }
+    if depth != 0 {
+        return Err(unterminated("parenthesis"));
     }
     out.push(Piece::Sql(&filter[start..]));
     Ok((out, words))
@@ -279,7 +307,7 @@ fn sync_stream_drop(name: &str) -> bool {
 }
 
 fn drop_stream(name: &str) -> Result<bool> {
-    let gone = one(
+    let gone = crate::spi_util::write_one(
         "DELETE FROM pg_sync.streams WHERE name = $1 RETURNING name",
         &[name.into()],
     )?;
@@ -367,12 +395,10 @@ fn define(name: &str, relid: pg_sys::Oid, filter: &str) -> Result<serde_json::Va
                 | "transaction_timestamp"
         )
     });
-    // A subquery over the stream's own table makes its rows depend on
-    // other rows of it.
-    let own = t.name.to_ascii_lowercase();
-    let reads_itself = words
-        .windows(2)
-        .any(|w| (w[0] == "from" || w[0] == "join") && w[1] == own);
+    // A subquery may read the stream's own table (under any name): then a
+    // write to one row can move others, so the table counts as one the
+    // filter reads.
+    let reads_itself = words.iter().any(|w| w == "select");
     let mut dep_oids: Vec<u32> = deps;
     if reads_itself && !dep_oids.contains(&u32::from(t.relid)) {
         dep_oids.push(u32::from(t.relid));
@@ -536,5 +562,7 @@ mod tests {
         assert!(scan("a = 1; DROP TABLE t").is_err());
         assert!(scan("a = $1").is_err());
         assert!(scan("a = 'open").is_err());
+        assert!(scan("a = 1) OR (true").is_err());
+        assert!(scan("(a = 1").is_err());
     }
 }

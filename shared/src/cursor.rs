@@ -143,6 +143,18 @@ pub struct Sub {
     /// Keys the device lacks (rows that entered through another table).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub w: Vec<Value>,
+    /// The device wants the full key list again (it could not ask for all
+    /// the rows it lacked at once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub m: bool,
+    /// Identity of the stream's definition the positions belong to: a
+    /// stream defined again with another filter starts over.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub d: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A first download in progress: rows in key order.

@@ -183,8 +183,8 @@ fn hostile_subscriptions_are_refused_and_change_nothing() {
         d.call("SELECT sync_status()", None)["streams"],
         Value::Array(vec![])
     );
-    // A forged cursor carrying SQL text as a parameter is refused by the
-    // server too, naming the stream and the parameter.
+    // A forged cursor carrying SQL text as a parameter: the server does
+    // not take it either; the subscription ends, and no row is sent.
     let forged = sync_core::cursor::Cursor {
         v: 1,
         q: vec![sync_core::cursor::Sub {
@@ -196,10 +196,18 @@ fn hostile_subscriptions_are_refused_and_change_nothing() {
         ..Default::default()
     }
     .encode();
-    let e = c
+    let page: Value = c
         .query_one("SELECT sync_pull_json($1, 100)", &[&forged])
+        .unwrap()
+        .get(0);
+    assert_eq!(page["changes"].as_array().map(Vec::len), Some(0), "{page}");
+    assert_eq!(page["members"][0]["table"], "", "{page}");
+    // Oversized cursors are refused before they are read.
+    let huge_cursor = format!("c1.{}", "A".repeat(2 << 20));
+    let e = c
+        .query_one("SELECT sync_pull_json($1, 100)", &[&huge_cursor])
         .unwrap_err();
-    assert!(err_text(&e).contains("project_id"), "{}", err_text(&e));
+    assert!(err_text(&e).contains("longer than"), "{}", err_text(&e));
     let n: i64 = c
         .query_one("SELECT count(*) FROM tasks", &[])
         .unwrap()
@@ -217,6 +225,49 @@ fn hostile_subscriptions_are_refused_and_change_nothing() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn a_new_column_and_a_dropped_stream_reach_subscribers() {
+    let db = TestDb::new("streams_ddl");
+    let mut c = db.connect();
+    setup(&mut c);
+    let d = Device::new(&mut c, "streams_ddl");
+    subscribe(&d, 1);
+    pull_until(&d, &mut c, |d| {
+        ids(d, "tasks") == set(&[1, 2]) && ids(d, "comments") == set(&[1])
+    });
+    // A column added with a default changes every row without writing it:
+    // the subscription downloads again.
+    c.batch_execute("ALTER TABLE tasks ADD COLUMN prio int NOT NULL DEFAULT 7")
+        .unwrap();
+    pull_until(&d, &mut c, |d| {
+        d.rows("SELECT DISTINCT prio FROM tasks") == vec![vec![Value::from(7)]]
+            && ids(d, "tasks") == set(&[1, 2])
+    });
+    // The DBA drops a stream: its subscriptions end and their rows leave
+    // (comments keep another stream, so they stay streamed; dropping a
+    // table's last stream makes it whole again, and devices resync).
+    c.batch_execute(
+        "SELECT sync_stream('one_task', 'comments', 'task_id = :task_id');
+         SELECT sync_stream_drop('task_comments');",
+    )
+    .unwrap();
+    pull_until(&d, &mut c, |d| ids(d, "comments").is_empty());
+    let st = d.call("SELECT sync_status()", None);
+    let ended: Vec<&Value> = st["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "ended")
+        .collect();
+    assert_eq!(ended.len(), 1, "{st}");
+    assert_eq!(ended[0]["stream"], "task_comments");
+    assert_eq!(ids(&d, "tasks"), set(&[1, 2]));
+    let e = c
+        .query_one("SELECT sync_stream_drop('task_comments')", &[])
+        .unwrap_err();
+    assert!(err_text(&e).contains("no stream"), "{}", err_text(&e));
 }
 
 #[test]

@@ -19,6 +19,9 @@ use plan::{plan_table, stream_nonempty, Live, PageBytes, Positions, Segment};
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
 
+/// Longest cursor a pull accepts, in bytes (a device stores at most as much).
+const MAX_CURSOR_BYTES: usize = 1 << 20;
+
 pgrx::extension_sql!(
     r#"
 CREATE FUNCTION sync_pull(cursor text DEFAULT NULL, max_changes int DEFAULT 10000, client_id text DEFAULT NULL)
@@ -218,6 +221,11 @@ fn pull(
             "max_changes must be between 1 and {MAX_PAGE}, got {max_changes}"
         )));
     }
+    if cursor.is_some_and(|c| c.len() > MAX_CURSOR_BYTES) {
+        return Err(PgSyncError::BadArgument(format!(
+            "the cursor is longer than {MAX_CURSOR_BYTES} bytes"
+        )));
+    }
     let mut cur = match cursor {
         Some(c) => Cursor::decode(c)?,
         None => Cursor {
@@ -282,7 +290,12 @@ fn pull(
     // Read through to_jsonb so a catalog not yet updated (no epoch column)
     // still serves pulls between installing new binaries and ALTER EXTENSION.
     let meta = rows_cached(
-        "SELECT compacted_xid::text, pg_catalog.to_jsonb(m)->>'epoch' FROM pg_sync.meta m",
+        "SELECT compacted_xid::text, pg_catalog.to_jsonb(m)->>'epoch', \
+                coalesce(((pg_catalog.to_jsonb(m)->>'marks_trusted')::boolean \
+                          OR (NOT pg_catalog.pg_is_in_recovery() \
+                              AND pg_catalog.pg_postmaster_start_time() \
+                                  > (pg_catalog.to_jsonb(m)->>'marks_since')::timestamptz)), false)::text \
+         FROM pg_sync.meta m",
         &[],
     )?;
     let field = |i: usize| {
@@ -292,6 +305,13 @@ fn pull(
     };
     let compacted = field(0).unwrap_or(0) as u64;
     let epoch = field(1).unwrap_or(1);
+    // Write marks are trusted once no backend can still run the triggers of
+    // a version that did not raise them (see marks.rs).
+    let marks_trusted = meta
+        .first()
+        .and_then(|r| r.get(2).cloned().flatten())
+        .as_deref()
+        == Some("true");
     let stale_epoch = cur.e.is_some_and(|e| e != epoch);
     if cursor.is_some()
         && (other_history
@@ -335,7 +355,11 @@ fn pull(
     let budget_total = max_changes as usize;
     let mut bytes = PageBytes::new(MAX_PAGE_SIZE.get());
     // Read after the horizon was taken (see marks.rs).
-    let marks = crate::marks::read();
+    let marks = if marks_trusted {
+        crate::marks::read()
+    } else {
+        None
+    };
     let readable = readable(tables.as_slice());
     for t in tables.iter() {
         if !readable.contains(&u32::from(t.relid)) {
@@ -345,6 +369,7 @@ fn pull(
         // A changed column list (ALTER TABLE ADD COLUMN ... DEFAULT changes
         // every row without writing it) re-sends the table's rows.
         let sig = t.signature;
+        let restart = pos.c.is_some_and(|c| c != sig) || pos.n.is_some_and(|n| n != t.enabled);
         if pos.c.is_some_and(|c| c != sig) {
             pos.r = Pos::Start;
         }
@@ -405,6 +430,7 @@ fn pull(
                     &mut bytes,
                     marks.as_ref(),
                     now,
+                    restart,
                 )?;
                 emitted += out.n;
                 has_more |= out.more;
@@ -581,12 +607,15 @@ fn check_subs(
                 sub.w.len()
             )));
         }
-        match streams.iter().find(|s| s.name == sub.s) {
-            Some(s) => out.push(Some(
-                param_texts(&s.def, &sub.p).map_err(|e| PgSyncError::BadArgument(e.to_string()))?,
-            )),
-            None => out.push(None),
-        }
+        // A subscription whose stream is gone, or whose values its stream
+        // no longer takes (it was defined again, or the cursor was forged),
+        // ends: the device drops its rows.
+        out.push(
+            streams
+                .iter()
+                .find(|s| s.name == sub.s)
+                .and_then(|s| param_texts(&s.def, &sub.p).ok()),
+        );
     }
     Ok(out)
 }

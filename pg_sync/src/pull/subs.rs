@@ -65,7 +65,18 @@ pub fn plan_sub(
     bytes: &mut PageBytes,
     marks: Option<&HashMap<u32, u64>>,
     now: i64,
+    restart: bool,
 ) -> Result<SubOut> {
+    // A stream defined again with another filter, or a table whose rows
+    // changed without being written (a column added with a default, sync
+    // enabled again): the subscription downloads again, and its key list
+    // at the end drops what it no longer holds.
+    if restart || (sub.d != 0 && sub.d != stream.ident) {
+        sub.r = Pos::Start;
+        sub.b = None;
+        sub.w.clear();
+    }
+    sub.d = stream.ident;
     let f = Filter {
         sub: sub.i,
         sql: &stream.sql,
@@ -74,6 +85,7 @@ pub fn plan_sub(
     let mut out = SubOut::default();
     // Rows the device lacks, from the last key list.
     if !sub.w.is_empty() {
+        let wanted = sub.w.len();
         let keys = serde_json::Value::Array(std::mem::take(&mut sub.w)).to_string();
         let mut args = f.args();
         let entry = upsert_expr(t, &mut args, Some(sub.i))?;
@@ -87,7 +99,7 @@ pub fn plan_sub(
             w = args.push(keys),
             filter = f.sql,
         );
-        out.n += 1;
+        out.n += wanted;
         out.segments.push((sql, args));
     }
     if sub.b.is_some() || sub.r == Pos::Start {
@@ -135,26 +147,32 @@ pub fn plan_sub(
         .iter()
         .any(|d| marks.and_then(|m| m.get(d)).is_none_or(|w| *w >= sub.f));
     let clock_due = stream.volatile && now - sub.ft >= i64::from(REFRESH_SECS.get());
-    if !out.more && (deps_written || clock_due) {
-        let mut args = f.args();
-        let name = args.push(&t.name);
-        let sql = format!(
-            "SELECT pg_catalog.json_build_object('sub', {id}, 'table', {name}::pg_catalog.text, \
-                    'keys', coalesce(pg_catalog.json_agg({pk}), '[]'::pg_catalog.json))::text \
-             FROM {tbl} t WHERE ({filter})",
-            id = sub.i,
-            pk = t.pk_expr("t"),
-            tbl = t.qualified,
-            filter = f.sql,
-        );
-        out.members = rows_ro_args(&sql, &args)?
-            .into_iter()
-            .next()
-            .and_then(|mut r| r.swap_remove(0));
+    if !out.more && (sub.m || deps_written || clock_due) {
+        out.members = members(t, &f)?;
         sub.f = h;
         sub.ft = now;
+        sub.m = false;
     }
     Ok(out)
+}
+
+/// The subscription's full key list (a `Members` object as JSON text).
+fn members(t: &TableInfo, f: &Filter<'_>) -> Result<Option<String>> {
+    let mut args = f.args();
+    let name = args.push(&t.name);
+    let sql = format!(
+        "SELECT pg_catalog.json_build_object('sub', {id}, 'table', {name}::pg_catalog.text, \
+                'keys', coalesce(pg_catalog.json_agg({pk}), '[]'::pg_catalog.json))::text \
+         FROM {tbl} t WHERE ({filter})",
+        id = f.sub,
+        pk = t.pk_expr("t"),
+        tbl = t.qualified,
+        filter = f.sql,
+    );
+    Ok(rows_ro_args(&sql, &args)?
+        .into_iter()
+        .next()
+        .and_then(|mut r| r.swap_remove(0)))
 }
 
 /// The first download of a subscription: its rows in key order, as many
@@ -258,8 +276,10 @@ fn bootstrap(
             .to_string(),
     );
     if done {
-        // Changes from the download's start on come incrementally; the key
-        // list is current as of then.
+        // Changes from the download's start on come incrementally. The key
+        // list ends the download: a device that held rows of this
+        // subscription before (a download started over) drops the others.
+        out.members = members(t, f)?;
         sub.r = Pos::Below([nb.h]);
         sub.f = nb.h;
         sub.ft = now;

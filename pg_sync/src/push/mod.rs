@@ -39,6 +39,7 @@ fn sync_push(batch: JsonB) -> JsonB {
 
 fn push(json: &str) -> Result<PushResult> {
     let mut batch = PushBatch::parse(json)?;
+    crate::privileged::trust_marks()?;
     let tables: HashMap<String, TableInfo> = catalog::synced_tables()?
         .iter()
         .cloned()

@@ -122,7 +122,7 @@ pub fn create_meta(db: Db) -> Result<()> {
              resolved_at TEXT);
          CREATE INDEX IF NOT EXISTS {conflicts_row} ON {conflicts}(tbl, pk) WHERE state = 'resolving';
          CREATE TABLE IF NOT EXISTS {subs}(
-             id INTEGER PRIMARY KEY,
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
              stream TEXT NOT NULL,
              params TEXT NOT NULL,
              state TEXT NOT NULL DEFAULT 'bootstrapping',

@@ -117,6 +117,7 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
             changes::purge(db, &loaded, &refs, &[])?;
         }
         let mut members = crate::sync::streams::Holds::new(db)?;
+        let live = crate::sync::streams::live_ids(db)?;
         for (j, (ti, key, i)) in order.iter().enumerate() {
             let rc = &page.changes[*i];
             let t = &loaded.tables[*ti];
@@ -141,7 +142,9 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                     }
                     adopt_row(o, key, Some((&vals, ver)), overlay, true)?;
                     for sub in rc.subs.iter().flatten() {
-                        members.add(i64::from(*sub), t.name(), &key.canonical())?;
+                        if live.contains(&i64::from(*sub)) {
+                            members.add(i64::from(*sub), t.name(), &key.canonical())?;
+                        }
                     }
                     upserts += 1;
                 }

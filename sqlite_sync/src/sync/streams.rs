@@ -96,9 +96,15 @@ pub fn sync_subscribe(st: &ConnState, db: Db, stream: &str, params: &str) -> Res
     param_texts(def, &map).map_err(|e| Error::input(e.to_string()))?;
     in_savepoint(db, "sync_subscribe", || {
         if let Some((id, state)) = find(db, stream, &canonical)? {
-            return Ok(
-                json!({"id": id, "stream": stream, "params": map, "state": state}).to_string(),
-            );
+            if state != "ended" {
+                return Ok(
+                    json!({"id": id, "stream": stream, "params": map, "state": state}).to_string(),
+                );
+            }
+            // The stream was dropped and defined again: a new subscription.
+            let mut del = db.prepare(&format!("DELETE FROM {} WHERE id = ?1", q(SUBSCRIPTIONS)))?;
+            del.bind_i(1, id)?;
+            del.step()?;
         }
         let mut count = db.prepare(&format!("SELECT count(*) FROM {}", q(SUBSCRIPTIONS)))?;
         count.step()?;
@@ -362,6 +368,7 @@ pub fn apply_members(
         }
         // Listed rows: joined if the device has them, asked for if not.
         let mut wanted = Vec::new();
+        let mut truncated = false;
         let mut o = TableOps::new(db, t);
         for (key, obj) in keys {
             let c = key.canonical();
@@ -372,12 +379,17 @@ pub fn apply_members(
                 members.add(id, t.name(), &c)?;
             } else if wanted.len() < MAX_WANTED {
                 wanted.push(obj);
+            } else {
+                truncated = true;
             }
         }
         if !wanted.is_empty() {
             asked = true;
             if let Some(s) = cursor.q.iter_mut().find(|s| s.i == m.sub) {
                 s.w = wanted;
+                // More were missing than one pull may ask for: the next
+                // pull sends the key list again, for the rest.
+                s.m = truncated;
             }
         }
     }
@@ -400,6 +412,23 @@ pub fn apply_progress(db: Db, progress: &[sync_core::wire::Progress]) -> Result<
         up.reset();
     }
     Ok(())
+}
+
+/// The ids of the subscriptions that have not ended (entries of a page
+/// for others, in flight while the app unsubscribed, are ignored).
+pub fn live_ids(db: Db) -> Result<HashSet<i64>> {
+    let mut out = HashSet::new();
+    if !crate::store::state::object_exists(db, SUBSCRIPTIONS)? {
+        return Ok(out);
+    }
+    let mut sel = db.prepare(&format!(
+        "SELECT id FROM {} WHERE state <> 'ended'",
+        q(SUBSCRIPTIONS)
+    ))?;
+    while sel.step()? {
+        out.insert(sel.col_i64(0));
+    }
+    Ok(out)
 }
 
 /// Makes a cursor's subscriptions those of `_sync_subscriptions` (the app
