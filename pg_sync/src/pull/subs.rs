@@ -221,10 +221,16 @@ fn bootstrap(
     };
     let mut args = f.args();
     let cond = after(&mut args);
+    // The page's rows are chosen by key alone (a sort of keys and row ids,
+    // or an ordered index scan) and only then read whole by row id: a sort
+    // that carried the rendered rows would render every row of the subset
+    // on every page.
     let keys = rows_ro_args(
         &format!(
-            "SELECT {pk}::text, ({size})::text FROM {tbl} t WHERE {cond} AND ({filter}) \
-             ORDER BY {keys} LIMIT {limit}",
+            "SELECT {pk}::text, ({size})::text, t.ctid::text FROM {tbl} t \
+             WHERE t.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT t.ctid FROM {tbl} t \
+                   WHERE {cond} AND ({filter}) ORDER BY {keys} LIMIT {limit})) \
+             ORDER BY {keys}",
             pk = t.pk_expr("t"),
             size = row_bytes(t),
             tbl = t.qualified,
@@ -247,15 +253,31 @@ fn bootstrap(
         i += 1;
     }
     if i > 0 {
-        let mut args = f.args();
-        let cond = after(&mut args);
+        // The rows just chosen, by row id (the pull's reads share one
+        // snapshot, so the ids still name those rows).
+        let tids: Vec<String> = keys[..i]
+            .iter()
+            .map(|r| {
+                r.get(2)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_default()
+                    .replace('"', "")
+            })
+            .collect();
+        let mut args = Args::default();
         let entry = upsert_expr(t, &mut args, Some(sub.i))?;
         let sql = format!(
             "SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c FROM {tbl} t \
-             WHERE {cond} AND ({filter}) ORDER BY {keys} LIMIT {i}) s",
+             WHERE t.ctid OPERATOR(pg_catalog.=) ANY ({tids}::pg_catalog.tid[])) s",
             tbl = t.qualified,
-            filter = f.sql,
-            keys = key_list(t),
+            tids = args.push(format!(
+                "{{{}}}",
+                tids.iter()
+                    .map(|x| format!("\"{x}\""))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
         );
         out.segments.push((sql, args));
     }
