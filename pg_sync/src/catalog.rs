@@ -422,6 +422,14 @@ fn column_signature(columns: &[Column]) -> u64 {
     h
 }
 
+/// Moves the schema version on (devices receive the schema again).
+pub fn bump_schema_version() -> Result<()> {
+    crate::spi_util::exec(
+        "UPDATE pg_sync.meta SET schema_version = schema_version + 1",
+        &[],
+    )
+}
+
 /// The current schema version.
 pub fn schema_version() -> Result<i64> {
     Ok(

@@ -142,7 +142,7 @@ fn enable(relid: pg_sys::Oid, options_json: &str) -> Result<bool> {
             &[relid.into()],
         )?;
     }
-    bump_schema_version()?;
+    catalog::bump_schema_version()?;
     Ok(true)
 }
 
@@ -200,15 +200,8 @@ fn disable(relid: pg_sys::Oid) -> Result<bool> {
             &[relid.into()],
         )?;
     }
-    bump_schema_version()?;
+    catalog::bump_schema_version()?;
     Ok(true)
-}
-
-fn bump_schema_version() -> Result<()> {
-    exec(
-        "UPDATE pg_sync.meta SET schema_version = schema_version + 1",
-        &[],
-    )
 }
 
 /// The synced schema, as `sync_init` on a client takes it.

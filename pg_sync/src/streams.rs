@@ -316,10 +316,7 @@ fn drop_stream(name: &str) -> Result<bool> {
             "there is no stream {name:?}"
         )));
     }
-    exec(
-        "UPDATE pg_sync.meta SET schema_version = schema_version + 1",
-        &[],
-    )?;
+    catalog::bump_schema_version()?;
     Ok(true)
 }
 
@@ -404,6 +401,14 @@ fn define(name: &str, relid: pg_sys::Oid, filter: &str) -> Result<serde_json::Va
         dep_oids.push(u32::from(t.relid));
     }
     let volatile = volatile_fn || reads_clock;
+    let oid_array = format!(
+        "{{{}}}",
+        dep_oids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     exec(
         "INSERT INTO pg_sync.streams (name, relid, filter, sql, params, types, deps, volatile) \
          VALUES ($1, $2, $3, $4, $5::text[], $6::text[]::regtype[], $7::text::oid[]::regclass[], $8)",
@@ -414,33 +419,14 @@ fn define(name: &str, relid: pg_sys::Oid, filter: &str) -> Result<serde_json::Va
             sql.into(),
             names.clone().into(),
             types.clone().into(),
-            format!(
-                "{{{}}}",
-                dep_oids
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
-            .into(),
+            oid_array.clone().into(),
             volatile.into(),
         ],
     )?;
-    exec(
-        "UPDATE pg_sync.meta SET schema_version = schema_version + 1",
-        &[],
-    )?;
+    catalog::bump_schema_version()?;
     let reads: Vec<String> = rows(
         "SELECT d::regclass::text FROM pg_catalog.unnest($1::text::oid[]) d",
-        &[format!(
-            "{{{}}}",
-            dep_oids
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        )
-        .into()],
+        &[oid_array.into()],
     )?
     .into_iter()
     .filter_map(|mut r| r.swap_remove(0))

@@ -54,14 +54,5 @@ pub fn show(s: &str) -> String {
 
 /// A JSON value for an error message, cut short when long.
 pub fn show_json(v: &Json) -> String {
-    const MAX: usize = 200;
-    let s = v.to_string();
-    if s.len() <= MAX {
-        return s;
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    sync_core::wire::short_json(v)
 }
