@@ -157,12 +157,24 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
-/// A first download in progress: rows in key order.
+fn is_zero32(v: &u32) -> bool {
+    *v == 0
+}
+
+/// A first download in progress: rows in key order, or, for a subset that
+/// covers most of a large table's blocks, in row-id order.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Boot {
-    /// The last key sent, if any.
+    /// The last key sent, if any (key order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<Value>,
+    /// Row-id order: the next row id to read, as block and offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<[u32; 2]>,
+    /// Row-id order: the table's file node when the download started (a
+    /// rewrite of the table moves every row, and starts the download over).
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub f: u32,
     /// Horizon when it started: changes from here on come incrementally.
     pub h: u64,
     /// Rows sent so far.
