@@ -228,6 +228,9 @@ impl Cursor {
                 Pos::Start => None,
                 Pos::Below([x]) | Pos::After(x, _) => Some(*x),
             })
+            // A first download in progress read rows up to its horizon: a
+            // server behind it would miss some of them.
+            .chain(self.q.iter().filter_map(|s| s.b.as_ref().map(|b| b.h)))
             .max()
     }
 

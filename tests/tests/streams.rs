@@ -401,13 +401,71 @@ fn pull_page(d: &Device, c: &mut postgres::Client, max: i32) -> sync_core::curso
     sync_core::cursor::Cursor::decode(&cursor).unwrap()
 }
 
+/// Ids of the rows a device lacks after its download's key list.
+fn wanted(d: &Device) -> BTreeSet<i64> {
+    let cur: String =
+        d.db.query_row("SELECT sync_cursor()", [], |r| r.get(0))
+            .unwrap();
+    let cur = sync_core::cursor::Cursor::decode(&cur).unwrap();
+    cur.q[0]
+        .w
+        .iter()
+        .map(|k| {
+            k.as_i64()
+                .or_else(|| k.get("id").and_then(Value::as_i64))
+                .or_else(|| k.get(0).and_then(Value::as_i64))
+                .unwrap_or_else(|| panic!("key {k}"))
+        })
+        .collect()
+}
+
+/// Subscribes a new device to one group and pulls pages of 40 until its
+/// first download ends, running `during(n, boot)` after the download's
+/// n-th page (from 0).
+fn download(
+    c: &mut postgres::Client,
+    name: &str,
+    mut during: impl FnMut(&mut postgres::Client, usize, &sync_core::cursor::Boot),
+) -> Device {
+    let d = Device::new(c, name);
+    d.db.query_row(
+        "SELECT sync_subscribe('items_by_group', '{\"g\": 1}')",
+        [],
+        |r| r.get::<_, String>(0),
+    )
+    .unwrap();
+    let mut page = 0;
+    for _ in 0..400 {
+        let cur = pull_page(&d, c, 40);
+        let sub = &cur.q[0];
+        match &sub.b {
+            Some(b) => {
+                during(c, page, b);
+                page += 1;
+            }
+            // Not started yet (the page was taken by other work).
+            None if sub.r == sync_core::cursor::Pos::Start => {}
+            None => return d,
+        }
+    }
+    panic!("the download did not end");
+}
+
+fn group_one(c: &mut postgres::Client) -> BTreeSet<i64> {
+    c.query("SELECT id FROM items WHERE grp = 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| i64::from(r.get::<_, i32>(0)))
+        .collect()
+}
+
 #[test]
 fn a_large_subset_downloads_by_row_id_through_moves_and_a_table_rewrite() {
     let db = TestDb::new("streams_tid");
     let mut c = db.connect();
-    // About 1,000 of 3,000 rows over about 100 blocks (fewer in the middle),
-    // in pages of 40: choosing each page by key would read most blocks
-    // every time, so the download goes by row id.
+    // About 1,000 of 3,000 rows over about 100 blocks (fewer in the
+    // middle), in pages of 40: choosing each page by key would read most
+    // blocks every time, so the download goes by row id.
     c.batch_execute(
         "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, pad text NOT NULL);
          SELECT sync_enable('items');
@@ -417,67 +475,55 @@ fn a_large_subset_downloads_by_row_id_through_moves_and_a_table_rewrite() {
          SELECT sync_stream('items_by_group', 'items', 'grp = :g');",
     )
     .unwrap();
-    let d = Device::new(&mut c, "streams_tid");
-    d.db.query_row(
-        "SELECT sync_subscribe('items_by_group', '{\"g\": 1}')",
-        [],
-        |r| r.get::<_, String>(0),
-    )
-    .unwrap();
-    let mut saw_row_ids = false;
-    let mut sent_before_rewrite = 0;
-    let mut restarted = false;
-    let mut done = false;
-    for page in 0..400 {
-        let cur = pull_page(&d, &mut c, 40);
-        let Some(b) = cur.q.first().and_then(|s| s.b.clone()) else {
-            done = true;
-            break;
-        };
-        saw_row_ids |= b.c.is_some() && b.f != 0;
-        if page == 11 {
-            restarted = b.n <= 40 && b.n < sent_before_rewrite;
+
+    // Rows move in and out and to other blocks (the longer pad does not
+    // fit in place), some go, some come, while the download runs.
+    let mut by_tid = 0;
+    let d = download(&mut c, "streams_tid_moves", |c, page, b| {
+        by_tid += usize::from(b.c.is_some() && b.f != 0);
+        if page == 3 {
+            c.batch_execute(
+                "UPDATE items SET grp = 1 - grp, pad = repeat('y', 300) WHERE id % 7 = 0;
+                 UPDATE items SET pad = repeat('z', 400) WHERE id % 5 = 1;
+                 DELETE FROM items WHERE id % 11 = 0;
+                 INSERT INTO items SELECT g, g % 2, 'new' FROM generate_series(3001, 3100) g;",
+            )
+            .unwrap();
         }
+    });
+    assert!(by_tid > 10, "the download did not go by row id");
+    // The download's pages missed only rows written after it started (they
+    // come with the incremental pulls).
+    let written = |id: i64| id % 7 == 0 || id % 5 == 1 || id > 3000;
+    let lacking = wanted(&d);
+    assert!(
+        lacking.iter().all(|&id| written(id)),
+        "rows missing after the download: {lacking:?}"
+    );
+    let want = group_one(&mut c);
+    assert!(want.len() > 500);
+    pull_until(&d, &mut c, |d| ids(d, "items") == want);
+
+    // The table is rewritten during a download: every row gets another row
+    // id, and the download starts over, in key order.
+    let (mut sent_before, mut restarted) = (0, false);
+    let mut seen = Vec::new();
+    let d = download(&mut c, "streams_tid_rewrite", |c, page, b| {
+        seen.push((page, b.c, b.f, b.n));
         match page {
-            // Rows move in and out and to other blocks (the longer pad
-            // does not fit in place), some go, some come.
-            3 => c
-                .batch_execute(
-                    "UPDATE items SET grp = 1 - grp, pad = repeat('y', 300) WHERE id % 7 = 0;
-                     UPDATE items SET pad = repeat('z', 400) WHERE id % 5 = 1;
-                     DELETE FROM items WHERE id % 11 = 0;
-                     INSERT INTO items SELECT g, g % 2, 'new' FROM generate_series(3001, 3100) g;",
-                )
-                .unwrap(),
-            // The table is rewritten: every row gets another row id, and
-            // the download starts over.
-            10 => {
-                sent_before_rewrite = b.n;
+            5 => {
+                assert!(b.c.is_some() && b.f != 0, "not by row id");
+                sent_before = b.n;
                 c.batch_execute("VACUUM FULL items").unwrap();
             }
+            6 => restarted = b.c.is_none() && b.f == 0 && b.n <= 40 && b.n < sent_before,
             _ => {}
         }
-    }
-    assert!(saw_row_ids, "the download did not go by row id");
-    assert!(
-        restarted,
-        "the download did not start over after the rewrite"
-    );
-    assert!(done, "the download did not end");
-    let want: BTreeSet<i64> = c
-        .query("SELECT id FROM items WHERE grp = 1", &[])
-        .unwrap()
-        .iter()
-        .map(|r| i64::from(r.get::<_, i32>(0)))
-        .collect();
-    assert!(want.len() > 500);
-    // Nothing was written since the download started over: its pages alone
-    // brought exactly the subset (no row asked for afterwards).
+    });
+    assert!(restarted, "the download did not start over: {seen:?}");
+    // Nothing was written since it started over: its pages alone brought
+    // exactly the subset.
+    let want = group_one(&mut c);
     assert_eq!(ids(&d, "items"), want);
-    let cur: String =
-        d.db.query_row("SELECT sync_cursor()", [], |r| r.get(0))
-            .unwrap();
-    let cur = sync_core::cursor::Cursor::decode(&cur).unwrap();
-    assert!(cur.q[0].w.is_empty(), "rows missing after the download");
-    pull_until(&d, &mut c, |d| ids(d, "items") == want);
+    assert!(wanted(&d).is_empty());
 }

@@ -427,6 +427,7 @@ fn pull(
                     params,
                     h,
                     budget_total - emitted,
+                    budget_total,
                     &mut bytes,
                     marks.as_ref(),
                     now,

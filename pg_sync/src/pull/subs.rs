@@ -1,7 +1,7 @@
 //! Subscriptions in a pull. Each subscription of the cursor to a stream
 //! gets, in this order: the rows the device asked for (rows that entered
-//! it through another table), its first download (in key order, with
-//! progress) or else the changes of its table since its position (an
+//! it through another table), its first download (in key or row-id order,
+//! with progress) or else the changes of its table since its position (an
 //! upsert for a row that matches the filter, a leave for one that no longer
 //! does), and its full key list when a table its filter reads, or the
 //! clock, may have moved rows in or out without writing them.
@@ -62,6 +62,7 @@ pub fn plan_sub(
     params: &[Option<String>],
     h: u64,
     budget: usize,
+    page_max: usize,
     bytes: &mut PageBytes,
     marks: Option<&HashMap<u32, u64>>,
     now: i64,
@@ -109,6 +110,7 @@ pub fn plan_sub(
             sub,
             h,
             budget.saturating_sub(out.n),
+            page_max,
             bytes,
             now,
             &mut out,
@@ -176,9 +178,9 @@ fn members(t: &TableInfo, f: &Filter<'_>) -> Result<Option<String>> {
 }
 
 /// The first download of a subscription: its rows, as many as fit, with
-/// its progress. A subset that would make every page read most of a large
+/// its progress. A subset whose pages would each read most of a large
 /// table's blocks is read in row-id order, one stretch of blocks after the
-/// other (the table is read once in all); other subsets in key order.
+/// other (the table is read about once in all); other subsets in key order.
 #[allow(clippy::too_many_arguments)]
 fn bootstrap(
     t: &TableInfo,
@@ -186,19 +188,23 @@ fn bootstrap(
     sub: &mut Sub,
     h: u64,
     budget: usize,
+    page_max: usize,
     bytes: &mut PageBytes,
     now: i64,
     out: &mut SubOut,
 ) -> Result<()> {
     let (node, blocks) = storage(t)?;
-    // A rewrite (VACUUM FULL, CLUSTER, a rewriting ALTER TABLE) moved every
-    // row without writing it: a row-id download starts over.
-    if sub.b.as_ref().is_some_and(|b| b.f != 0 && b.f != node) {
+    // A new file node (VACUUM FULL, CLUSTER, a rewriting ALTER TABLE,
+    // pg_repack, SET TABLESPACE) may have moved every row without writing
+    // it: a row-id download starts over, in key order (which no rewrite
+    // disturbs, so a table rewritten often still finishes its download).
+    let rewritten = sub.b.as_ref().is_some_and(|b| b.f != 0 && b.f != node);
+    if rewritten {
         sub.b = None;
     }
     if sub.b.is_none() {
-        let total = count(t, f)?;
-        let by_tid = by_row_id(total, blocks, budget as u64);
+        let (total, touched) = count(t, f)?;
+        let by_tid = !rewritten && by_row_id(total, touched, blocks, page_max as u64);
         sub.b = Some(Boot {
             k: None,
             c: by_tid.then_some([0, 0]),
@@ -233,7 +239,7 @@ fn bootstrap(
         );
         out.segments.push((sql, args));
     }
-    nb.n += tids.len() as u64;
+    nb.n = nb.n.saturating_add(tids.len() as u64);
     out.n += tids.len();
     out.more |= !done;
     out.progress = Some(
@@ -280,12 +286,15 @@ fn storage(t: &TableInfo) -> Result<(u32, u64)> {
     Ok((u32::try_from(num(0)).unwrap_or(0), num(1)))
 }
 
-/// The number of rows the subscription selects now.
-fn count(t: &TableInfo, f: &Filter<'_>) -> Result<u64> {
+/// The number of rows the subscription selects now, and of the blocks
+/// holding them.
+fn count(t: &TableInfo, f: &Filter<'_>) -> Result<(u64, u64)> {
     let args = f.args();
-    Ok(rows_ro_args(
+    let row = rows_ro_args(
         &format!(
-            "SELECT pg_catalog.count(*)::text FROM {tbl} t WHERE ({filter})",
+            "SELECT pg_catalog.count(*)::text, \
+                    pg_catalog.count(DISTINCT pg_catalog.split_part(t.ctid::text, ',', 1))::text \
+             FROM {tbl} t WHERE ({filter})",
             tbl = t.qualified,
             filter = f.sql
         ),
@@ -293,19 +302,18 @@ fn count(t: &TableInfo, f: &Filter<'_>) -> Result<u64> {
     )?
     .into_iter()
     .next()
-    .and_then(|mut r| r.swap_remove(0))
-    .and_then(|v| v.parse().ok())
-    .unwrap_or(0))
+    .unwrap_or_default();
+    Ok((text_num(&row, 0), text_num(&row, 1)))
 }
 
-/// Whether a download of `total` rows from a table of `blocks` blocks, in
-/// pages of `budget`, reads in row-id order: when choosing each page by
-/// key would visit about as many blocks as the whole table holds (the
-/// subset's rows are spread over most blocks, and there are several pages),
-/// reading the table once, in stretches, is cheaper.
-pub fn by_row_id(total: u64, blocks: u64, budget: u64) -> bool {
-    let pages = total.div_ceil(budget.max(1));
-    pages >= 2 && pages.saturating_mul(total.min(blocks)) > 2 * blocks
+/// Whether a download of `total` rows lying in `touched` of a table's
+/// `blocks` blocks, in pages of `page_max`, reads in row-id order: when
+/// choosing each page by key would visit, over all the pages, more than
+/// twice the blocks of the whole table (a subset spread over most blocks,
+/// and several pages), reading the table once, in stretches, is cheaper.
+pub fn by_row_id(total: u64, touched: u64, blocks: u64, page_max: u64) -> bool {
+    let pages = total.div_ceil(page_max.max(1));
+    pages >= 2 && pages.saturating_mul(touched.min(blocks)) > blocks.saturating_mul(2)
 }
 
 /// The next page's rows in key order: each page is a search of the subset
@@ -368,8 +376,8 @@ fn choose_by_key(
 const MAX_STRETCHES: usize = 64;
 
 /// The next page's rows in row-id order: stretches of blocks from the
-/// position on, each as long as the rows left suggest, read by a row-id
-/// range scan and filtered.
+/// position on, each as long as the density of the subset seen so far
+/// suggests, read by a row-id range scan and filtered.
 fn choose_by_tid(
     t: &TableInfo,
     f: &Filter<'_>,
@@ -392,15 +400,21 @@ fn choose_by_tid(
         if need == 0 {
             break;
         }
-        // Blocks to read: the rows wanted over the rows left per block
-        // left, with some slack; doubled after a stretch found nothing.
-        let rows_left = b.t.saturating_sub(b.n + tids.len() as u64).max(1);
-        let blocks_left = blocks - u64::from(block);
+        // Blocks to read: the rows wanted over the rows per block seen so
+        // far (at first, counted at the start), a little short of it (a
+        // short stretch costs one more query, a long one is read again
+        // from the row it stopped at); doubled after a stretch that found
+        // nothing.
+        let seen_rows = b.n.saturating_add(tids.len() as u64);
+        let (per_rows, per_blocks) = if block > 0 && seen_rows > 0 {
+            (seen_rows, u64::from(block))
+        } else {
+            (b.t.max(1), blocks)
+        };
         let span = (need as u64)
-            .saturating_mul(blocks_left)
-            .div_ceil(rows_left)
-            .saturating_mul(5)
-            .div_ceil(4)
+            .saturating_mul(per_blocks)
+            .saturating_mul(9)
+            .div_ceil(per_rows.saturating_mul(10))
             .saturating_mul(grow)
             .max(8);
         let end = u64::from(block).saturating_add(span);
@@ -485,14 +499,17 @@ mod tests {
 
     #[pgrx::pg_test]
     fn large_spread_subsets_download_by_row_id() {
-        // P13's shape: 95 k rows of a 1 M-row table over about 100 k
-        // blocks, pages of 10 k.
-        assert!(by_row_id(95_000, 100_000, 10_000));
-        // One page, or few blocks touched: key order.
-        assert!(!by_row_id(9_000, 100_000, 10_000));
-        assert!(!by_row_id(20_000, 1_000_000, 10_000));
-        assert!(!by_row_id(0, 10, 10));
-        assert!(!by_row_id(5, 0, 0));
+        // P13's shape: 95 k rows of a 1 M-row table, spread over most of
+        // its 100 k blocks, pages of 10 k.
+        assert!(by_row_id(95_000, 60_000, 100_000, 10_000));
+        // The same rows clustered in 2 k blocks: key order.
+        assert!(!by_row_id(95_000, 2_000, 100_000, 10_000));
+        // One page: key order.
+        assert!(!by_row_id(9_000, 9_000, 100_000, 10_000));
+        assert!(!by_row_id(20_000, 20_000, 1_000_000, 10_000));
+        assert!(!by_row_id(0, 0, 10, 10));
+        assert!(!by_row_id(5, 5, 0, 0));
+        assert!(!by_row_id(u64::MAX, u64::MAX, u64::MAX, 1));
         assert_eq!(parse_tid("(12,3)"), [12, 3]);
         assert_eq!(parse_tid("\"(4294967295,65535)\""), [u32::MAX, 65535]);
         assert_eq!(parse_tid("junk"), [0, 0]);
