@@ -17,7 +17,7 @@ deps:
 
 build: deps
 	cargo build --workspace
-	cargo build -p sqlite_sync --release
+	cargo build --manifest-path sqlite_sync/Cargo.toml --release
 
 # Installs pg_sync into the Postgres that $(PG_CONFIG) belongs to (release build).
 EXTDIR = $(shell $(PG_CONFIG) --sharedir)/extension
@@ -25,17 +25,18 @@ EXTDIR = $(shell $(PG_CONFIG) --sharedir)/extension
 install: deps
 	cd pg_sync && cargo pgrx install --release --pg-config $(PG_CONFIG)
 	install -m 644 sql/pg_sync--0.1.0.sql $(EXTDIR)/
-	cargo build -p sqlite_sync --release
+	cargo build --manifest-path sqlite_sync/Cargo.toml --release
 	@echo "sqlite_sync: $(CURDIR)/target/release/libsqlite_sync.so"
 
 unit:
 	cargo test -p sync_core
+	cargo test --manifest-path sqlite_sync/Cargo.toml
 
 pgrx-test:
 	@bash scripts/pgrx-test.sh
 
 integration:
-	cargo build -p sqlite_sync
+	cargo build --manifest-path sqlite_sync/Cargo.toml
 	cd pg_sync && cargo pgrx install --pg-config $(PG_CONFIG)
 	install -m 644 sql/pg_sync--0.1.0.sql $(EXTDIR)/
 	cargo test -p sync_tests -- --test-threads=2
@@ -49,12 +50,14 @@ test: deps
 # built on first use, about 2 minutes). Not part of `make test`, which needs
 # no network beyond apt and crates.io.
 test-node:
-	cargo build -p sqlite_sync
+	cargo build --manifest-path sqlite_sync/Cargo.toml
 	SQLITE_SYNC_LIB=$(CURDIR)/target/debug/libsqlite_sync.so bash tests/node/run.sh
 
 lint:
 	cargo fmt --all -- --check
+	cargo fmt --all --manifest-path sqlite_sync/Cargo.toml -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --manifest-path sqlite_sync/Cargo.toml --all-targets -- -D warnings
 
 demo: deps
 	@bash scripts/demo.sh

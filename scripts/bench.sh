@@ -29,7 +29,7 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     echo "bench: building pg_sync (release) and installing it into $($PG_CONFIG --pkglibdir)"
     (cd pg_sync && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
     echo "bench: building sqlite_sync (release)"
-    if ! cargo build -q -p sqlite_sync --release; then
+    if ! cargo build -q --manifest-path sqlite_sync/Cargo.toml --release; then
         echo "bench: sqlite_sync does not build; its figures will read 'not measured'"
     fi
     echo "bench: building the bench binary (release)"

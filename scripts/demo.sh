@@ -11,7 +11,7 @@ unset RUST_BACKTRACE
 echo "== building pg_sync and sqlite_sync"
 (cd pg_sync && cargo pgrx install --pg-config "${PG_CONFIG:-/usr/bin/pg_config}" >/dev/null 2>&1) \
     || { echo "building pg_sync failed; run: cd pg_sync && cargo pgrx install" >&2; exit 1; }
-cargo build -q -p sqlite_sync
+cargo build -q --manifest-path sqlite_sync/Cargo.toml
 LIB="$ROOT/target/debug/libsqlite_sync"
 
 WORK=$(mktemp -d /tmp/pg_sync_demo.XXXXXX)

@@ -3,8 +3,6 @@
 
 use std::rc::Rc;
 
-use sqlite_loadable::ext::sqlite3;
-
 use crate::error::{Error, Result};
 use crate::ffi::{self, Db, Ret, Value, FLAG_DIRECTONLY, FLAG_INNOCUOUS};
 use crate::model::values;
@@ -191,7 +189,8 @@ fn f_version(_st: &ConnState, _db: Db, _args: &[Value]) -> Result<Ret> {
 
 /// Registers every SQL function (and `sync_clock`) on a new connection,
 /// which gets its own state.
-pub fn register(db: *mut sqlite3) -> Result<()> {
+pub fn register(conn: &rusqlite::Connection) -> Result<()> {
+    let db = conn;
     let st = Rc::new(ConnState::new());
     let direct = FLAG_DIRECTONLY;
     ffi::register(db, "sync_init", 1, direct, &st, f_init)?;
@@ -217,6 +216,11 @@ pub fn register(db: *mut sqlite3) -> Result<()> {
     ffi::register(db, "sync_capture", 0, FLAG_INNOCUOUS, &st, f_capture)?;
     ffi::register(db, "sync_ver_json", 1, FLAG_INNOCUOUS, &st, f_ver_json)?;
     ffi::register(db, "sync_ver_json", 2, FLAG_INNOCUOUS, &st, f_ver_json)?;
-    ffi::register_one_row(db, "sync_clock", "CREATE TABLE x(hlc INTEGER)", st.clone())?;
+    ffi::register_one_row(
+        conn,
+        "sync_clock",
+        "CREATE TABLE x(hlc INTEGER)",
+        st.clone(),
+    )?;
     Ok(())
 }

@@ -1,61 +1,47 @@
-//! The only unsafe module: thin wrappers over the `sqlite3_api_routines`
-//! table handed to the entry point.
+//! The only unsafe module: the SQLite C API as the rest of the extension
+//! uses it.
 //!
-//! sqlite-loadable's `exec::Statement` drops error messages, so statements
-//! are prepared, bound, stepped and finalized here through the API routines,
-//! and every return code is checked and turned into an [`Error`] carrying
-//! SQLite's own message.
+//! rusqlite (feature `loadable_extension`) provides the entry point, routes
+//! every `ffi::sqlite3_*` call through the API table of the SQLite that
+//! loaded the extension, and implements the `sync_clock` virtual table
+//! below. Two things stay hand-written here, each for a reason a test
+//! holds:
+//! - Scalar functions are registered with `sqlite3_create_function_v2`
+//!   directly: rusqlite reports a function's error by setting its result
+//!   code and then its message, and `sqlite3_result_error` resets the code
+//!   to `SQLITE_ERROR`, so an app would no longer see `SQLITE_FULL` when
+//!   the disk is full (`tests/tests/inbox.rs`). Here the message is set
+//!   first and the code after it.
+//! - Statements are the small [`Stmt`] (prepare, bind, step, read a column,
+//!   finalized on drop) rather than `rusqlite::Statement`, which borrows a
+//!   `Connection` the function bodies only hold for one call, while the
+//!   store keeps prepared statements in its own tables for a whole call.
+//!   Every return code is checked and turned into an [`Error`] carrying
+//!   SQLite's own message.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
 
-use sqlite_loadable::ext::{sqlite3, sqlite3_api_routines, sqlite3_context, sqlite3_stmt};
-use sqlite_loadable::prelude::sqlite3_value;
+use rusqlite::ffi;
+use rusqlite::ffi::{sqlite3, sqlite3_context, sqlite3_stmt, sqlite3_value};
 
 use crate::error::{Error, Result};
 
-static API: AtomicPtr<sqlite3_api_routines> = AtomicPtr::new(ptr::null_mut());
-
-const SQLITE_OK: c_int = 0;
-const SQLITE_ROW: c_int = 100;
-const SQLITE_DONE: c_int = 101;
-const SQLITE_INTEGER: c_int = 1;
-const SQLITE_FLOAT: c_int = 2;
-const SQLITE_TEXT: c_int = 3;
-const SQLITE_BLOB: c_int = 4;
-const SQLITE_UTF8: c_int = 1;
+const SQLITE_OK: c_int = ffi::SQLITE_OK;
+const SQLITE_ROW: c_int = ffi::SQLITE_ROW;
+const SQLITE_DONE: c_int = ffi::SQLITE_DONE;
+const SQLITE_INTEGER: c_int = ffi::SQLITE_INTEGER;
+const SQLITE_FLOAT: c_int = ffi::SQLITE_FLOAT;
+const SQLITE_TEXT: c_int = ffi::SQLITE_TEXT;
+const SQLITE_BLOB: c_int = ffi::SQLITE_BLOB;
+const SQLITE_UTF8: c_int = ffi::SQLITE_UTF8;
 /// Function flag: may be used from triggers and views even with
 /// `PRAGMA trusted_schema=OFF`.
 pub const FLAG_INNOCUOUS: c_int = 0x0020_0000;
 /// Function flag: may only be called from top-level SQL, not from triggers
 /// or views.
 pub const FLAG_DIRECTONLY: c_int = 0x0008_0000;
-
-/// Records the API routines of the loading SQLite. Called by the entry point.
-///
-/// # Safety
-/// `api` must be the pointer SQLite passed to the entry point.
-pub unsafe fn set_api(api: *mut sqlite3_api_routines) {
-    if !api.is_null() {
-        API.store(api, Ordering::SeqCst);
-    }
-}
-
-fn api() -> &'static sqlite3_api_routines {
-    let p = API.load(Ordering::Relaxed);
-    assert!(!p.is_null(), "sqlite_sync: API routines not initialised");
-    // SAFETY: set once by the entry point to SQLite's static routine table,
-    // which lives as long as the process.
-    unsafe { &*p }
-}
-
-macro_rules! call {
-    ($name:ident ( $($arg:expr),* )) => {
-        (api().$name.expect(concat!("sqlite3 API routine missing: ", stringify!($name))))($($arg),*)
-    };
-}
 
 /// A SQLite value owned by Rust.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +61,7 @@ impl Value {
 
 /// Runtime SQLite version number, e.g. 3040001.
 pub fn libversion_number() -> i32 {
-    unsafe { call!(libversion_number()) }
+    unsafe { ffi::sqlite3_libversion_number() }
 }
 
 /// A borrowed database connection handle.
@@ -85,7 +71,7 @@ pub struct Db(*mut sqlite3);
 impl Db {
     pub fn errmsg(&self) -> String {
         unsafe {
-            let p = call!(errmsg(self.0));
+            let p = ffi::sqlite3_errmsg(self.0);
             if p.is_null() {
                 "unknown SQLite error".to_string()
             } else {
@@ -117,7 +103,7 @@ impl Db {
     pub fn exec(&self, sql: &str) -> Result<()> {
         let c = cstring(sql)?;
         let mut err: *mut c_char = ptr::null_mut();
-        let rc = unsafe { call!(exec(self.0, c.as_ptr(), None, ptr::null_mut(), &mut err)) };
+        let rc = unsafe { ffi::sqlite3_exec(self.0, c.as_ptr(), None, ptr::null_mut(), &mut err) };
         if rc == SQLITE_OK {
             return Ok(());
         }
@@ -126,7 +112,7 @@ impl Db {
         } else {
             unsafe {
                 let m = CStr::from_ptr(err).to_string_lossy().into_owned();
-                call!(free(err.cast::<c_void>()));
+                ffi::sqlite3_free(err.cast::<c_void>());
                 m
             }
         };
@@ -141,17 +127,17 @@ impl Db {
         let mut stmt: *mut sqlite3_stmt = ptr::null_mut();
         let len = c_int::try_from(sql.len()).map_err(|_| Error::input("SQL text too long"))?;
         let rc = unsafe {
-            call!(prepare_v2(
+            ffi::sqlite3_prepare_v2(
                 self.0,
                 sql.as_ptr().cast::<c_char>(),
                 len,
                 &mut stmt,
-                ptr::null_mut()
-            ))
+                ptr::null_mut(),
+            )
         };
         if rc != SQLITE_OK {
             if !stmt.is_null() {
-                unsafe { call!(finalize(stmt)) };
+                unsafe { ffi::sqlite3_finalize(stmt) };
             }
             return Err(self.error(rc).context(&first_line(sql)));
         }
@@ -166,7 +152,7 @@ impl Db {
 
     /// Rows changed by the last INSERT/UPDATE/DELETE on this connection.
     pub fn changes(&self) -> i64 {
-        i64::from(unsafe { call!(changes(self.0)) })
+        i64::from(unsafe { ffi::sqlite3_changes(self.0) })
     }
 
     /// Sets (`value` 0 or 1) or only reads (`value` -1) an on/off option of
@@ -174,7 +160,7 @@ impl Db {
     /// matching PRAGMAs, this also works inside a transaction.
     pub fn config_flag(&self, op: c_int, value: c_int) -> Result<bool> {
         let mut out: c_int = 0;
-        let rc = unsafe { call!(db_config(self.0, op, value, &mut out as *mut c_int)) };
+        let rc = unsafe { ffi::sqlite3_db_config(self.0, op, value, &mut out as *mut c_int) };
         self.check(rc, "sqlite3_db_config")?;
         Ok(out != 0)
     }
@@ -210,11 +196,9 @@ fn cstring(s: &str) -> Result<std::ffi::CString> {
     std::ffi::CString::new(s).map_err(|_| Error::input("string contains a NUL byte"))
 }
 
-type Destructor = Option<unsafe extern "C" fn(*mut c_void)>;
-
-fn transient() -> Destructor {
-    // SQLITE_TRANSIENT is the destructor "pointer" -1: SQLite copies the data.
-    Some(unsafe { std::mem::transmute::<isize, unsafe extern "C" fn(*mut c_void)>(-1_isize) })
+/// `SQLITE_TRANSIENT`: SQLite copies the data before the call returns.
+fn transient() -> ffi::sqlite3_destructor_type {
+    ffi::SQLITE_TRANSIENT()
 }
 
 /// A prepared statement, finalized on drop.
@@ -225,7 +209,7 @@ pub struct Stmt {
 
 impl Drop for Stmt {
     fn drop(&mut self) {
-        unsafe { call!(finalize(self.raw)) };
+        unsafe { ffi::sqlite3_finalize(self.raw) };
     }
 }
 
@@ -234,23 +218,23 @@ impl Stmt {
         let i = idx as c_int;
         let rc = unsafe {
             match v {
-                Value::Null => call!(bind_null(self.raw, i)),
-                Value::Int(n) => call!(bind_int64(self.raw, i, *n)),
-                Value::Real(f) => call!(bind_double(self.raw, i, *f)),
-                Value::Text(s) => call!(bind_text(
+                Value::Null => ffi::sqlite3_bind_null(self.raw, i),
+                Value::Int(n) => ffi::sqlite3_bind_int64(self.raw, i, *n),
+                Value::Real(f) => ffi::sqlite3_bind_double(self.raw, i, *f),
+                Value::Text(s) => ffi::sqlite3_bind_text(
                     self.raw,
                     i,
                     s.as_ptr().cast::<c_char>(),
                     c_int::try_from(s.len()).map_err(|_| Error::input("text value too long"))?,
-                    transient()
-                )),
-                Value::Blob(b) => call!(bind_blob(
+                    transient(),
+                ),
+                Value::Blob(b) => ffi::sqlite3_bind_blob(
                     self.raw,
                     i,
                     b.as_ptr().cast::<c_void>(),
                     c_int::try_from(b.len()).map_err(|_| Error::input("blob value too long"))?,
-                    transient()
-                )),
+                    transient(),
+                ),
             }
         };
         self.db.check(rc, "bind")
@@ -258,26 +242,26 @@ impl Stmt {
 
     pub fn bind_text(&mut self, idx: usize, v: &str) -> Result<()> {
         let rc = unsafe {
-            call!(bind_text(
+            ffi::sqlite3_bind_text(
                 self.raw,
                 idx as c_int,
                 v.as_ptr().cast::<c_char>(),
                 c_int::try_from(v.len()).map_err(|_| Error::input("text value too long"))?,
-                transient()
-            ))
+                transient(),
+            )
         };
         self.db.check(rc, "bind")
     }
 
     pub fn bind_blob(&mut self, idx: usize, v: &[u8]) -> Result<()> {
         let rc = unsafe {
-            call!(bind_blob(
+            ffi::sqlite3_bind_blob(
                 self.raw,
                 idx as c_int,
                 v.as_ptr().cast::<c_void>(),
                 c_int::try_from(v.len()).map_err(|_| Error::input("blob value too long"))?,
-                transient()
-            ))
+                transient(),
+            )
         };
         self.db.check(rc, "bind")
     }
@@ -293,14 +277,14 @@ impl Stmt {
     /// Steps once: `Ok(true)` when a row is ready, `Ok(false)` when done.
     /// On error the statement is reset and SQLite's message returned.
     pub fn step(&mut self) -> Result<bool> {
-        let rc = unsafe { call!(step(self.raw)) };
+        let rc = unsafe { ffi::sqlite3_step(self.raw) };
         match rc {
             SQLITE_ROW => Ok(true),
             SQLITE_DONE => Ok(false),
             _ => {
                 // The message is read after the reset, which keeps it (and
                 // returns the same code again).
-                unsafe { call!(reset(self.raw)) };
+                unsafe { ffi::sqlite3_reset(self.raw) };
                 Err(self.db.error(rc).context(&self.sql()))
             }
         }
@@ -308,7 +292,7 @@ impl Stmt {
 
     /// Resets the statement so it can run again (bindings are kept).
     pub fn reset(&mut self) {
-        unsafe { call!(reset(self.raw)) };
+        unsafe { ffi::sqlite3_reset(self.raw) };
     }
 
     /// Runs a statement that returns no rows, then resets it.
@@ -326,7 +310,7 @@ impl Stmt {
 
     fn sql(&self) -> String {
         unsafe {
-            let p = call!(sql(self.raw));
+            let p = ffi::sqlite3_sql(self.raw);
             if p.is_null() {
                 String::new()
             } else {
@@ -336,20 +320,20 @@ impl Stmt {
     }
 
     pub fn col_type_is_null(&self, i: usize) -> bool {
-        unsafe { call!(column_type(self.raw, i as c_int)) == 5 }
+        unsafe { ffi::sqlite3_column_type(self.raw, i as c_int) == 5 }
     }
 
     pub fn col_i64(&self, i: usize) -> i64 {
-        unsafe { call!(column_int64(self.raw, i as c_int)) }
+        unsafe { ffi::sqlite3_column_int64(self.raw, i as c_int) }
     }
 
     pub fn col_text(&self, i: usize) -> Option<String> {
         unsafe {
-            let p = call!(column_text(self.raw, i as c_int));
+            let p = ffi::sqlite3_column_text(self.raw, i as c_int);
             if p.is_null() {
                 return None;
             }
-            let n = call!(column_bytes(self.raw, i as c_int));
+            let n = ffi::sqlite3_column_bytes(self.raw, i as c_int);
             let bytes = std::slice::from_raw_parts(p, n.max(0) as usize);
             Some(text_from(bytes))
         }
@@ -358,12 +342,12 @@ impl Stmt {
     pub fn col(&self, i: usize) -> Value {
         let i = i as c_int;
         unsafe {
-            match call!(column_type(self.raw, i)) {
-                SQLITE_INTEGER => Value::Int(call!(column_int64(self.raw, i))),
-                SQLITE_FLOAT => Value::Real(call!(column_double(self.raw, i))),
+            match ffi::sqlite3_column_type(self.raw, i) {
+                SQLITE_INTEGER => Value::Int(ffi::sqlite3_column_int64(self.raw, i)),
+                SQLITE_FLOAT => Value::Real(ffi::sqlite3_column_double(self.raw, i)),
                 SQLITE_TEXT => {
-                    let p = call!(column_text(self.raw, i));
-                    let n = call!(column_bytes(self.raw, i));
+                    let p = ffi::sqlite3_column_text(self.raw, i);
+                    let n = ffi::sqlite3_column_bytes(self.raw, i);
                     if p.is_null() {
                         Value::Text(String::new())
                     } else {
@@ -372,8 +356,8 @@ impl Stmt {
                     }
                 }
                 SQLITE_BLOB => {
-                    let p = call!(column_blob(self.raw, i));
-                    let n = call!(column_bytes(self.raw, i));
+                    let p = ffi::sqlite3_column_blob(self.raw, i);
+                    let n = ffi::sqlite3_column_bytes(self.raw, i);
                     if p.is_null() || n <= 0 {
                         Value::Blob(Vec::new())
                     } else {
@@ -391,12 +375,12 @@ impl Stmt {
 /// # Safety
 /// `v` must be a valid `sqlite3_value` for the duration of the call.
 pub unsafe fn arg_value(v: *mut sqlite3_value) -> Value {
-    match call!(value_type(v)) {
-        SQLITE_INTEGER => Value::Int(call!(value_int64(v))),
-        SQLITE_FLOAT => Value::Real(call!(value_double(v))),
+    match ffi::sqlite3_value_type(v) {
+        SQLITE_INTEGER => Value::Int(ffi::sqlite3_value_int64(v)),
+        SQLITE_FLOAT => Value::Real(ffi::sqlite3_value_double(v)),
         SQLITE_TEXT => {
-            let p = call!(value_text(v));
-            let n = call!(value_bytes(v));
+            let p = ffi::sqlite3_value_text(v);
+            let n = ffi::sqlite3_value_bytes(v);
             if p.is_null() {
                 Value::Text(String::new())
             } else {
@@ -404,8 +388,8 @@ pub unsafe fn arg_value(v: *mut sqlite3_value) -> Value {
             }
         }
         SQLITE_BLOB => {
-            let p = call!(value_blob(v));
-            let n = call!(value_bytes(v));
+            let p = ffi::sqlite3_value_blob(v);
+            let n = ffi::sqlite3_value_bytes(v);
             if p.is_null() || n <= 0 {
                 Value::Blob(Vec::new())
             } else {
@@ -449,8 +433,8 @@ unsafe extern "C" fn x_func<S>(
     argv: *mut *mut sqlite3_value,
 ) {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let reg = &*(call!(user_data(ctx)).cast::<Registered<S>>());
-        let db = Db(call!(context_db_handle(ctx)));
+        let reg = &*(ffi::sqlite3_user_data(ctx).cast::<Registered<S>>());
+        let db = Db(ffi::sqlite3_context_db_handle(ctx));
         let args: Vec<Value> = if argc > 0 && !argv.is_null() {
             std::slice::from_raw_parts(argv, argc as usize)
                 .iter()
@@ -462,21 +446,16 @@ unsafe extern "C" fn x_func<S>(
         (reg.func)(&reg.state, db, &args)
     }));
     match outcome {
-        Ok(Ok(Ret::Null)) => call!(result_null(ctx)),
-        Ok(Ok(Ret::Int(n))) => call!(result_int64(ctx, n)),
+        Ok(Ok(Ret::Null)) => ffi::sqlite3_result_null(ctx),
+        Ok(Ok(Ret::Int(n))) => ffi::sqlite3_result_int64(ctx, n),
         Ok(Ok(Ret::Text(s))) => match c_int::try_from(s.len()) {
-            Ok(n) => call!(result_text(
-                ctx,
-                s.as_ptr().cast::<c_char>(),
-                n,
-                transient()
-            )),
+            Ok(n) => ffi::sqlite3_result_text(ctx, s.as_ptr().cast::<c_char>(), n, transient()),
             Err(_) => result_error(ctx, "sqlite_sync: result too large"),
         },
         Ok(Err(e)) => {
             result_error(ctx, &e.to_string());
             if e.code() != crate::error::SQLITE_ERROR {
-                call!(result_error_code(ctx, e.code()));
+                ffi::sqlite3_result_error_code(ctx, e.code());
             }
         }
         Err(panic) => {
@@ -492,7 +471,7 @@ unsafe extern "C" fn x_func<S>(
 
 unsafe fn result_error(ctx: *mut sqlite3_context, msg: &str) {
     let n = c_int::try_from(msg.len()).unwrap_or(0);
-    call!(result_error(ctx, msg.as_ptr().cast::<c_char>(), n));
+    ffi::sqlite3_result_error(ctx, msg.as_ptr().cast::<c_char>(), n);
 }
 
 unsafe extern "C" fn x_destroy<S>(p: *mut c_void) {
@@ -505,20 +484,23 @@ unsafe extern "C" fn x_destroy<S>(p: *mut c_void) {
 
 /// Registers a scalar function whose body is `func`, sharing `state`.
 pub fn register<S: 'static>(
-    db: *mut sqlite3,
+    conn: &rusqlite::Connection,
     name: &str,
     nargs: i32,
     flags: c_int,
     state: &std::rc::Rc<S>,
     func: Func<S>,
 ) -> Result<()> {
+    // SAFETY: the handle is used for this registration only, while `conn`
+    // holds the connection.
+    let db = unsafe { conn.handle() };
     let cname = cstring(name)?;
     let reg = Box::into_raw(Box::new(Registered {
         state: state.clone(),
         func,
     }));
     let rc = unsafe {
-        call!(create_function_v2(
+        ffi::sqlite3_create_function_v2(
             db,
             cname.as_ptr(),
             nargs,
@@ -527,8 +509,8 @@ pub fn register<S: 'static>(
             Some(x_func::<S>),
             None,
             None,
-            Some(x_destroy::<S>)
-        ))
+            Some(x_destroy::<S>),
+        )
     };
     if rc != SQLITE_OK {
         // On failure SQLite has already called the destructor.
@@ -550,9 +532,14 @@ pub fn register<S: 'static>(
 // table does not. The table has one row (column `hlc`, a fresh stamp) while
 // writes are captured, and no rows while the extension itself writes; the
 // connection state behind it is handed in as a `OneRow`, so this layer
-// holds no app state.
+// holds no app state. rusqlite's `vtab` module does the C side.
 
-use sqlite_loadable::ext::{sqlite3_index_info, sqlite3_module, sqlite3_vtab, sqlite3_vtab_cursor};
+use std::borrow::Cow;
+use std::ffi::CString;
+
+use rusqlite::vtab::{
+    Context as VtContext, Filters, IndexInfo, Module, VTab, VTabConfig, VTabConnection, VTabCursor,
+};
 
 /// The source of a one-row eponymous table (declared with one column):
 /// the row is there while `present` says so, and its value is computed
@@ -564,208 +551,133 @@ pub trait OneRow {
     fn value(&self, db: Db) -> Result<i64>;
 }
 
-/// What a connected table holds: its source, shared with the connection.
-type Source = std::rc::Rc<dyn OneRow>;
+/// What a registered table serves: its source, shared with the
+/// connection's functions, and its declaration.
+pub struct Source {
+    rows: std::rc::Rc<dyn OneRow>,
+    decl: CString,
+}
 
-const SQLITE_ERROR: c_int = 1;
-const SQLITE_NOMEM: c_int = 7;
-const SQLITE_VTAB_INNOCUOUS: c_int = 2;
+// SAFETY: a `Source` belongs to one connection: it is created when the
+// extension is loaded into that connection and dropped when the connection
+// closes, and it is only reached from that connection's calls (xConnect,
+// xFilter, xColumn), which SQLite never runs concurrently for one
+// connection (its mutex, or, in single-thread and multi-thread modes, the
+// rule that a connection is used by one thread at a time). rusqlite asks
+// for `Send + Sync` because it cannot know that.
+unsafe impl Send for Source {}
+// SAFETY: as for `Send` above.
+unsafe impl Sync for Source {}
 
+/// A connected one-row table.
 #[repr(C)]
 struct OneRowTab {
-    base: sqlite3_vtab,
-    /// The module's aux pointer: a boxed [`Source`], owned by SQLite
-    /// until `one_row_destroy_aux`.
-    source: *const Source,
-    /// The declaration (`CREATE TABLE x(...)`), also from the aux data.
+    /// Base class; must be first.
+    base: ffi::sqlite3_vtab,
+    /// The connection's source (owned by the module's aux data, which
+    /// outlives every table connected through it).
+    rows: std::rc::Rc<dyn OneRow>,
+    /// The connection, for reading the clock.
     db: *mut sqlite3,
 }
 
-/// The aux data of a registered module.
-struct Aux {
-    source: Source,
-    decl: std::ffi::CString,
-}
-
+/// A scan of a one-row table.
 #[repr(C)]
-struct OneRowCur {
-    base: sqlite3_vtab_cursor,
+struct OneRowCur<'vtab> {
+    /// Base class; must be first.
+    base: ffi::sqlite3_vtab_cursor,
+    tab: &'vtab OneRowTab,
     eof: bool,
 }
 
-unsafe extern "C" fn one_row_connect(
-    db: *mut sqlite3,
-    aux: *mut c_void,
-    _argc: c_int,
-    _argv: *const *const c_char,
-    pp_vtab: *mut *mut sqlite3_vtab,
-    _pz_err: *mut *mut c_char,
-) -> c_int {
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        let aux = &*(aux as *const Aux);
-        let rc = call!(declare_vtab(db, aux.decl.as_ptr()));
-        if rc != SQLITE_OK {
-            return rc;
-        }
+// SAFETY: `OneRowTab` is `#[repr(C)]` with `sqlite3_vtab` first, as
+// rusqlite requires.
+unsafe impl<'vtab> VTab<'vtab> for OneRowTab {
+    type Aux = Source;
+    type Cursor = OneRowCur<'vtab>;
+
+    fn connect(
+        db: &mut VTabConnection,
+        aux: Option<&Source>,
+        _module: &[u8],
+        _database: &[u8],
+        _table: &[u8],
+        _args: &[&[u8]],
+    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
+        let aux = aux.ok_or_else(|| rusqlite::Error::ModuleError("no source".into()))?;
         // Usable from triggers even with PRAGMA trusted_schema=OFF.
-        call!(vtab_config(db, SQLITE_VTAB_INNOCUOUS));
-        let tab = Box::new(OneRowTab {
-            base: sqlite3_vtab {
-                pModule: ptr::null(),
-                nRef: 0,
-                zErrMsg: ptr::null_mut(),
+        db.config(VTabConfig::Innocuous)?;
+        Ok((
+            Cow::Owned(aux.decl.clone()),
+            OneRowTab {
+                base: ffi::sqlite3_vtab::default(),
+                rows: aux.rows.clone(),
+                // SAFETY: only the handle is kept, to read the clock's
+                // meta row from `value`; the table never outlives its
+                // connection.
+                db: unsafe { db.handle() },
             },
-            source: &aux.source,
-            db,
-        });
-        *pp_vtab = Box::into_raw(tab).cast::<sqlite3_vtab>();
-        SQLITE_OK
-    }));
-    r.unwrap_or(SQLITE_ERROR)
-}
-
-unsafe extern "C" fn one_row_best_index(
-    _tab: *mut sqlite3_vtab,
-    info: *mut sqlite3_index_info,
-) -> c_int {
-    (*info).estimatedCost = 1.0;
-    (*info).estimatedRows = 1;
-    SQLITE_OK
-}
-
-unsafe extern "C" fn one_row_disconnect(tab: *mut sqlite3_vtab) -> c_int {
-    if !tab.is_null() {
-        drop(Box::from_raw(tab.cast::<OneRowTab>()));
+        ))
     }
-    SQLITE_OK
-}
 
-unsafe extern "C" fn one_row_open(
-    _tab: *mut sqlite3_vtab,
-    pp: *mut *mut sqlite3_vtab_cursor,
-) -> c_int {
-    let cur = Box::new(OneRowCur {
-        base: sqlite3_vtab_cursor {
-            pVtab: ptr::null_mut(),
-        },
-        eof: true,
-    });
-    *pp = Box::into_raw(cur).cast::<sqlite3_vtab_cursor>();
-    if (*pp).is_null() {
-        return SQLITE_NOMEM;
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+        info.set_estimated_cost(1.0);
+        info.set_estimated_rows(1);
+        Ok(true)
     }
-    SQLITE_OK
-}
 
-unsafe extern "C" fn one_row_close(cur: *mut sqlite3_vtab_cursor) -> c_int {
-    if !cur.is_null() {
-        drop(Box::from_raw(cur.cast::<OneRowCur>()));
-    }
-    SQLITE_OK
-}
-
-unsafe extern "C" fn one_row_filter(
-    cur: *mut sqlite3_vtab_cursor,
-    _idx_num: c_int,
-    _idx_str: *const c_char,
-    _argc: c_int,
-    _argv: *mut *mut sqlite3_value,
-) -> c_int {
-    let c = cur.cast::<OneRowCur>();
-    let tab = (*cur).pVtab.cast::<OneRowTab>();
-    (*c).eof = !(*(*tab).source).present();
-    SQLITE_OK
-}
-
-unsafe extern "C" fn one_row_next(cur: *mut sqlite3_vtab_cursor) -> c_int {
-    (*cur.cast::<OneRowCur>()).eof = true;
-    SQLITE_OK
-}
-
-unsafe extern "C" fn one_row_eof(cur: *mut sqlite3_vtab_cursor) -> c_int {
-    c_int::from((*cur.cast::<OneRowCur>()).eof)
-}
-
-unsafe extern "C" fn one_row_column(
-    cur: *mut sqlite3_vtab_cursor,
-    ctx: *mut sqlite3_context,
-    _i: c_int,
-) -> c_int {
-    let tab = (*cur).pVtab.cast::<OneRowTab>();
-    let r = catch_unwind(AssertUnwindSafe(|| (*(*tab).source).value(Db((*tab).db))));
-    match r {
-        Ok(Ok(v)) => call!(result_int64(ctx, v)),
-        Ok(Err(e)) => result_error(ctx, &e.to_string()),
-        Err(_) => result_error(ctx, "internal error (panic)"),
-    }
-    SQLITE_OK
-}
-
-unsafe extern "C" fn one_row_rowid(_cur: *mut sqlite3_vtab_cursor, rowid: *mut i64) -> c_int {
-    *rowid = 1;
-    SQLITE_OK
-}
-
-unsafe extern "C" fn one_row_destroy_aux(p: *mut c_void) {
-    if !p.is_null() {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            drop(Box::from_raw(p as *mut Aux));
-        }));
+    fn open(&'vtab mut self) -> rusqlite::Result<OneRowCur<'vtab>> {
+        Ok(OneRowCur {
+            base: ffi::sqlite3_vtab_cursor::default(),
+            tab: self,
+            eof: true,
+        })
     }
 }
 
-static ONE_ROW_MODULE: sqlite3_module = sqlite3_module {
-    iVersion: 1,
-    xCreate: None,
-    xConnect: Some(one_row_connect),
-    xBestIndex: Some(one_row_best_index),
-    xDisconnect: Some(one_row_disconnect),
-    xDestroy: None,
-    xOpen: Some(one_row_open),
-    xClose: Some(one_row_close),
-    xFilter: Some(one_row_filter),
-    xNext: Some(one_row_next),
-    xEof: Some(one_row_eof),
-    xColumn: Some(one_row_column),
-    xRowid: Some(one_row_rowid),
-    xUpdate: None,
-    xBegin: None,
-    xSync: None,
-    xCommit: None,
-    xRollback: None,
-    xFindFunction: None,
-    xRename: None,
-    xSavepoint: None,
-    xRelease: None,
-    xRollbackTo: None,
-    xShadowName: None,
-};
+// SAFETY: `OneRowCur` is `#[repr(C)]` with `sqlite3_vtab_cursor` first, as
+// rusqlite requires.
+unsafe impl VTabCursor for OneRowCur<'_> {
+    fn filter(&mut self, _num: c_int, _s: Option<&str>, _a: &Filters<'_>) -> rusqlite::Result<()> {
+        self.eof = !self.tab.rows.present();
+        Ok(())
+    }
+
+    fn next(&mut self) -> rusqlite::Result<()> {
+        self.eof = true;
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.eof
+    }
+
+    fn column(&self, ctx: &mut VtContext, _i: c_int) -> rusqlite::Result<()> {
+        match self.tab.rows.value(Db(self.tab.db)) {
+            Ok(v) => ctx.set_result(&v),
+            Err(e) => Err(rusqlite::Error::ModuleError(e.to_string())),
+        }
+    }
+
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        Ok(1)
+    }
+}
 
 /// Registers the eponymous virtual table `name` (declared by `decl`, one
-/// column) whose one row `source` serves.
-pub fn register_one_row(db: *mut sqlite3, name: &str, decl: &str, source: Source) -> Result<()> {
-    let aux = Box::into_raw(Box::new(Aux {
-        source,
+/// column) whose one row `rows` serves.
+pub fn register_one_row(
+    conn: &rusqlite::Connection,
+    name: &str,
+    decl: &str,
+    rows: std::rc::Rc<dyn OneRow>,
+) -> Result<()> {
+    let source = Source {
+        rows,
         decl: cstring(decl)?,
-    })) as *mut c_void;
-    let cname = cstring(name)?;
-    // SAFETY: `db` is the connection handed to the entry point; the module
-    // is a static; SQLite owns `aux` from here on and frees it through
-    // `one_row_destroy_aux` (also when registration fails).
-    let rc = unsafe {
-        call!(create_module_v2(
-            db,
-            cname.as_ptr(),
-            &ONE_ROW_MODULE,
-            aux,
-            Some(one_row_destroy_aux)
-        ))
     };
-    if rc != SQLITE_OK {
-        return Err(Error::input(format!(
-            "could not register {name}: {}",
-            Db(db).errmsg()
-        )));
-    }
-    Ok(())
+    /// The module behind every one-row table.
+    const MODULE: Module<OneRowTab> = Module::eponymous_only_module();
+    conn.create_module(cstring(name)?.as_c_str(), &MODULE, Some(source))
+        .map_err(|e| Error::input(format!("could not register {name}: {e}")))
 }

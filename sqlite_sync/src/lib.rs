@@ -14,19 +14,22 @@ mod schema;
 mod store;
 mod sync;
 
-use std::ffi::{c_char, c_uint};
+use std::ffi::{c_char, c_int};
 
-use sqlite_loadable::ext::{sqlite3, sqlite3_api_routines};
+use rusqlite::ffi::{sqlite3, sqlite3_api_routines};
+use rusqlite::Connection;
 
-fn entry(db: *mut sqlite3, p_api: *mut sqlite3_api_routines) -> c_uint {
-    // SAFETY: p_api is the routine table SQLite handed to the entry point.
-    unsafe { ffi::set_api(p_api) };
-    let outcome = std::panic::catch_unwind(|| {
-        sqlite_loadable::entrypoints::register_entrypoint(db, std::ptr::null_mut(), p_api, |db| {
-            api::register(db).map_err(|e| sqlite_loadable::Error::new_message(e.to_string()))
-        })
-    });
-    outcome.unwrap_or(1)
+/// Registers the functions on the connection rusqlite hands over (a
+/// borrowed handle: dropping it leaves the connection open).
+fn init(conn: Connection) -> rusqlite::Result<bool> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api::register(&conn)));
+    match outcome {
+        Ok(Ok(())) => Ok(false),
+        Ok(Err(e)) => Err(rusqlite::Error::ModuleError(e.to_string())),
+        Err(_) => Err(rusqlite::Error::ModuleError(
+            "sqlite_sync: internal error while loading".into(),
+        )),
+    }
 }
 
 /// Entry point SQLite derives from the file name `libsqlite_sync.so`.
@@ -36,10 +39,11 @@ fn entry(db: *mut sqlite3, p_api: *mut sqlite3_api_routines) -> c_uint {
 #[no_mangle]
 pub unsafe extern "C" fn sqlite3_sqlitesync_init(
     db: *mut sqlite3,
-    _pz_err_msg: *mut *mut c_char,
+    pz_err_msg: *mut *mut c_char,
     p_api: *mut sqlite3_api_routines,
-) -> c_uint {
-    entry(db, p_api)
+) -> c_int {
+    // SAFETY: the arguments are those SQLite passed to the entry point.
+    unsafe { Connection::extension_init2(db, pz_err_msg, p_api, init) }
 }
 
 /// Generic entry point, used when the library file was renamed.
@@ -49,8 +53,9 @@ pub unsafe extern "C" fn sqlite3_sqlitesync_init(
 #[no_mangle]
 pub unsafe extern "C" fn sqlite3_extension_init(
     db: *mut sqlite3,
-    _pz_err_msg: *mut *mut c_char,
+    pz_err_msg: *mut *mut c_char,
     p_api: *mut sqlite3_api_routines,
-) -> c_uint {
-    entry(db, p_api)
+) -> c_int {
+    // SAFETY: as above.
+    unsafe { Connection::extension_init2(db, pz_err_msg, p_api, init) }
 }

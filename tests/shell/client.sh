@@ -9,7 +9,7 @@ lib="${SQLITE_SYNC_LIB:-$here/../../target/debug/libsqlite_sync.so}"
 lib="${lib%.so}"
 sqlite="${SQLITE3:-sqlite3}"
 command -v "$sqlite" >/dev/null || { echo "sqlite3 shell not found" >&2; exit 2; }
-[ -e "$lib.so" ] || { echo "$lib.so is missing: run cargo build -p sqlite_sync" >&2; exit 2; }
+[ -e "$lib.so" ] || { echo "$lib.so is missing: run cargo build --manifest-path sqlite_sync/Cargo.toml" >&2; exit 2; }
 
 dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT

@@ -17,7 +17,7 @@ pub fn lib_path() -> PathBuf {
     let p = crate::workspace_root().join("target/debug/libsqlite_sync.so");
     assert!(
         p.exists(),
-        "{} is missing: run `cargo build -p sqlite_sync` first",
+        "{} is missing: run `cargo build --manifest-path sqlite_sync/Cargo.toml` first",
         p.display()
     );
     p

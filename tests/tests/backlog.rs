@@ -12,7 +12,7 @@
 //! test: run it with
 //!
 //! ```sh
-//! cargo build -p sqlite_sync --release
+//! cargo build --manifest-path sqlite_sync/Cargo.toml --release
 //! SQLITE_SYNC_LIB=$PWD/target/release/libsqlite_sync.so \
 //!   cargo test -p sync_tests --test backlog -- --ignored --nocapture
 //! ```

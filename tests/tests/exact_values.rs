@@ -8,7 +8,7 @@
 //! must print exactly as its original. It then pulls again and checks the
 //! device holds the server's values for the copies too.
 //!
-//! Needs pg_sync installed and `cargo build -p sqlite_sync` (see the
+//! Needs pg_sync installed and `cargo build --manifest-path sqlite_sync/Cargo.toml` (see the
 //! Makefile's `integration` target).
 
 use rusqlite::types::Value as Sql;

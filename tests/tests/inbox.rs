@@ -6,7 +6,7 @@
 //! `sync_conflict_diff` returns the word diff; `sync_status()` reports the
 //! push's progress; and a full disk fails each call cleanly.
 //!
-//! Needs `cargo build -p sqlite_sync` and pg_sync installed.
+//! Needs `cargo build --manifest-path sqlite_sync/Cargo.toml` and pg_sync installed.
 
 use postgres::Client;
 use rusqlite::ErrorCode;

@@ -1,7 +1,7 @@
 //! sqlite_sync on its own: every SQL function of the client contract,
 //! driven with fabricated Schema / PullPage / PushResult documents.
 //!
-//! Needs the built extension: `cargo build -p sqlite_sync` first.
+//! Needs the built extension: `cargo build --manifest-path sqlite_sync/Cargo.toml` first.
 
 use serde_json::{json, Map, Value};
 use sync_tests::sqlite::{

@@ -3,7 +3,7 @@
 //! module can load extensions) and the `sqlite3` shell with `.load`
 //! (tests/shell/client.sh).
 //!
-//! Needs the built extension: `cargo build -p sqlite_sync` first.
+//! Needs the built extension: `cargo build --manifest-path sqlite_sync/Cargo.toml` first.
 
 use std::path::Path;
 use std::process::Command;

@@ -9,7 +9,7 @@
 //!    timestamps, text in every plane), and a device built by the previous
 //!    layout is upgraded in place.
 //!
-//! Needs `cargo build -p sqlite_sync` first (the tests load the library).
+//! Needs `cargo build --manifest-path sqlite_sync/Cargo.toml` first (the tests load the library).
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! equal a model computed independently (server state as the client knows
 //! it, with the client's unconfirmed writes laid over it column by column).
 //!
-//! Needs the built extension: `cargo build -p sqlite_sync` first.
+//! Needs the built extension: `cargo build --manifest-path sqlite_sync/Cargo.toml` first.
 
 use std::collections::{BTreeMap, BTreeSet};
 
