@@ -22,6 +22,7 @@ mod cluster;
 mod data;
 mod idle;
 mod load;
+mod mem;
 mod pg;
 mod plot;
 mod report;
@@ -202,6 +203,11 @@ fn render_only(cfg: &Config) {
 }
 
 fn main() {
+    // Re-executed as P14's client process.
+    if let Ok(mode) = std::env::var("BENCH_CLIENT_SYNC") {
+        sqlite::client_child(&mode);
+        return;
+    }
     let cfg = Config::from_env();
     if std::env::var("BENCH_RENDER").is_ok() {
         render_only(&cfg);
@@ -229,7 +235,7 @@ fn main() {
     }
     let mut c = pg::create_db(&cluster, pg::DB);
     let pg_version: String = c.query_one("SELECT version()", &[]).unwrap().get(0);
-    let needs_big = ["P2", "P3", "P6", "P7", "P8", "P9", "P13"]
+    let needs_big = ["P2", "P3", "P6", "P7", "P8", "P9", "P11", "P13", "P14"]
         .iter()
         .any(|f| cfg.wants(f));
     let mut end_cursor = None;
@@ -240,17 +246,29 @@ fn main() {
             figs.push(pg::p8_pg(&mut c, &cfg));
         }
         hold(&cluster);
-        if cfg.wants("P2") {
-            eprintln!("bench: P2");
+        if cfg.wants("P2") || cfg.wants("P11") {
+            eprintln!("bench: P2/P11");
             let (f, cur) = pg::p2(&mut c, &cfg);
-            figs.push(f);
+            figs.extend(f.into_iter().filter(|f| cfg.wants(&f.id)));
             end_cursor = Some(cur);
+        }
+        if cfg.wants("P14") {
+            eprintln!("bench: P14 (backend)");
+            figs.push(pg::p14_backend(&cluster, &cfg));
         }
     }
     // SQLite figures: P3 (and P8's SQLite side), P4/P5, then P6 and P9 on
     // the client P3 left behind.
     let (sfigs, client) = sqlite::figures(&mut c, &cfg, &sqlite_state);
     figs.extend(sfigs);
+    if cfg.wants("P14") && needs_big {
+        eprintln!("bench: P14 (client)");
+        figs.push(sqlite::p14_client(
+            &cluster.conn_str(pg::DB),
+            &cfg,
+            &sqlite_state,
+        ));
+    }
     let mut p9_client: Option<Box<dyn pg::P9Client>> = None;
     if let Some(mut client) = client {
         if cfg.wants("P6") {

@@ -362,22 +362,34 @@ pub fn page_changes(text: &str) -> usize {
 /// Pulls from `cursor` until `has_more` is false; returns (seconds spent in
 /// sync_pull calls, changes, final cursor).
 pub fn pull_all(c: &mut Client, cursor: Option<String>, page: i32) -> (f64, usize, String) {
+    let (secs, n, cursor, _) = pull_all_sized(c, cursor, page);
+    (secs, n, cursor)
+}
+
+/// As [`pull_all`], also returning the bytes of all the pages.
+pub fn pull_all_sized(
+    c: &mut Client,
+    cursor: Option<String>,
+    page: i32,
+) -> (f64, usize, String, usize) {
     let stmt = c.prepare("SELECT sync_pull_json($1, $2)::text").unwrap();
     let mut cursor = cursor;
     let mut secs = 0.0;
     let mut n = 0;
+    let mut bytes = 0;
     loop {
         let t = Instant::now();
         let text: String = c.query_one(&stmt, &[&cursor, &page]).unwrap().get(0);
         secs += t.elapsed().as_secs_f64();
         n += page_changes(&text);
+        bytes += text.len();
         let (cur, more) = page_meta(&text);
         cursor = Some(cur);
         if !more {
             break;
         }
     }
-    (secs, n, cursor.unwrap_or_default())
+    (secs, n, cursor.unwrap_or_default(), bytes)
 }
 
 /// COPY (SELECT to_jsonb(t) FROM t) TO STDOUT; returns (seconds, bytes).
@@ -400,16 +412,19 @@ fn copy_jsonb(c: &mut Client, table: &str) -> (f64, usize) {
     (t.elapsed().as_secs_f64(), bytes)
 }
 
-/// P2: sync_pull of the whole big table, paged, vs COPY of to_jsonb.
-/// Also returns the cursor at the end.
-pub fn p2(c: &mut Client, cfg: &Config) -> (Figure, String) {
+/// P2: sync_pull of the whole big table, paged, vs COPY of to_jsonb; and
+/// P11, the bytes per row of those pages against the to_jsonb text. Also
+/// returns the cursor at the end.
+pub fn p2(c: &mut Client, cfg: &Config) -> (Vec<Figure>, String) {
     let n = cfg.big_rows as f64;
     let (mut pull, mut copy) = (Vec::new(), Vec::new());
     let mut bytes = 0;
+    let mut page_bytes = 0;
     let mut end = String::new();
     for rep in 0..cfg.runs {
-        let (s, changes, cur) = pull_all(c, None, cfg.page);
+        let (s, changes, cur, pb) = pull_all_sized(c, None, cfg.page);
         end = cur;
+        page_bytes = pb;
         assert_eq!(changes as u64, cfg.big_rows, "pull returned every row once");
         pull.push(n / s);
         let (cs, b) = copy_jsonb(c, BIG_PLAIN);
@@ -437,7 +452,95 @@ pub fn p2(c: &mut Client, cfg: &Config) -> (Figure, String) {
         "rows average {} bytes as to_jsonb text",
         bytes / cfg.big_rows.max(1) as usize
     ));
-    (f, end)
+    let per_row = page_bytes as f64 / n.max(1.0);
+    let base_row = bytes as f64 / n.max(1.0);
+    let mut p11 = Figure::new(
+        "P11",
+        &format!(
+            "Page size on the wire: bytes per row of the P2 pages (pages of {}, envelope and cursor included)",
+            cfg.page
+        ),
+        "B/row",
+    );
+    p11.value = Some(per_row);
+    p11.baseline = Some(base_row);
+    p11.ratio = Some(per_row / base_row);
+    p11.runs = vec![per_row];
+    p11.baseline_runs = vec![base_row];
+    let p11 = p11
+        .label("P11 page bytes/row")
+        .baseline_is("the same rows as to_jsonb text (COPY output, one line per row)")
+        .target(Check::ratio_le(1.0))
+        .note(format!(
+            "{} pages' bytes over {} rows; deterministic (the same in every run)",
+            page_bytes, cfg.big_rows
+        ));
+    (vec![f, p11], end)
+}
+
+/// Anonymous memory growth of a fresh backend while it runs `sql` (one
+/// text value): (growth in bytes, the value's bytes).
+fn backend_growth(cluster: &BenchCluster, sql: &str) -> (f64, f64) {
+    let mut c = cluster.connect(DB);
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    c.batch_execute("SET pg_sync.max_page_size = '256MB'")
+        .unwrap();
+    let (text, before, peak) = crate::mem::peak_during(pid as u32, || {
+        c.query_one(sql, &[]).unwrap().get::<_, String>(0)
+    });
+    (
+        (peak.saturating_sub(before) * 1024) as f64,
+        text.len() as f64,
+    )
+}
+
+/// P14, Postgres side: a backend's memory growth while it serves one page
+/// of 100,000 rows, against the page's own size.
+pub fn p14_backend(cluster: &BenchCluster, cfg: &Config) -> Figure {
+    let rows = cfg.big_rows.min(100_000) as i32;
+    let (mut growth, mut page, mut jsonb) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..cfg.runs {
+        let (g, p) = backend_growth(
+            cluster,
+            &format!("SELECT sync_pull_json(NULL, {rows})::text"),
+        );
+        let (jg, jp) = backend_growth(
+            cluster,
+            &format!(
+                "SELECT json_agg(to_jsonb(t))::text FROM (SELECT * FROM {BIG_PLAIN} LIMIT {rows}) t"
+            ),
+        );
+        eprintln!(
+            "  P14 rep {rep}: page {:.1} MB, backend grew {:.1} MB; json_agg(to_jsonb) {:.1} MB grew {:.1} MB",
+            p / 1e6,
+            g / 1e6,
+            jp / 1e6,
+            jg / 1e6
+        );
+        growth.push(g / 1e6);
+        page.push(p / 1e6);
+        jsonb.push(jg / jp.max(1.0));
+    }
+    let mut f = Figure::new(
+        "P14",
+        &format!(
+            "Memory: a fresh backend's anonymous RSS growth (peak, sampled every 2 ms) while serving one sync_pull_json page of {rows} rows (pg_sync.max_page_size = 256MB)"
+        ),
+        "MB",
+    );
+    let ratios: Vec<f64> = growth.iter().zip(&page).map(|(g, p)| g / p).collect();
+    f.value = Some(median(&growth));
+    f.baseline = Some(median(&page));
+    f.ratio = Some(median(&ratios));
+    f.runs = growth;
+    f.baseline_runs = page;
+    f.label("P14 backend memory / page")
+        .baseline_is("the page's own size")
+        .target(Check::ratio_le(2.0))
+        .note(format!(
+            "the same rows as json_agg(to_jsonb(t)) grow a fresh backend by {:.2}x their text (median)",
+            median(&jsonb)
+        ))
 }
 
 // ---------------------------------------------------------------- P8 (Postgres)

@@ -306,7 +306,7 @@ fn p3(pgc: &mut Client, cfg: &Config, lib: &Path, dir: &Path, schema: &str) -> (
     .label("P3 initial sync")
     .baseline_is("COPY t TO STDOUT + plain SQLite INSERT, one transaction")
     .target(Check::ratio_ge(0.5))
-    .target(Check::value_ge(100_000.0))
+    .target(Check::value_ge(150_000.0))
     .note(format!(
         "time split (medians): sync_pull {:.1}s, sync_apply {:.1}s",
         median(&pull_total),
@@ -708,4 +708,102 @@ impl pg::P9Client for P9Sqlite {
     fn describe(&self) -> &'static str {
         "pulled + applied + read back from the SQLite table"
     }
+}
+
+// ---------------------------------------------------------------- P14 (client)
+
+/// Run by the bench binary re-executed as a client (`BENCH_CLIENT_SYNC`
+/// set to `sync` or `plain`): the initial sync of the big table into a new
+/// SQLite file (or its baseline, COPY + plain insert), then the process's
+/// peak resident memory on stdout (`VmHWM` and `RssAnon` kB).
+pub fn client_child(mode: &str) {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
+    let mut pgc = postgres::Client::connect(&var("BENCH_CLIENT_CONN"), postgres::NoTls).unwrap();
+    let path = std::path::PathBuf::from(var("BENCH_CLIENT_DB"));
+    fresh(&path);
+    let page: i32 = var("BENCH_CLIENT_PAGE").parse().unwrap();
+    let rows = if mode == "sync" {
+        let schema: String = pgc
+            .query_one("SELECT sync_schema()::text", &[])
+            .unwrap()
+            .get(0);
+        let conn = open_client(Path::new(&var("BENCH_CLIENT_LIB")), &path, Some(&schema));
+        pull_apply_all(&mut pgc, &conn, page).2
+    } else {
+        let mut plain = open_plain(&path);
+        copy_into_plain(&mut pgc, &mut plain)
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "rows {rows} hwm {} anon {}",
+        field("VmHWM:"),
+        field("RssAnon:")
+    );
+    fresh(&path);
+}
+
+/// Peak RSS (MB) of a client process doing `mode` (`sync` or `plain`).
+fn client_run(conn: &str, lib: &Path, db: &Path, cfg: &Config, mode: &str) -> Option<f64> {
+    let out = std::process::Command::new(std::env::current_exe().ok()?)
+        .env("BENCH_CLIENT_SYNC", mode)
+        .env("BENCH_CLIENT_CONN", conn)
+        .env("BENCH_CLIENT_LIB", lib)
+        .env("BENCH_CLIENT_DB", db)
+        .env("BENCH_CLIENT_PAGE", cfg.page.to_string())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let rows: u64 = words.get(1)?.parse().ok()?;
+    if rows != cfg.big_rows {
+        eprintln!(
+            "  P14 client {mode}: {rows} rows, expected {}",
+            cfg.big_rows
+        );
+        return None;
+    }
+    Some(words.get(3)?.parse::<f64>().ok()? / 1024.0)
+}
+
+/// P14, client side: the peak RSS of a process that does the initial sync
+/// of the big table into an empty SQLite file, against one doing P3's
+/// baseline.
+pub fn p14_client(conn: &str, cfg: &Config, state: &SqliteState) -> Figure {
+    let what = format!(
+        "Memory: peak RSS (VmHWM) of a client process doing the initial sync of {} rows into an empty SQLite file (sqlite_sync in the process's bundled SQLite, pages of {})",
+        cfg.big_rows, cfg.page
+    );
+    let SqliteState::Ready { lib, .. } = state else {
+        return not_measured("P14", &what, "not measured: sqlite_sync not usable");
+    };
+    let dir = std::env::temp_dir().join(format!("pg_sync_bench_sqlite_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut sync, mut plain) = (Vec::new(), Vec::new());
+    for rep in 0..cfg.runs {
+        let s = client_run(conn, lib, &dir.join("p14_client.db"), cfg, "sync");
+        let p = client_run(conn, lib, &dir.join("p14_plain.db"), cfg, "plain");
+        eprintln!("  P14 client rep {rep}: sync {s:?} MB, COPY + insert {p:?} MB");
+        sync.extend(s);
+        plain.extend(p);
+    }
+    if sync.is_empty() {
+        return not_measured("P14", &what, "not measured: the client process failed");
+    }
+    let mut f = Figure::new("P14", &what, "MB");
+    f.value = Some(median(&sync));
+    f.baseline = (!plain.is_empty()).then(|| median(&plain));
+    f.ratio = f.baseline.map(|b| median(&sync) / b);
+    f.runs = sync;
+    f.baseline_runs = plain;
+    f.label("P14 client memory")
+        .baseline_is("a process doing P3's baseline (COPY t TO STDOUT + plain SQLite INSERT)")
+        .target(Check::value_lt(50.0))
+        .note("the whole process: binary, Postgres client, SQLite with its default page cache, page text and parse")
 }

@@ -574,20 +574,42 @@ unsafe impl Sync for Source {}
 struct OneRowTab {
     /// Base class; must be first.
     base: ffi::sqlite3_vtab,
-    /// The connection's source (owned by the module's aux data, which
-    /// outlives every table connected through it).
+    /// The connection's source (a clone of the module's).
     rows: std::rc::Rc<dyn OneRow>,
     /// The connection, for reading the clock.
     db: *mut sqlite3,
 }
 
-/// A scan of a one-row table.
+/// A scan of a one-row table. Its table is reached through `base.pVtab`
+/// (SQLite sets it), not a borrow kept from `open`: rusqlite borrows the
+/// table mutably for every cursor it opens, and cursors nest (a trigger
+/// reads the clock while an outer statement scans it).
 #[repr(C)]
 struct OneRowCur<'vtab> {
     /// Base class; must be first.
     base: ffi::sqlite3_vtab_cursor,
-    tab: &'vtab OneRowTab,
     eof: bool,
+    tab: std::marker::PhantomData<&'vtab OneRowTab>,
+}
+
+impl OneRowCur<'_> {
+    /// The cursor's table.
+    fn tab(&self) -> &OneRowTab {
+        // SAFETY: SQLite sets `pVtab` to the table the cursor was opened
+        // on (a `OneRowTab`, `#[repr(C)]` with `sqlite3_vtab` first), which
+        // outlives its cursors; the table is only read.
+        unsafe { &*self.base.pVtab.cast::<OneRowTab>() }
+    }
+}
+
+/// Runs a virtual-table callback, turning a panic into an error (rusqlite
+/// does not catch panics there, and one would abort the app).
+fn no_panic<T>(f: impl FnOnce() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(rusqlite::Error::ModuleError(
+            "sqlite_sync: internal error (panic)".into(),
+        ))
+    })
 }
 
 // SAFETY: `OneRowTab` is `#[repr(C)]` with `sqlite3_vtab` first, as
@@ -604,20 +626,22 @@ unsafe impl<'vtab> VTab<'vtab> for OneRowTab {
         _table: &[u8],
         _args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        let aux = aux.ok_or_else(|| rusqlite::Error::ModuleError("no source".into()))?;
-        // Usable from triggers even with PRAGMA trusted_schema=OFF.
-        db.config(VTabConfig::Innocuous)?;
-        Ok((
-            Cow::Owned(aux.decl.clone()),
-            OneRowTab {
-                base: ffi::sqlite3_vtab::default(),
-                rows: aux.rows.clone(),
-                // SAFETY: only the handle is kept, to read the clock's
-                // meta row from `value`; the table never outlives its
-                // connection.
-                db: unsafe { db.handle() },
-            },
-        ))
+        no_panic(|| {
+            let aux = aux.ok_or_else(|| rusqlite::Error::ModuleError("no source".into()))?;
+            // Usable from triggers even with PRAGMA trusted_schema=OFF.
+            db.config(VTabConfig::Innocuous)?;
+            Ok((
+                Cow::Owned(aux.decl.clone()),
+                OneRowTab {
+                    base: ffi::sqlite3_vtab::default(),
+                    rows: aux.rows.clone(),
+                    // SAFETY: only the handle is kept, to read the clock's
+                    // meta row from `value`; the table never outlives its
+                    // connection.
+                    db: unsafe { db.handle() },
+                },
+            ))
+        })
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
@@ -629,8 +653,8 @@ unsafe impl<'vtab> VTab<'vtab> for OneRowTab {
     fn open(&'vtab mut self) -> rusqlite::Result<OneRowCur<'vtab>> {
         Ok(OneRowCur {
             base: ffi::sqlite3_vtab_cursor::default(),
-            tab: self,
             eof: true,
+            tab: std::marker::PhantomData,
         })
     }
 }
@@ -639,7 +663,7 @@ unsafe impl<'vtab> VTab<'vtab> for OneRowTab {
 // rusqlite requires.
 unsafe impl VTabCursor for OneRowCur<'_> {
     fn filter(&mut self, _num: c_int, _s: Option<&str>, _a: &Filters<'_>) -> rusqlite::Result<()> {
-        self.eof = !self.tab.rows.present();
+        self.eof = !no_panic(|| Ok(self.tab().rows.present()))?;
         Ok(())
     }
 
@@ -653,9 +677,14 @@ unsafe impl VTabCursor for OneRowCur<'_> {
     }
 
     fn column(&self, ctx: &mut VtContext, _i: c_int) -> rusqlite::Result<()> {
-        match self.tab.rows.value(Db(self.tab.db)) {
+        let tab = self.tab();
+        match no_panic(|| {
+            tab.rows
+                .value(Db(tab.db))
+                .map_err(|e| rusqlite::Error::ModuleError(e.to_string()))
+        }) {
             Ok(v) => ctx.set_result(&v),
-            Err(e) => Err(rusqlite::Error::ModuleError(e.to_string())),
+            Err(e) => Err(e),
         }
     }
 
@@ -680,4 +709,55 @@ pub fn register_one_row(
     const MODULE: Module<OneRowTab> = Module::eponymous_only_module();
     conn.create_module(cstring(name)?.as_c_str(), &MODULE, Some(source))
         .map_err(|e| Error::input(format!("could not register {name}: {e}")))
+}
+
+// ------------------------------------------------------------------------
+// The entry point.
+
+/// Loads the extension into a connection: checks the loading SQLite's
+/// version first (rusqlite's own check reports a mismatch through an API
+/// routine it has not set up yet, which would abort the app), then lets
+/// rusqlite record the API table and runs `init`.
+///
+/// # Safety
+/// The arguments must be those SQLite passed to the extension's entry
+/// point.
+pub unsafe fn entry(
+    db: *mut sqlite3,
+    pz_err_msg: *mut *mut c_char,
+    p_api: *mut ffi::sqlite3_api_routines,
+    init: fn(rusqlite::Connection) -> rusqlite::Result<bool>,
+) -> c_int {
+    // SAFETY: `p_api` is SQLite's routine table (or null), valid for the
+    // process's lifetime; its routines are called as SQLite declares them.
+    unsafe {
+        let Some(api) = p_api.as_ref() else {
+            return ffi::SQLITE_ERROR;
+        };
+        let version = api.libversion_number.map_or(0, |f| f());
+        if version < ffi::SQLITE_VERSION_NUMBER {
+            let msg = format!(
+                "sqlite_sync needs SQLite {} or newer; this is {}",
+                version_text(ffi::SQLITE_VERSION_NUMBER),
+                version_text(version)
+            );
+            if let (false, Some(malloc)) = (pz_err_msg.is_null(), api.malloc) {
+                let p = malloc(c_int::try_from(msg.len() + 1).unwrap_or(0)).cast::<u8>();
+                if !p.is_null() {
+                    ptr::copy_nonoverlapping(msg.as_ptr(), p, msg.len());
+                    *p.add(msg.len()) = 0;
+                    *pz_err_msg = p.cast::<c_char>();
+                }
+            }
+            return ffi::SQLITE_ERROR;
+        }
+        let outcome =
+            catch_unwind(|| rusqlite::Connection::extension_init2(db, pz_err_msg, p_api, init));
+        outcome.unwrap_or(ffi::SQLITE_ERROR)
+    }
+}
+
+/// `3034001` as `3.34.1`.
+fn version_text(v: c_int) -> String {
+    format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)
 }

@@ -26,9 +26,14 @@ fn init(conn: Connection) -> rusqlite::Result<bool> {
     match outcome {
         Ok(Ok(())) => Ok(false),
         Ok(Err(e)) => Err(rusqlite::Error::ModuleError(e.to_string())),
-        Err(_) => Err(rusqlite::Error::ModuleError(
-            "sqlite_sync: internal error while loading".into(),
-        )),
+        Err(panic) => Err(rusqlite::Error::ModuleError(format!(
+            "sqlite_sync: internal error while loading (panic: {})",
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into())
+        ))),
     }
 }
 
@@ -43,7 +48,7 @@ pub unsafe extern "C" fn sqlite3_sqlitesync_init(
     p_api: *mut sqlite3_api_routines,
 ) -> c_int {
     // SAFETY: the arguments are those SQLite passed to the entry point.
-    unsafe { Connection::extension_init2(db, pz_err_msg, p_api, init) }
+    unsafe { ffi::entry(db, pz_err_msg, p_api, init) }
 }
 
 /// Generic entry point, used when the library file was renamed.
@@ -57,5 +62,5 @@ pub unsafe extern "C" fn sqlite3_extension_init(
     p_api: *mut sqlite3_api_routines,
 ) -> c_int {
     // SAFETY: as above.
-    unsafe { Connection::extension_init2(db, pz_err_msg, p_api, init) }
+    unsafe { ffi::entry(db, pz_err_msg, p_api, init) }
 }

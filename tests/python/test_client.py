@@ -156,6 +156,6 @@ class ClientTest(unittest.TestCase):
 
 if __name__ == "__main__":
     if not os.path.exists(LIB):
-        print(f"{LIB} is missing: run `cargo build -p sqlite_sync` first", file=sys.stderr)
+        print(f"{LIB} is missing: run `cargo build --manifest-path sqlite_sync/Cargo.toml` first", file=sys.stderr)
         sys.exit(2)
     unittest.main(verbosity=2)
