@@ -4,26 +4,26 @@
 use std::rc::Rc;
 
 use crate::error::{Error, Result};
-use crate::ffi::{self, Db, Ret, Value, FLAG_DIRECTONLY, FLAG_INNOCUOUS};
+use crate::ffi::{self, Arg, Db, Ret, Value, FLAG_DIRECTONLY, FLAG_INNOCUOUS};
 use crate::model::values;
 use crate::store::state::{self, ConnState};
 use crate::sync::{conflicts, init, pull, push, status, streams};
 
-fn text_arg<'a>(args: &'a [Value], i: usize, what: &str) -> Result<&'a str> {
+fn text_arg<'a>(args: &'a [Arg<'_>], i: usize, what: &str) -> Result<&'a str> {
     match args.get(i) {
-        Some(Value::Text(s)) => Ok(s),
-        Some(Value::Null) | None => Err(Error::input(format!("{what} must not be NULL"))),
+        Some(Arg::Text(s)) => Ok(s),
+        Some(Arg::Null) | None => Err(Error::input(format!("{what} must not be NULL"))),
         Some(_) => Err(Error::input(format!(
             "{what} must be text (a JSON document)"
         ))),
     }
 }
 
-fn f_init(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+fn f_init(st: &ConnState, db: Db, args: &[Arg<'_>]) -> Result<Ret> {
     let schema = text_arg(args, 0, "schema").map_err(|e| e.prefixed("sync_init"))?;
     let local = match args.get(1) {
-        None | Some(Value::Null) => None,
-        Some(Value::Text(s)) => Some(s.as_str()),
+        None | Some(Arg::Null) => None,
+        Some(Arg::Text(s)) => Some(s.as_ref()),
         Some(_) => {
             return Err(Error::input(
                 "sync_init: local must be text (a JSON document) or NULL",
@@ -35,12 +35,12 @@ fn f_init(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
         .map_err(|e| e.prefixed("sync_init"))
 }
 
-fn f_changes(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+fn f_changes(st: &ConnState, db: Db, args: &[Arg<'_>]) -> Result<Ret> {
     let max = match args.first() {
-        None | Some(Value::Null) => 1000,
-        Some(Value::Int(n)) => *n,
-        Some(Value::Real(f)) if f.fract() == 0.0 => *f as i64,
-        Some(Value::Text(s)) => s
+        None | Some(Arg::Null) => 1000,
+        Some(Arg::Int(n)) => *n,
+        Some(Arg::Real(f)) if f.fract() == 0.0 => *f as i64,
+        Some(Arg::Text(s)) => s
             .trim()
             .parse::<i64>()
             .map_err(|_| Error::input("sync_changes: max must be an integer"))?,
@@ -51,14 +51,14 @@ fn f_changes(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
         .map_err(|e| e.prefixed("sync_changes"))
 }
 
-fn f_ack(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+fn f_ack(st: &ConnState, db: Db, args: &[Arg<'_>]) -> Result<Ret> {
     let r = text_arg(args, 0, "result").map_err(|e| e.prefixed("sync_ack"))?;
     push::sync_ack(st, db, r)
         .map(Ret::Text)
         .map_err(|e| e.prefixed("sync_ack"))
 }
 
-fn f_apply(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+fn f_apply(st: &ConnState, db: Db, args: &[Arg<'_>]) -> Result<Ret> {
     let p = text_arg(args, 0, "page").map_err(|e| e.prefixed("sync_apply"))?;
     pull::sync_apply(st, db, p)
         .map(Ret::Text)
@@ -66,33 +66,33 @@ fn f_apply(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
 }
 
 /// The conflict id argument: an integer.
-fn id_arg(args: &[Value]) -> Result<i64> {
+fn id_arg(args: &[Arg<'_>]) -> Result<i64> {
     match args.first() {
-        Some(Value::Int(n)) => Ok(*n),
-        Some(Value::Null) | None => Err(Error::input("conflict must not be NULL")),
+        Some(Arg::Int(n)) => Ok(*n),
+        Some(Arg::Null) | None => Err(Error::input("conflict must not be NULL")),
         Some(_) => Err(Error::input(
             "conflict must be an integer (an id of _sync_conflicts)",
         )),
     }
 }
 
-fn f_resolve(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+fn f_resolve(st: &ConnState, db: Db, args: &[Arg<'_>]) -> Result<Ret> {
     let name = |e: Error| e.prefixed("sync_resolve");
     let id = id_arg(args).map_err(name)?;
     let how = match args.get(1) {
-        Some(Value::Text(s)) => s.as_str(),
+        Some(Arg::Text(s)) => s.as_ref(),
         _ => {
             return Err(name(Error::input(
                 "resolution must be 'mine', 'theirs' or 'value'",
             )))
         }
     };
-    conflicts::sync_resolve(st, db, id, how, args.get(2))
+    conflicts::sync_resolve(st, db, id, how, args.get(2).map(Arg::to_value).as_ref())
         .map(Ret::Text)
         .map_err(name)
 }
 
-fn f_conflict_diff(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+fn f_conflict_diff(st: &ConnState, db: Db, args: &[Arg<'_>]) -> Result<Ret> {
     let name = |e: Error| e.prefixed("sync_conflict_diff");
     st.loaded(db).map_err(name)?;
     let id = id_arg(args).map_err(name)?;
@@ -101,12 +101,12 @@ fn f_conflict_diff(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
         .map_err(name)
 }
 
-fn f_subscribe(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+fn f_subscribe(st: &ConnState, db: Db, args: &[Arg<'_>]) -> Result<Ret> {
     let name = |e: Error| e.prefixed("sync_subscribe");
     let stream = text_arg(args, 0, "stream").map_err(name)?;
     let params = match args.get(1) {
-        None | Some(Value::Null) => "{}",
-        Some(Value::Text(s)) => s.as_str(),
+        None | Some(Arg::Null) => "{}",
+        Some(Arg::Text(s)) => s.as_ref(),
         Some(_) => return Err(name(Error::input("params must be text (a JSON object)"))),
     };
     streams::sync_subscribe(st, db, stream, params)
@@ -114,12 +114,12 @@ fn f_subscribe(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
         .map_err(name)
 }
 
-fn f_unsubscribe(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+fn f_unsubscribe(st: &ConnState, db: Db, args: &[Arg<'_>]) -> Result<Ret> {
     let name = |e: Error| e.prefixed("sync_unsubscribe");
     let stream = text_arg(args, 0, "stream").map_err(name)?;
     let params = match args.get(1) {
-        None | Some(Value::Null) => "{}",
-        Some(Value::Text(s)) => s.as_str(),
+        None | Some(Arg::Null) => "{}",
+        Some(Arg::Text(s)) => s.as_ref(),
         Some(_) => return Err(name(Error::input("params must be text (a JSON object)"))),
     };
     streams::sync_unsubscribe(st, db, stream, params)
@@ -127,29 +127,29 @@ fn f_unsubscribe(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
         .map_err(name)
 }
 
-fn f_status(st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
+fn f_status(st: &ConnState, db: Db, _args: &[Arg<'_>]) -> Result<Ret> {
     status::sync_status(st, db)
         .map(Ret::Text)
         .map_err(|e| e.prefixed("sync_status"))
 }
 
-fn f_pending(st: &ConnState, db: Db, args: &[Value]) -> Result<Ret> {
+fn f_pending(st: &ConnState, db: Db, args: &[Arg<'_>]) -> Result<Ret> {
     let (t, pk) = (
-        args.first().unwrap_or(&Value::Null),
-        args.get(1).unwrap_or(&Value::Null),
+        &args.first().map_or(Value::Null, Arg::to_value),
+        &args.get(1).map_or(Value::Null, Arg::to_value),
     );
     status::sync_pending(st, db, t, pk)
         .map(Ret::Int)
         .map_err(|e| e.prefixed("sync_pending"))
 }
 
-fn f_client_id(_st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
+fn f_client_id(_st: &ConnState, db: Db, _args: &[Arg<'_>]) -> Result<Ret> {
     state::client_id(db)
         .map(Ret::Text)
         .map_err(|e| e.prefixed("sync_client_id"))
 }
 
-fn f_cursor(_st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
+fn f_cursor(_st: &ConnState, db: Db, _args: &[Arg<'_>]) -> Result<Ret> {
     if state::schema_version(db)?.is_none() {
         return Err(state::not_initialised().prefixed("sync_cursor"));
     }
@@ -159,23 +159,23 @@ fn f_cursor(_st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
     })
 }
 
-fn f_hlc(st: &ConnState, db: Db, _args: &[Value]) -> Result<Ret> {
+fn f_hlc(st: &ConnState, db: Db, _args: &[Arg<'_>]) -> Result<Ret> {
     st.tick(db)
         .map(|h| Ret::Int(h.as_i64()))
         .map_err(|e| e.prefixed("sync_hlc"))
 }
 
-fn f_capture(st: &ConnState, _db: Db, _args: &[Value]) -> Result<Ret> {
+fn f_capture(st: &ConnState, _db: Db, _args: &[Arg<'_>]) -> Result<Ret> {
     Ok(Ret::Int(i64::from(st.capturing())))
 }
 
-fn f_ver_json(_st: &ConnState, _db: Db, args: &[Value]) -> Result<Ret> {
+fn f_ver_json(_st: &ConnState, _db: Db, args: &[Arg<'_>]) -> Result<Ret> {
     let n = match args.get(1) {
-        Some(Value::Int(n)) if *n > 0 && *n <= 64 => Some(*n as usize),
+        Some(Arg::Int(n)) if *n > 0 && *n <= 64 => Some(*n as usize),
         _ => None,
     };
     Ok(match args.first() {
-        Some(Value::Blob(b)) => {
+        Some(Arg::Blob(b)) => {
             let n = n.unwrap_or(b.len() / 8);
             Ret::Text(values::ver_to_json(&values::ver_from_blob(b, n)))
         }
@@ -183,7 +183,7 @@ fn f_ver_json(_st: &ConnState, _db: Db, args: &[Value]) -> Result<Ret> {
     })
 }
 
-fn f_version(_st: &ConnState, _db: Db, _args: &[Value]) -> Result<Ret> {
+fn f_version(_st: &ConnState, _db: Db, _args: &[Arg<'_>]) -> Result<Ret> {
     Ok(Ret::Text(env!("CARGO_PKG_VERSION").to_string()))
 }
 

@@ -370,33 +370,63 @@ impl Stmt {
     }
 }
 
+/// A function argument, borrowed from SQLite for the length of the call
+/// (a page of thousands of rows is not copied to be read).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    /// UTF-8 text (invalid bytes replaced, which copies).
+    Text(std::borrow::Cow<'a, str>),
+    Blob(&'a [u8]),
+}
+
+impl Arg<'_> {
+    /// An owned copy.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Arg::Null => Value::Null,
+            Arg::Int(n) => Value::Int(*n),
+            Arg::Real(f) => Value::Real(*f),
+            Arg::Text(s) => Value::Text(s.to_string()),
+            Arg::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+}
+
 /// Reads a function argument.
 ///
 /// # Safety
-/// `v` must be a valid `sqlite3_value` for the duration of the call.
-pub unsafe fn arg_value(v: *mut sqlite3_value) -> Value {
+/// `v` must be a valid `sqlite3_value` for the duration of the call, and
+/// the result must not outlive it (SQLite keeps the bytes unchanged until
+/// the function returns).
+pub unsafe fn arg_value<'a>(v: *mut sqlite3_value) -> Arg<'a> {
     match ffi::sqlite3_value_type(v) {
-        SQLITE_INTEGER => Value::Int(ffi::sqlite3_value_int64(v)),
-        SQLITE_FLOAT => Value::Real(ffi::sqlite3_value_double(v)),
+        SQLITE_INTEGER => Arg::Int(ffi::sqlite3_value_int64(v)),
+        SQLITE_FLOAT => Arg::Real(ffi::sqlite3_value_double(v)),
         SQLITE_TEXT => {
             let p = ffi::sqlite3_value_text(v);
             let n = ffi::sqlite3_value_bytes(v);
             if p.is_null() {
-                Value::Text(String::new())
+                Arg::Text("".into())
             } else {
-                Value::Text(text_from(std::slice::from_raw_parts(p, n.max(0) as usize)))
+                Arg::Text(String::from_utf8_lossy(std::slice::from_raw_parts(
+                    p,
+                    n.max(0) as usize,
+                )))
             }
         }
         SQLITE_BLOB => {
             let p = ffi::sqlite3_value_blob(v);
             let n = ffi::sqlite3_value_bytes(v);
             if p.is_null() || n <= 0 {
-                Value::Blob(Vec::new())
+                Arg::Blob(&[])
             } else {
-                Value::Blob(std::slice::from_raw_parts(p.cast::<u8>(), n as usize).to_vec())
+                Arg::Blob(std::slice::from_raw_parts(p.cast::<u8>(), n as usize))
             }
         }
-        _ => Value::Null,
+        _ => Arg::Null,
     }
 }
 
@@ -420,7 +450,7 @@ pub enum Ret {
 }
 
 /// Signature of the safe function bodies.
-pub type Func<S> = fn(&S, Db, &[Value]) -> Result<Ret>;
+pub type Func<S> = fn(&S, Db, &[Arg<'_>]) -> Result<Ret>;
 
 struct Registered<S> {
     state: std::rc::Rc<S>,
@@ -435,7 +465,7 @@ unsafe extern "C" fn x_func<S>(
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let reg = &*(ffi::sqlite3_user_data(ctx).cast::<Registered<S>>());
         let db = Db(ffi::sqlite3_context_db_handle(ctx));
-        let args: Vec<Value> = if argc > 0 && !argv.is_null() {
+        let args: Vec<Arg<'_>> = if argc > 0 && !argv.is_null() {
             std::slice::from_raw_parts(argv, argc as usize)
                 .iter()
                 .map(|v| arg_value(*v))
