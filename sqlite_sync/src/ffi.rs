@@ -61,6 +61,7 @@ impl Value {
 
 /// Runtime SQLite version number, e.g. 3040001.
 pub fn libversion_number() -> i32 {
+    // SAFETY: no arguments; the API table is set when the extension loads.
     unsafe { ffi::sqlite3_libversion_number() }
 }
 
@@ -70,6 +71,7 @@ pub struct Db(*mut sqlite3);
 
 impl Db {
     pub fn errmsg(&self) -> String {
+        // SAFETY: `self.0` is the open connection; the message is copied before any other call can change it.
         unsafe {
             let p = ffi::sqlite3_errmsg(self.0);
             if p.is_null() {
@@ -103,6 +105,7 @@ impl Db {
     pub fn exec(&self, sql: &str) -> Result<()> {
         let c = cstring(sql)?;
         let mut err: *mut c_char = ptr::null_mut();
+        // SAFETY: `self.0` is the open connection of the current call; `c` is NUL-terminated and outlives the call.
         let rc = unsafe { ffi::sqlite3_exec(self.0, c.as_ptr(), None, ptr::null_mut(), &mut err) };
         if rc == SQLITE_OK {
             return Ok(());
@@ -110,6 +113,7 @@ impl Db {
         let msg = if err.is_null() {
             self.errmsg()
         } else {
+            // SAFETY: `err` was allocated by SQLite for this call, read once and freed once.
             unsafe {
                 let m = CStr::from_ptr(err).to_string_lossy().into_owned();
                 ffi::sqlite3_free(err.cast::<c_void>());
@@ -126,6 +130,7 @@ impl Db {
     pub fn prepare(&self, sql: &str) -> Result<Stmt> {
         let mut stmt: *mut sqlite3_stmt = ptr::null_mut();
         let len = c_int::try_from(sql.len()).map_err(|_| Error::input("SQL text too long"))?;
+        // SAFETY: `sql` is valid for `len` bytes; `stmt` receives a new statement or null.
         let rc = unsafe {
             ffi::sqlite3_prepare_v2(
                 self.0,
@@ -137,6 +142,7 @@ impl Db {
         };
         if rc != SQLITE_OK {
             if !stmt.is_null() {
+                // SAFETY: `stmt` was just returned by prepare and is finalized once.
                 unsafe { ffi::sqlite3_finalize(stmt) };
             }
             return Err(self.error(rc).context(&first_line(sql)));
@@ -152,6 +158,7 @@ impl Db {
 
     /// Rows changed by the last INSERT/UPDATE/DELETE on this connection.
     pub fn changes(&self) -> i64 {
+        // SAFETY: `self.0` is the open connection of the current call.
         i64::from(unsafe { ffi::sqlite3_changes(self.0) })
     }
 
@@ -160,6 +167,7 @@ impl Db {
     /// matching PRAGMAs, this also works inside a transaction.
     pub fn config_flag(&self, op: c_int, value: c_int) -> Result<bool> {
         let mut out: c_int = 0;
+        // SAFETY: `self.0` is the open connection; `out` is a valid int for SQLite to write.
         let rc = unsafe { ffi::sqlite3_db_config(self.0, op, value, &mut out as *mut c_int) };
         self.check(rc, "sqlite3_db_config")?;
         Ok(out != 0)
@@ -209,6 +217,7 @@ pub struct Stmt {
 
 impl Drop for Stmt {
     fn drop(&mut self) {
+        // SAFETY: `raw` was prepared by `Db::prepare` and is finalized only here, once.
         unsafe { ffi::sqlite3_finalize(self.raw) };
     }
 }
@@ -216,6 +225,7 @@ impl Drop for Stmt {
 impl Stmt {
     pub fn bind(&mut self, idx: usize, v: &Value) -> Result<()> {
         let i = idx as c_int;
+        // SAFETY: `raw` is a live statement; SQLite copies the bytes (SQLITE_TRANSIENT) before returning.
         let rc = unsafe {
             match v {
                 Value::Null => ffi::sqlite3_bind_null(self.raw, i),
@@ -241,6 +251,7 @@ impl Stmt {
     }
 
     pub fn bind_text(&mut self, idx: usize, v: &str) -> Result<()> {
+        // SAFETY: `raw` is a live statement; SQLite copies the bytes (SQLITE_TRANSIENT) before returning.
         let rc = unsafe {
             ffi::sqlite3_bind_text(
                 self.raw,
@@ -254,6 +265,7 @@ impl Stmt {
     }
 
     pub fn bind_blob(&mut self, idx: usize, v: &[u8]) -> Result<()> {
+        // SAFETY: `raw` is a live statement; SQLite copies the bytes (SQLITE_TRANSIENT) before returning.
         let rc = unsafe {
             ffi::sqlite3_bind_blob(
                 self.raw,
@@ -277,6 +289,7 @@ impl Stmt {
     /// Steps once: `Ok(true)` when a row is ready, `Ok(false)` when done.
     /// On error the statement is reset and SQLite's message returned.
     pub fn step(&mut self) -> Result<bool> {
+        // SAFETY: `raw` is a live statement of this connection.
         let rc = unsafe { ffi::sqlite3_step(self.raw) };
         match rc {
             SQLITE_ROW => Ok(true),
@@ -284,6 +297,7 @@ impl Stmt {
             _ => {
                 // The message is read after the reset, which keeps it (and
                 // returns the same code again).
+                // SAFETY: `raw` is a live statement of this connection.
                 unsafe { ffi::sqlite3_reset(self.raw) };
                 Err(self.db.error(rc).context(&self.sql()))
             }
@@ -292,6 +306,7 @@ impl Stmt {
 
     /// Resets the statement so it can run again (bindings are kept).
     pub fn reset(&mut self) {
+        // SAFETY: `raw` is a live statement of this connection.
         unsafe { ffi::sqlite3_reset(self.raw) };
     }
 
@@ -309,6 +324,7 @@ impl Stmt {
     }
 
     fn sql(&self) -> String {
+        // SAFETY: `raw` is live; its SQL text is copied before the statement can change.
         unsafe {
             let p = ffi::sqlite3_sql(self.raw);
             if p.is_null() {
@@ -320,14 +336,17 @@ impl Stmt {
     }
 
     pub fn col_type_is_null(&self, i: usize) -> bool {
+        // SAFETY: `raw` is a live statement positioned on a row; SQLite checks the column index.
         unsafe { ffi::sqlite3_column_type(self.raw, i as c_int) == 5 }
     }
 
     pub fn col_i64(&self, i: usize) -> i64 {
+        // SAFETY: `raw` is a live statement positioned on a row; SQLite checks the column index.
         unsafe { ffi::sqlite3_column_int64(self.raw, i as c_int) }
     }
 
     pub fn col_text(&self, i: usize) -> Option<String> {
+        // SAFETY: `raw` is positioned on a row; each value is copied before the next call on the statement.
         unsafe {
             let p = ffi::sqlite3_column_text(self.raw, i as c_int);
             if p.is_null() {
@@ -341,6 +360,7 @@ impl Stmt {
 
     pub fn col(&self, i: usize) -> Value {
         let i = i as c_int;
+        // SAFETY: `raw` is positioned on a row; each value is copied before the next call on the statement.
         unsafe {
             match ffi::sqlite3_column_type(self.raw, i) {
                 SQLITE_INTEGER => Value::Int(ffi::sqlite3_column_int64(self.raw, i)),
@@ -457,6 +477,13 @@ struct Registered<S> {
     func: Func<S>,
 }
 
+/// The C side of every registered function: reads the arguments (borrowed),
+/// runs the body, and sets the result or the error (message first, then the
+/// code, so SQLite keeps the code).
+///
+/// # Safety
+/// Called by SQLite only, for a function registered by [`register`]: its
+/// user data is a `Registered<S>` and `argv` holds `argc` values.
 unsafe extern "C" fn x_func<S>(
     ctx: *mut sqlite3_context,
     argc: c_int,
@@ -499,11 +526,19 @@ unsafe extern "C" fn x_func<S>(
     }
 }
 
+/// Sets a function's error message.
+///
+/// # Safety
+/// `ctx` is the context of the function being called.
 unsafe fn result_error(ctx: *mut sqlite3_context, msg: &str) {
     let n = c_int::try_from(msg.len()).unwrap_or(0);
     ffi::sqlite3_result_error(ctx, msg.as_ptr().cast::<c_char>(), n);
 }
 
+/// Frees a registered function's user data.
+///
+/// # Safety
+/// Called by SQLite once, with the `Registered<S>` given at registration.
 unsafe extern "C" fn x_destroy<S>(p: *mut c_void) {
     if !p.is_null() {
         let _ = catch_unwind(AssertUnwindSafe(|| {
@@ -529,6 +564,7 @@ pub fn register<S: 'static>(
         state: state.clone(),
         func,
     }));
+    // SAFETY: `db` is the loading connection; `cname` outlives the call; SQLite owns `reg` from here on and frees it through `x_destroy` (also when registration fails).
     let rc = unsafe {
         ffi::sqlite3_create_function_v2(
             db,
