@@ -527,3 +527,66 @@ fn a_large_subset_downloads_by_row_id_through_moves_and_a_table_rewrite() {
     assert_eq!(ids(&d, "items"), want);
     assert!(wanted(&d).is_empty());
 }
+
+/// A change a hostile device makes to its download's position.
+type Forge = Box<dyn Fn(&mut sync_core::cursor::Boot)>;
+
+#[test]
+fn forged_download_positions_stay_inside_the_filter() {
+    let db = TestDb::new("streams_forged");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, pad text NOT NULL);
+         SELECT sync_enable('items');
+         INSERT INTO items SELECT g, g % 2, repeat('x', 200) FROM generate_series(1, 3000) g;
+         SELECT sync_stream('items_by_group', 'items', 'grp = :g');",
+    )
+    .unwrap();
+    let d = Device::new(&mut c, "streams_forged");
+    d.db.query_row(
+        "SELECT sync_subscribe('items_by_group', '{\"g\": 1}')",
+        [],
+        |r| r.get::<_, String>(0),
+    )
+    .unwrap();
+    // Pull until the download is under way by row id.
+    let mut cur = pull_page(&d, &mut c, 40);
+    for _ in 0..20 {
+        if cur.q[0].b.as_ref().is_some_and(|b| b.c.is_some()) {
+            break;
+        }
+        cur = pull_page(&d, &mut c, 40);
+    }
+    let boot = cur.q[0].b.clone().expect("a download under way");
+    assert!(boot.c.is_some(), "not by row id");
+    // A device may send any values in its cursor: a row id past the end
+    // or with an offset beyond 16 bits, counts at their limits, another
+    // file node, a horizon of 0. Each pull answers, and sends only rows
+    // the filter selects.
+    let forged: Vec<Forge> = vec![
+        Box::new(|b| b.c = Some([u32::MAX, u32::MAX])),
+        Box::new(|b| b.c = Some([3, 1_000_000])),
+        Box::new(|b| {
+            b.n = u64::MAX;
+            b.t = u64::MAX;
+        }),
+        Box::new(|b| b.t = 0),
+        Box::new(|b| b.f = 12_345),
+        Box::new(|b| b.h = 0),
+    ];
+    for forge in forged {
+        let mut fc = cur.clone();
+        let mut b = boot.clone();
+        forge(&mut b);
+        fc.q[0].b = Some(b.clone());
+        let page: Value = c
+            .query_one("SELECT sync_pull_json($1, 40)", &[&fc.encode()])
+            .unwrap_or_else(|e| panic!("{b:?}: {}", err_text(&e)))
+            .get(0);
+        for ch in page["changes"].as_array().unwrap() {
+            if ch["table"] == "items" && ch["op"] == "upsert" {
+                assert_eq!(ch["row"]["grp"], 1, "{b:?}: {ch}");
+            }
+        }
+    }
+}
