@@ -384,30 +384,29 @@ fn a_device_pulling_while_writers_move_rows_ends_with_exactly_its_rows() {
     let _ = err_text;
 }
 
+/// The device's cursor, decoded (None before its first pull).
+fn cursor(d: &Device) -> Option<sync_core::cursor::Cursor> {
+    let text: Option<String> =
+        d.db.query_row("SELECT sync_cursor()", [], |r| r.get(0))
+            .unwrap();
+    text.map(|t| sync_core::cursor::Cursor::decode(&t).unwrap())
+}
+
 /// One page of at most `max` changes, applied; returns the device's cursor
 /// after it, decoded.
 fn pull_page(d: &Device, c: &mut postgres::Client, max: i32) -> sync_core::cursor::Cursor {
-    let cursor: Option<String> =
-        d.db.query_row("SELECT sync_cursor()", [], |r| r.get(0))
-            .unwrap();
+    let text = cursor(d).map(|c| c.encode());
     let page: Value = c
-        .query_one("SELECT sync_pull_json($1, $2)", &[&cursor, &max])
+        .query_one("SELECT sync_pull_json($1, $2)", &[&text, &max])
         .unwrap_or_else(|e| panic!("sync_pull: {}", err_text(&e)))
         .get(0);
     d.call("SELECT sync_apply(?1)", Some(&page.to_string()));
-    let cursor: String =
-        d.db.query_row("SELECT sync_cursor()", [], |r| r.get(0))
-            .unwrap();
-    sync_core::cursor::Cursor::decode(&cursor).unwrap()
+    cursor(d).expect("a cursor after a pull")
 }
 
 /// Ids of the rows a device lacks after its download's key list.
 fn wanted(d: &Device) -> BTreeSet<i64> {
-    let cur: String =
-        d.db.query_row("SELECT sync_cursor()", [], |r| r.get(0))
-            .unwrap();
-    let cur = sync_core::cursor::Cursor::decode(&cur).unwrap();
-    cur.q[0]
+    cursor(d).expect("a cursor").q[0]
         .w
         .iter()
         .map(|k| {
@@ -419,6 +418,28 @@ fn wanted(d: &Device) -> BTreeSet<i64> {
         .collect()
 }
 
+/// Creates `items` (3,000 rows of about 240 bytes, `grp` computed by
+/// `grp`) and the stream `items_by_group`.
+fn items_table(c: &mut postgres::Client, grp: &str) {
+    c.batch_execute(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, pad text NOT NULL);
+         SELECT sync_enable('items');
+         INSERT INTO items SELECT g, {grp}, repeat('x', 200) FROM generate_series(1, 3000) g;
+         SELECT sync_stream('items_by_group', 'items', 'grp = :g');"
+    ))
+    .unwrap();
+}
+
+/// Subscribes a device to group 1 of `items_by_group`.
+fn subscribe_group_one(d: &Device) {
+    d.db.query_row(
+        "SELECT sync_subscribe('items_by_group', '{\"g\": 1}')",
+        [],
+        |r| r.get::<_, String>(0),
+    )
+    .unwrap();
+}
+
 /// Subscribes a new device to one group and pulls pages of 40 until its
 /// first download ends, running `during(n, boot)` after the download's
 /// n-th page (from 0).
@@ -428,12 +449,7 @@ fn download(
     mut during: impl FnMut(&mut postgres::Client, usize, &sync_core::cursor::Boot),
 ) -> Device {
     let d = Device::new(c, name);
-    d.db.query_row(
-        "SELECT sync_subscribe('items_by_group', '{\"g\": 1}')",
-        [],
-        |r| r.get::<_, String>(0),
-    )
-    .unwrap();
+    subscribe_group_one(&d);
     let mut page = 0;
     for _ in 0..400 {
         let cur = pull_page(&d, c, 40);
@@ -466,15 +482,10 @@ fn a_large_subset_downloads_by_row_id_through_moves_and_a_table_rewrite() {
     // About 1,000 of 3,000 rows over about 100 blocks (fewer in the
     // middle), in pages of 40: choosing each page by key would read most
     // blocks every time, so the download goes by row id.
-    c.batch_execute(
-        "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, pad text NOT NULL);
-         SELECT sync_enable('items');
-         INSERT INTO items SELECT g, CASE WHEN g BETWEEN 1001 AND 2200
-                                               THEN (g % 10 = 3)::int ELSE g % 2 END,
-                                  repeat('x', 200) FROM generate_series(1, 3000) g;
-         SELECT sync_stream('items_by_group', 'items', 'grp = :g');",
-    )
-    .unwrap();
+    items_table(
+        &mut c,
+        "CASE WHEN g BETWEEN 1001 AND 2200 THEN (g % 10 = 3)::int ELSE g % 2 END",
+    );
 
     // Rows move in and out and to other blocks (the longer pad does not
     // fit in place), some go, some come, while the download runs.
@@ -535,20 +546,9 @@ type Forge = Box<dyn Fn(&mut sync_core::cursor::Boot)>;
 fn forged_download_positions_stay_inside_the_filter() {
     let db = TestDb::new("streams_forged");
     let mut c = db.connect();
-    c.batch_execute(
-        "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, pad text NOT NULL);
-         SELECT sync_enable('items');
-         INSERT INTO items SELECT g, g % 2, repeat('x', 200) FROM generate_series(1, 3000) g;
-         SELECT sync_stream('items_by_group', 'items', 'grp = :g');",
-    )
-    .unwrap();
+    items_table(&mut c, "g % 2");
     let d = Device::new(&mut c, "streams_forged");
-    d.db.query_row(
-        "SELECT sync_subscribe('items_by_group', '{\"g\": 1}')",
-        [],
-        |r| r.get::<_, String>(0),
-    )
-    .unwrap();
+    subscribe_group_one(&d);
     // Pull until the download is under way by row id.
     let mut cur = pull_page(&d, &mut c, 40);
     for _ in 0..20 {
