@@ -71,7 +71,7 @@ pub fn p12(cluster: &BenchCluster, _cfg: &Config) -> Vec<Figure> {
         let db = format!("bench_idle_{n}");
         let mut c = create_db(cluster, &db);
         setup(&mut c, n);
-        let (mut cursor, rows) = catch_up(&mut c, None);
+        let (mut cursor, rows) = catch_up(&mut c, Some(crate::pg::device_cursor()));
         assert_eq!(rows, n * 10, "P12: the first sync of {n} tables");
         // Until the horizon has passed the transactions that enabled the
         // tables, their marks are above the cursor and they are read again.

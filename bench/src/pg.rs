@@ -356,7 +356,21 @@ fn key_values<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
 
 /// Number of changes in a page's JSON text.
 pub fn page_changes(text: &str) -> usize {
-    key_values(text, "op").len()
+    sync_core::wire::page::read_page(text)
+        .expect("a pull page the device reads")
+        .changes
+        .len()
+}
+
+/// The cursor a device sends before its first pull (`sync_cursor()` of a
+/// new device): no positions, the newest page format.
+pub fn device_cursor() -> String {
+    sync_core::cursor::Cursor {
+        v: 1,
+        w: Some(sync_core::PAGE_FORMAT),
+        ..Default::default()
+    }
+    .encode()
 }
 
 /// Pulls from `cursor` until `has_more` is false; returns (seconds spent in
@@ -373,7 +387,7 @@ pub fn pull_all_sized(
     page: i32,
 ) -> (f64, usize, String, usize) {
     let stmt = c.prepare("SELECT sync_pull_json($1, $2)::text").unwrap();
-    let mut cursor = cursor;
+    let mut cursor = cursor.or_else(|| Some(device_cursor()));
     let mut secs = 0.0;
     let mut n = 0;
     let mut bytes = 0;
@@ -502,7 +516,7 @@ pub fn p14_backend(cluster: &BenchCluster, cfg: &Config) -> Figure {
     for rep in 0..cfg.runs {
         let (g, p) = backend_growth(
             cluster,
-            &format!("SELECT sync_pull_json(NULL, {rows})::text"),
+            &format!("SELECT sync_pull_json('{}', {rows})::text", device_cursor()),
         );
         let (jg, jp) = backend_growth(
             cluster,

@@ -114,6 +114,11 @@ pub struct Cursor {
     /// their positions. Everything in it is checked as untrusted input.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub q: Vec<Sub>,
+    /// The newest pull page format the device reads (absent: 1). The
+    /// device sets it (`sync_cursor`); the server answers in it, or in an
+    /// older format it knows, and keeps it in the cursors it hands out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w: Option<u32>,
 }
 
 /// One subscription to a stream.

@@ -23,8 +23,23 @@ pub mod wire;
 
 pub use hlc::{Clock, Hlc};
 
-/// The wire format version this crate reads and writes.
+/// The wire format version this crate reads and writes (push batches,
+/// push results, schemas; pull pages of format 1).
 pub const FORMAT: u32 = 1;
+
+/// The newest pull page format: blocks of rows per table, column names
+/// once, rows as arrays (see `wire::page`). A device asks for it through
+/// its cursor; pages of format 1 are still read and written.
+pub const PAGE_FORMAT: u32 = 2;
+
+/// Checks the `format` field of a pull page (1 or 2).
+pub fn check_page_format(found: u32) -> Result<(), SyncError> {
+    if (FORMAT..=PAGE_FORMAT).contains(&found) {
+        Ok(())
+    } else {
+        Err(SyncError::UnsupportedPageFormat { found })
+    }
+}
 
 /// Checks the `format` field of an incoming document.
 pub fn check_format(found: u32) -> Result<(), SyncError> {
@@ -51,6 +66,12 @@ pub enum SyncError {
         found: u32,
         /// Format this build reads.
         expected: u32,
+    },
+    /// A pull page written in a format this build does not read.
+    #[error("unsupported pull page format {found}; this build reads formats 1 and 2")]
+    UnsupportedPageFormat {
+        /// Format found in the page.
+        found: u32,
     },
     /// The document is well-formed but breaks a rule.
     #[error("{0}")]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use sync_core::schema::Schema;
-use sync_core::wire::page::{read_page, write_page, PageHead};
+use sync_core::wire::page::{block_head, read_page, write_page, PageHead};
 use sync_core::wire::{Change, Op, PullOp, PullPage, PushBatch, PushResult, Status};
 use sync_core::Hlc;
 
@@ -171,6 +171,7 @@ fn the_pages_read_back_and_the_writer_reproduces_them() {
         let progress = serde_json::to_string(&typed.progress).unwrap();
         let written = write_page(
             &PageHead {
+                format: 1,
                 schema_version: typed.schema_version,
                 schema: schema.as_deref(),
                 cursor: &typed.cursor,
@@ -180,7 +181,7 @@ fn the_pages_read_back_and_the_writer_reproduces_them() {
                 members: (!typed.members.is_empty()).then_some(members.as_str()),
                 progress: (!typed.progress.is_empty()).then_some(progress.as_str()),
             },
-            changes.iter().map(String::as_str),
+            changes.iter().map(|c| ["", c.as_str(), ""]),
         );
         assert_eq!(PullPage::parse(&written).unwrap(), typed, "{name}");
     }
@@ -201,4 +202,132 @@ fn the_pages_read_back_and_the_writer_reproduces_them() {
     assert_eq!(borrowed.changes[1].subs, Some(vec![1]));
     let resync = PullPage::parse(&text("page_resync.json")).unwrap();
     assert!(resync.resync_required && resync.cursor.is_empty() && resync.changes.is_empty());
+}
+
+/// The pages of format 2 carry the same changes as their format-1 twins,
+/// and the shared writer, given each block's head and list, reproduces them.
+#[test]
+fn the_pages_of_format_2_read_as_their_twins_and_the_writer_reproduces_them() {
+    for (two, one) in [
+        ("page2_first.json", "page_first.json"),
+        ("page2_incremental.json", "page_incremental.json"),
+        ("page2_streams.json", "page_streams.json"),
+    ] {
+        let file = text(two);
+        let p2 = PullPage::parse(&file).unwrap_or_else(|e| panic!("{two}: {e}"));
+        let p1 = PullPage::parse(&text(one)).unwrap();
+        assert_eq!(p2.format, 2, "{two}");
+        assert_eq!(p2.changes, p1.changes, "{two}");
+        assert_eq!(p2.members, p1.members, "{two}");
+        assert_eq!(p2.progress, p1.progress, "{two}");
+        assert_eq!(p2.schema, p1.schema, "{two}");
+        // Every upsert block has rows, every other block keys.
+        let doc: Value = serde_json::from_str(&file).unwrap();
+        let blocks = doc["changes"].as_array().unwrap();
+        let mut heads = Vec::new();
+        let mut lists = Vec::new();
+        for b in blocks {
+            let strs = |k: &str| -> Vec<String> {
+                b[k].as_array()
+                    .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_default()
+            };
+            let (cols, key) = (strs("cols"), strs("key"));
+            let op: PullOp = serde_json::from_value(b["op"].clone()).unwrap();
+            heads.push(block_head(
+                b["table"].as_str().unwrap(),
+                op,
+                b["sub"].as_u64().map(|s| s as u32),
+                &cols.iter().map(String::as_str).collect::<Vec<_>>(),
+                &key.iter().map(String::as_str).collect::<Vec<_>>(),
+            ));
+            let list = if op == PullOp::Upsert {
+                &b["rows"]
+            } else {
+                &b["keys"]
+            };
+            lists.push(list.to_string());
+        }
+        let schema = p2
+            .schema
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap());
+        let members = serde_json::to_string(&p2.members).unwrap();
+        let progress = serde_json::to_string(&p2.progress).unwrap();
+        let written = write_page(
+            &PageHead {
+                format: 2,
+                schema_version: p2.schema_version,
+                schema: schema.as_deref(),
+                cursor: &p2.cursor,
+                has_more: p2.has_more,
+                resync_required: p2.resync_required,
+                behind: p2.behind,
+                members: (!p2.members.is_empty()).then_some(members.as_str()),
+                progress: (!p2.progress.is_empty()).then_some(progress.as_str()),
+            },
+            heads
+                .iter()
+                .zip(&lists)
+                .map(|(h, l)| [h.as_str(), l.as_str(), "}"]),
+        );
+        let written: Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(written, doc, "{two}");
+    }
+}
+
+/// A page of format 2 that breaks its shape is refused as a whole, naming
+/// what is wrong.
+#[test]
+fn malformed_pages_of_format_2_are_refused() {
+    let page = |changes: &str| {
+        format!(
+            r#"{{"format": 2, "schema_version": 1, "cursor": "c", "has_more": false, "changes": [{changes}]}}"#
+        )
+    };
+    let err = |changes: &str| read_page(&page(changes)).unwrap_err().to_string();
+    let ok = r#"{"table": "t", "op": "upsert", "cols": ["id", "v"], "key": ["id"], "rows": [[1, "a", "0000000000000001"]]}"#;
+    assert!(read_page(&page(ok)).is_ok());
+    let cases = [
+        (
+            r#"{"table": "t", "op": "upsert", "cols": ["id", "v"], "key": ["id"], "rows": [[1, "a"]]}"#,
+            "has 2 values; its block has 2 columns and a version",
+        ),
+        (
+            r#"{"table": "t", "op": "upsert", "cols": ["id", "v"], "key": ["k"], "rows": []}"#,
+            "key column \"k\" of table \"t\" is not in its cols",
+        ),
+        (
+            r#"{"table": "t", "op": "upsert", "cols": ["id", "v"], "key": ["id"], "rows": [[1, "a", "xyz"]]}"#,
+            "the version of a row of table \"t\"",
+        ),
+        (
+            r#"{"table": "t", "op": "upsert", "cols": ["id", "v"], "key": ["id"], "rows": [[1, "a", ["0000000000000001", 7]]]}"#,
+            "the version of a row of table \"t\"",
+        ),
+        (
+            r#"{"table": "t", "op": "upsert", "cols": ["id"], "rows": []}"#,
+            "needs cols, key and rows",
+        ),
+        (r#"{"table": "t", "op": "delete", "keys": 5}"#, "pull page"),
+        (
+            r#"{"table": "t", "op": "delete", "pk": {"id": 1}}"#,
+            "a page of format 2 holds single changes (format 1)",
+        ),
+    ];
+    for (changes, want) in cases {
+        let e = err(changes);
+        assert!(e.contains(want), "{changes}: {e}");
+    }
+    // A block in a page of format 1, and a format this build does not read.
+    let one = page(ok).replace(r#""format": 2"#, r#""format": 1"#);
+    assert!(read_page(&one)
+        .unwrap_err()
+        .to_string()
+        .contains("a page of format 1 holds blocks of rows (format 2)"));
+    let three = page(ok).replace(r#""format": 2"#, r#""format": 3"#);
+    assert_eq!(
+        read_page(&three).unwrap_err().to_string(),
+        "unsupported pull page format 3; this build reads formats 1 and 2"
+    );
 }

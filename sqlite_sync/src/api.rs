@@ -153,10 +153,9 @@ fn f_cursor(_st: &ConnState, db: Db, _args: &[Arg<'_>]) -> Result<Ret> {
     if state::schema_version(db)?.is_none() {
         return Err(state::not_initialised().prefixed("sync_cursor"));
     }
-    Ok(match state::meta_text(db, "cursor")? {
-        Some(c) => Ret::Text(c),
-        None => Ret::Null,
-    })
+    crate::sync::streams::pull_cursor(db)
+        .map(Ret::Text)
+        .map_err(|e| e.prefixed("sync_cursor"))
 }
 
 fn f_hlc(st: &ConnState, db: Db, _args: &[Arg<'_>]) -> Result<Ret> {

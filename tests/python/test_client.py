@@ -6,6 +6,7 @@ Run with Debian's /usr/bin/python3 (its sqlite3 module can load extensions):
     SQLITE_SYNC_LIB=target/debug/libsqlite_sync.so /usr/bin/python3 tests/python/test_client.py
 """
 
+import base64
 import json
 import os
 import sqlite3
@@ -68,7 +69,12 @@ class ClientTest(unittest.TestCase):
         self.assertTrue(self.init["changed"])
         self.assertEqual(self.init["schema_version"], 1)
         self.assertEqual(one(self.db, "SELECT sync_client_id()"), self.init["client_id"])
-        self.assertIsNone(one(self.db, "SELECT sync_cursor()"))
+        # Before the first pull: a cursor with no positions that asks for
+        # page format 2.
+        cur = one(self.db, "SELECT sync_cursor()")
+        self.assertTrue(cur.startswith("c1."))
+        body = base64.urlsafe_b64decode(cur[3:] + "=" * (-len(cur[3:]) % 4))
+        self.assertEqual(json.loads(body), {"v": 1, "s": 0, "t": {}, "w": 2})
         st = call(self.db, "SELECT sync_status()")
         self.assertEqual(st["pending"], 0)
         self.assertFalse(st["in_flight"])

@@ -419,6 +419,14 @@ pub fn pg_json(
     row.get::<_, serde_json::Value>(0)
 }
 
+/// The changes of a pull page, one per row, whatever its format (a page
+/// of format 2 holds blocks of rows; `page["changes"]` counts the blocks).
+pub fn page_changes(page: &serde_json::Value) -> Vec<sync_core::wire::RowChange> {
+    sync_core::wire::PullPage::parse(&page.to_string())
+        .unwrap_or_else(|e| panic!("{e}: {page}"))
+        .changes
+}
+
 /// Workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,6 +9,10 @@
 //! - the device reads the golden schema, pages and push result, and ends
 //!   with exactly the rows the documents say.
 //!
+//! Pages come in both formats: `page_*.json` in format 1 (a cursor that
+//! does not ask for more, e.g. `NULL`), `page2_*.json` in format 2 (a
+//! device's cursor); the two of each pull carry the same changes.
+//!
 //! `UPDATE_GOLDENS=1 cargo test -p sync_tests --test goldens` rewrites the
 //! server-written files; review the diff like any change of the format.
 //! `shared/tests/goldens.rs` checks the same files against the shared
@@ -61,6 +65,19 @@ fn normalize(v: &mut Value) {
                             *s = Value::from(STAMP);
                         }
                     }
+                    // Format 2: each row ends with its version, one stamp
+                    // or one per column.
+                    ("rows", Value::Array(rows)) => {
+                        for r in rows.iter_mut() {
+                            match r.as_array_mut().and_then(|r| r.last_mut()) {
+                                Some(Value::Array(a)) => {
+                                    a.iter_mut().for_each(|s| *s = Value::from(STAMP))
+                                }
+                                Some(v) => *v = Value::from(STAMP),
+                                None => {}
+                            }
+                        }
+                    }
                     _ => normalize(x),
                 }
             }
@@ -99,6 +116,27 @@ fn pull_page(c: &mut Client, cursor: Option<&str>) -> Value {
     page
 }
 
+/// The cursor of a device that never pulled: no positions, page format 2.
+fn device_cursor() -> String {
+    sync_core::cursor::Cursor {
+        v: 1,
+        w: Some(sync_core::PAGE_FORMAT),
+        ..Default::default()
+    }
+    .encode()
+}
+
+/// Checks that a page of format 2 and one of format 1 of the same pull
+/// carry the same changes.
+fn same_changes(two: &Value, one: &Value) {
+    assert_eq!(two["format"], 2, "{two}");
+    assert_eq!(one["format"], 1, "{one}");
+    let two = sync_core::wire::PullPage::parse(&two.to_string()).unwrap();
+    let one = sync_core::wire::PullPage::parse(&one.to_string()).unwrap();
+    assert_eq!(two.changes, one.changes);
+    assert_eq!(two.schema, one.schema);
+}
+
 #[test]
 fn the_server_writes_and_reads_the_golden_documents() {
     let db = TestDb::new("goldens_server");
@@ -113,6 +151,12 @@ fn the_server_writes_and_reads_the_golden_documents() {
     let mut doc = first.clone();
     normalize(&mut doc);
     check("page_first.json", &doc);
+    let first2 = pull_page(&mut c, Some(&device_cursor()));
+    same_changes(&first2, &first);
+    let cursor2 = first2["cursor"].as_str().unwrap().to_string();
+    let mut doc = first2.clone();
+    normalize(&mut doc);
+    check("page2_first.json", &doc);
     // The golden push batch, read by the server.
     let batch = golden("push_batch.json");
     let mut result = pg_json(&mut c, "SELECT sync_push($1)", &[&batch]);
@@ -122,8 +166,13 @@ fn the_server_writes_and_reads_the_golden_documents() {
     // and the server's, deletes included).
     c.batch_execute(SERVER_EDITS).unwrap();
     let mut incr = pull_page(&mut c, Some(&cursor));
+    let incr2 = pull_page(&mut c, Some(&cursor2));
+    same_changes(&incr2, &incr);
     normalize(&mut incr);
     check("page_incremental.json", &incr);
+    let mut incr2 = incr2;
+    normalize(&mut incr2);
+    check("page2_incremental.json", &incr2);
     // A resync.
     c.batch_execute("SELECT sync_resync_all()").unwrap();
     let mut resync = pg_json(&mut c, "SELECT sync_pull_json($1)::jsonb", &[&cursor]);
@@ -149,12 +198,23 @@ fn rows(d: &Device, sql: &str) -> Vec<String> {
 
 #[test]
 fn the_device_reads_the_golden_documents() {
-    let path = std::env::temp_dir().join(format!("pg_sync_golden_{}.db", std::process::id()));
+    device_reads("page_first.json", "page_incremental.json", "1");
+}
+
+#[test]
+fn the_device_reads_the_golden_documents_of_format_2() {
+    device_reads("page2_first.json", "page2_incremental.json", "2");
+}
+
+/// The golden scenario on a new device, with the first and incremental
+/// pages of one format.
+fn device_reads(first: &str, incremental: &str, tag: &str) {
+    let path = std::env::temp_dir().join(format!("pg_sync_golden_{}_{tag}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let d = Device::open_new(&path);
     let call = |sql: &str, arg: &Value| -> Value { d.call(sql, Some(&arg.to_string())) };
     call("SELECT sync_init(?1)", &golden("schema.json"));
-    call("SELECT sync_apply(?1)", &golden("page_first.json"));
+    call("SELECT sync_apply(?1)", &golden(first));
     assert_eq!(
         rows(&d, "SELECT id, name, budget FROM projects ORDER BY id"),
         ["1|Website|1234.50", "2|App|null"]
@@ -210,7 +270,7 @@ fn the_device_reads_the_golden_documents() {
         ["1|Website", "2|App"],
         "the rejected rename is rolled back"
     );
-    call("SELECT sync_apply(?1)", &golden("page_incremental.json"));
+    call("SELECT sync_apply(?1)", &golden(incremental));
     assert_eq!(
         rows(
             &d,
@@ -225,8 +285,8 @@ fn the_device_reads_the_golden_documents() {
     );
     let resync = call("SELECT sync_apply(?1)", &golden("page_resync.json"));
     assert_eq!(resync["resync_required"], true, "{resync}");
-    let cursor: Option<String> =
+    let cursor: String =
         d.db.query_row("SELECT sync_cursor()", [], |r| r.get(0))
             .unwrap();
-    assert_eq!(cursor, None, "a resync starts over");
+    assert_eq!(cursor, device_cursor(), "a resync starts over");
 }

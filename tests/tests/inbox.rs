@@ -393,7 +393,7 @@ fn a_full_disk_fails_each_call_cleanly_and_the_next_sync_converges() {
             .query_one("SELECT sync_pull_json($1, 1000)", &[&before.1.as_str()])
             .unwrap()
             .get(0);
-        page["changes"].as_array().map_or(0, Vec::len) == 300
+        sync_tests::page_changes(&page).len() == 300
     }));
     let (code, msg) = sqlite_err(d.db.query_row(
         "SELECT sync_apply(?1)",

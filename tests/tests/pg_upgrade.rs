@@ -39,6 +39,18 @@ fn update_from_the_previous_version() {
         cursor = p["cursor"].as_str().map(str::to_string);
         p["changes"].as_array().unwrap().len() == 1
     }));
+    // A device asking for pages of format 2 gets format 1 until the
+    // catalog has what format 2 needs, then format 2.
+    let asks_2 = sync_core::cursor::Cursor {
+        v: 1,
+        w: Some(2),
+        ..Default::default()
+    }
+    .encode();
+    let format = |c: &mut postgres::Client| -> Value {
+        pg_json(c, "SELECT sync_pull_json($1)::jsonb", &[&asks_2])["format"].clone()
+    };
+    assert_eq!(format(&mut c), 1);
     c.batch_execute("ALTER EXTENSION pg_sync UPDATE").unwrap();
     let v: String = c
         .query_one(
@@ -74,6 +86,7 @@ fn update_from_the_previous_version() {
         seen.len() >= 2
     }));
     assert_eq!(seen.len(), 2);
+    assert_eq!(format(&mut c), 2);
     // Same objects as a fresh install of the new version.
     let fresh = TestDb::new("upgrade_fresh");
     let mut f = fresh.connect();

@@ -168,7 +168,7 @@ fn no_internal_function_is_executable_by_public_and_definer_code_pins_its_path()
     let eve = s.role("eve");
     // Everything in schema pg_sync that eve (no grants at all) may execute:
     // only the helpers that run as the caller (none reads anything
-    // elevated: _ver_json formats versions, _try runs the caller's SQL as
+    // elevated: _ver_json and _ver_compact format versions, _try runs the caller's SQL as
     // the caller, _tomb_visible checks a policy, _write_xid is the default
     // of _sync_xid and raises the write mark of a table the caller may
     // insert into).
@@ -186,7 +186,13 @@ fn no_internal_function_is_executable_by_public_and_definer_code_pins_its_path()
         .collect();
     assert_eq!(
         callable,
-        vec!["_tomb_visible", "_try", "_ver_json", "_write_xid"]
+        vec![
+            "_tomb_visible",
+            "_try",
+            "_ver_compact",
+            "_ver_json",
+            "_write_xid"
+        ]
     );
     // Neither of them is SECURITY DEFINER; every definer function pins search_path.
     let loose: i64 = s.count(

@@ -104,7 +104,10 @@ fn init_creates_the_objects_and_is_idempotent() {
     assert_eq!(st["cursor"], Value::Null);
     assert_eq!(st["schema_version"], 1);
     assert_eq!(st["errors"], 0);
-    assert_eq!(c.try_text("SELECT sync_cursor()", None).unwrap(), None);
+    assert_eq!(
+        c.try_text("SELECT sync_cursor()", None).unwrap(),
+        Some(fresh_cursor())
+    );
     assert_eq!(
         c.try_text("SELECT sync_version()", None).unwrap().unwrap(),
         env!("CARGO_PKG_VERSION")
@@ -620,7 +623,10 @@ fn resync_required_drops_server_state_and_keeps_pending_writes() {
     let r = c.apply(&p);
     assert_eq!(r["resync_required"], true);
     assert_eq!(r["cursor"], Value::Null);
-    assert_eq!(c.try_text("SELECT sync_cursor()", None).unwrap(), None);
+    assert_eq!(
+        c.try_text("SELECT sync_cursor()", None).unwrap(),
+        Some(fresh_cursor())
+    );
     assert_eq!(c.int("SELECT count(*) FROM tasks_synced"), 0);
     let ids: Vec<String> = c.tasks("tasks").into_keys().collect();
     assert_eq!(ids, vec!["b".to_string(), "n".to_string()]);
@@ -1647,7 +1653,10 @@ fn a_changed_primary_key_creates_the_table_again_and_resyncs() {
     // The page's rows wait for the pull from scratch.
     assert_eq!(r["resync_required"], true, "{r}");
     assert_eq!(r["has_more"], true, "{r}");
-    assert_eq!(c.try_text("SELECT sync_cursor()", None).unwrap(), None);
+    assert_eq!(
+        c.try_text("SELECT sync_cursor()", None).unwrap(),
+        Some(fresh_cursor())
+    );
     assert_eq!(c.int("SELECT count(*) FROM tasks"), 0);
     assert_eq!(c.status()["pending"], 0);
     // The dropped writes are reported.
@@ -1670,4 +1679,15 @@ fn a_changed_primary_key_creates_the_table_again_and_resyncs() {
     c.exec("INSERT INTO tasks (id, title) VALUES ('a', 'x'), ('a', 'y')");
     let batch = c.changes();
     assert_eq!(batch["changes"][1]["pk"], json!({"id": "a", "title": "y"}));
+}
+
+/// What `sync_cursor()` returns before the first pull and after a resync:
+/// no positions, the newest page format.
+fn fresh_cursor() -> String {
+    sync_core::cursor::Cursor {
+        v: 1,
+        w: Some(sync_core::PAGE_FORMAT),
+        ..Default::default()
+    }
+    .encode()
 }

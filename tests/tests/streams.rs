@@ -583,9 +583,9 @@ fn forged_download_positions_stay_inside_the_filter() {
             .query_one("SELECT sync_pull_json($1, 40)", &[&fc.encode()])
             .unwrap_or_else(|e| panic!("{b:?}: {}", err_text(&e)))
             .get(0);
-        for ch in page["changes"].as_array().unwrap() {
-            if ch["table"] == "items" && ch["op"] == "upsert" {
-                assert_eq!(ch["row"]["grp"], 1, "{b:?}: {ch}");
+        for ch in sync_tests::page_changes(&page) {
+            if ch.table == "items" && ch.op == sync_core::wire::PullOp::Upsert {
+                assert_eq!(ch.row.as_ref().unwrap()["grp"], 1, "{b:?}: {ch:?}");
             }
         }
     }

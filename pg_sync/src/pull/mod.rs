@@ -14,7 +14,7 @@ mod subs;
 
 pub use subs::register_gucs as register_stream_gucs;
 
-use plan::{plan_table, stream_nonempty, Live, PageBytes, Positions, Segment};
+use plan::{plan_table, stream_nonempty, Form, Live, Out, PageBytes, Positions, Segment};
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
@@ -67,6 +67,52 @@ fn ver_json(ver: Option<pgrx::Array<i64>>, attnums: pgrx::Array<i16>) -> String 
             .copied()
             .unwrap_or(0);
         let _ = write!(s, "\"{:016x}\"", v as u64);
+    }
+    s.push(']');
+    s
+}
+
+/// The version of a row in a format-2 page: one 16-digit hex stamp as a
+/// JSON string when every column of `attnums` has the same version (most
+/// rows: they were written whole), else the array `_ver_json` writes.
+/// Runs as the caller; it reads nothing.
+#[pg_extern(
+    immutable,
+    parallel_safe,
+    sql = r#"
+CREATE FUNCTION pg_sync._ver_compact(ver bigint[], attnums smallint[]) RETURNS json
+IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'ver_compact_wrapper';
+"#,
+    requires = ["bootstrap"]
+)]
+fn ver_compact(ver: Option<pgrx::Array<i64>>, attnums: pgrx::Array<i16>) -> String {
+    use std::fmt::Write;
+    let at = |vals: &[i64], a: Option<i16>| -> i64 {
+        a.and_then(|a| usize::try_from(a).ok())
+            .and_then(|a| a.checked_sub(1))
+            .and_then(|i| vals.get(i))
+            .copied()
+            .unwrap_or(0)
+    };
+    let vals: Vec<i64> = match &ver {
+        Some(a) => match a.as_slice() {
+            Ok(s) => s.to_vec(),
+            Err(_) => a.iter().map(|v| v.unwrap_or(0)).collect(),
+        },
+        None => Vec::new(),
+    };
+    let mut it = attnums.iter();
+    let first = at(&vals, it.next().flatten());
+    if it.all(|a| at(&vals, a) == first) {
+        return format!("\"{:016x}\"", first as u64);
+    }
+    let mut s = String::with_capacity(2 + attnums.len() * 19);
+    s.push('[');
+    for (k, a) in attnums.iter().enumerate() {
+        if k > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "\"{:016x}\"", at(&vals, a) as u64);
     }
     s.push(']');
     s
@@ -173,6 +219,7 @@ struct Snapshot {
 
 /// Everything `sync_pull` computed before building the page.
 struct Page {
+    form: Form,
     version: i64,
     schema: Option<String>,
     cursor: String,
@@ -233,6 +280,12 @@ fn pull(
             ..Default::default()
         },
     };
+    // The device's cursor says which page format it reads.
+    let form = if cur.w.unwrap_or(1) >= 2 && plan::has_ver_compact()? {
+        Form::Blocks
+    } else {
+        Form::Entries
+    };
     // The horizon is taken before any row is read.
     let snap = horizon()?;
     let h = snap.xmin;
@@ -252,6 +305,7 @@ fn pull(
         if !other_history && cur.newest_xid().is_some_and(|x| x > snap.xmin) {
             let page = sync_core::wire::page::write_page(
                 &sync_core::wire::page::PageHead {
+                    format: form.format(),
                     schema_version: catalog::schema_version()?,
                     schema: None,
                     cursor: text,
@@ -261,7 +315,7 @@ fn pull(
                     members: None,
                     progress: None,
                 },
-                std::iter::empty(),
+                std::iter::empty::<[&str; 3]>(),
             );
             return text_datum(page, as_jsonb);
         }
@@ -321,6 +375,7 @@ fn pull(
     {
         return build_page(
             &Page {
+                form,
                 version,
                 schema,
                 cursor: String::new(),
@@ -353,7 +408,7 @@ fn pull(
     let mut emitted = 0usize;
     let mut has_more = false;
     let budget_total = max_changes as usize;
-    let mut bytes = PageBytes::new(MAX_PAGE_SIZE.get());
+    let mut bytes = PageBytes::new(MAX_PAGE_SIZE.get(), form);
     // Read after the horizon was taken (see marks.rs).
     let marks = if marks_trusted {
         crate::marks::read()
@@ -480,6 +535,7 @@ fn pull(
     }
     build_page(
         &Page {
+            form,
             version,
             schema,
             cursor: encoded,
@@ -622,29 +678,47 @@ fn check_subs(
 }
 
 /// Builds the page as JSON text: each segment statement renders its rows
-/// with `json_build_object`/`json_agg` (the same work as `to_json` of the
-/// rows), and the shared page writer splices the arrays, never parsed.
+/// with `json_build_object` or `json_build_array` and `json_agg` (the same
+/// work as `to_json` of the rows), and the shared page writer splices the
+/// arrays, never parsed: a list of entries (format 1) goes in as it is, a
+/// block's list (format 2) after its head.
 fn page_text(p: &Page) -> Result<String> {
-    let mut arrays = Vec::with_capacity(p.segments.len());
-    for (sql, args) in &p.segments {
-        if let Some(arr) = rows_ro_args(sql, args)?
+    // Each column's text, with the block head it goes after (none: a list
+    // of entries, spliced without its brackets).
+    let mut parts: Vec<(Option<&str>, String)> = Vec::with_capacity(p.segments.len());
+    for Segment { sql, args, outs } in &p.segments {
+        let row = rows_ro_args(sql, args)?
             .into_iter()
             .next()
-            .and_then(|mut r| r.swap_remove(0))
-        {
-            arrays.push(arr);
+            .unwrap_or_default();
+        for (arr, out) in row.into_iter().zip(outs) {
+            if let Some(arr) = arr {
+                parts.push((
+                    match out {
+                        Out::Entries => None,
+                        Out::Block(head) => Some(head.as_str()),
+                    },
+                    arr,
+                ));
+            }
         }
     }
-    let inner = arrays.iter().map(|a| {
-        let a = a.trim();
-        a.strip_prefix('[')
-            .and_then(|x| x.strip_suffix(']'))
-            .unwrap_or("")
+    let inner = parts.iter().map(|(head, arr)| match head {
+        Some(h) => [*h, arr.as_str(), "}"],
+        None => {
+            let a = arr.trim();
+            let a = a
+                .strip_prefix('[')
+                .and_then(|x| x.strip_suffix(']'))
+                .unwrap_or("");
+            ["", a, ""]
+        }
     });
     let members = format!("[{}]", p.members.join(", "));
     let progress = format!("[{}]", p.progress.join(", "));
     Ok(sync_core::wire::page::write_page(
         &sync_core::wire::page::PageHead {
+            format: p.form.format(),
             schema_version: p.version,
             schema: p.schema.as_deref(),
             cursor: &p.cursor,

@@ -6,21 +6,63 @@ use crate::catalog::TableInfo;
 use crate::error::Result;
 use crate::spi_util::{ident, one_cached, rows_ro_args, Args, TextRow};
 use sync_core::cursor::{Pos, TablePos};
+use sync_core::wire::page::block_head;
+use sync_core::wire::PullOp;
 
-/// A statement with its values, yielding a JSON array of changes as text.
-pub type Segment = (String, Args);
+/// How a page renders its changes (see `sync_core::wire::page`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Form {
+    /// Format 1: one JSON object per change.
+    Entries,
+    /// Format 2: per table and kind a block, the rows as arrays.
+    Blocks,
+}
 
-/// The byte budget of a page being planned.
+impl Form {
+    /// The page's `format`.
+    pub fn format(self) -> u32 {
+        match self {
+            Form::Entries => 1,
+            Form::Blocks => 2,
+        }
+    }
+}
+
+/// A statement with its values, yielding one row whose columns are JSON
+/// arrays as text (or NULL when empty), each placed in the page as `outs`
+/// says.
+pub struct Segment {
+    /// The statement.
+    pub sql: String,
+    /// Its values.
+    pub args: Args,
+    /// What each column of its row is.
+    pub outs: Vec<Out>,
+}
+
+/// What a column of a [`Segment`] is.
+pub enum Out {
+    /// Page entries (format 1), spliced into `changes`.
+    Entries,
+    /// The list of a block (format 2): the block's head, then the list.
+    Block(String),
+}
+
+/// The byte budget of a page being planned, and its form.
 pub struct PageBytes {
     left: u64,
     taken: usize,
+    /// How the page renders its changes.
+    pub form: Form,
 }
 
 impl PageBytes {
-    pub fn new(kb: i32) -> PageBytes {
+    /// A budget of `kb` kilobytes for a page of `form`.
+    pub fn new(kb: i32, form: Form) -> PageBytes {
         PageBytes {
             left: u64::from(kb.max(1).unsigned_abs()) * 1024,
             taken: 0,
+            form,
         }
     }
 
@@ -241,6 +283,7 @@ pub fn plan_table(
     bytes: &mut PageBytes,
     mode: &Live<'_>,
 ) -> Result<(usize, bool, Vec<Segment>)> {
+    let form = bytes.form;
     let Positions {
         r: mut pos_r,
         d: mut pos_d,
@@ -304,44 +347,50 @@ pub fn plan_table(
     // next page (a repeat, never a gap).
     if j > 0 {
         let mut args = Args::default();
-        let name = format!("{}::pg_catalog.text", args.push(&t.name));
+        let (entry, out) = match form {
+            Form::Entries => {
+                let name = format!("{}::pg_catalog.text", args.push(&t.name));
+                (
+                    format!(
+                        "pg_catalog.json_build_object('table', {name}, 'op', 'delete', 'pk', d.pk::json)"
+                    ),
+                    Out::Entries,
+                )
+            }
+            Form::Blocks => (
+                "d.pk::json".to_string(),
+                Out::Block(block_head(&t.name, PullOp::Delete, None, &[], &[])),
+            ),
+        };
         let sql = format!(
-            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT pg_catalog.json_build_object('table', {name}, 'op', 'delete', \
-             'pk', d.pk::json) AS c FROM pg_sync.tombstones d WHERE {after} AND {filter} \
-             ORDER BY d.xid, d.pk LIMIT {j}) s",
+            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c FROM pg_sync.tombstones d \
+             WHERE {after} AND {filter} ORDER BY d.xid, d.pk LIMIT {j}) s",
             after = tombs_cond(&start_d, ">", &mut args),
             filter = tomb_filter(t, h, &mut args),
         );
-        segments.push((sql, args));
+        segments.push(Segment {
+            sql,
+            args,
+            outs: vec![out],
+        });
     }
     if i > 0 {
-        let (mut args, entry) = match mode {
-            Live::Whole => {
-                let mut args = Args::default();
-                let e = upsert_expr(t, &mut args, None)?;
-                (args, e)
-            }
-            Live::Filter(f) => {
-                let mut args = f.args();
-                let e = format!(
-                    "CASE WHEN ({filter}) THEN {upsert} ELSE {leave} END",
-                    filter = f.sql,
-                    upsert = upsert_expr(t, &mut args, Some(f.sub))?,
-                    leave = leave_expr(t, &mut args, f.sub),
-                );
-                (args, e)
-            }
+        let mut args = match mode {
+            Live::Whole => Args::default(),
+            Live::Filter(f) => f.args(),
         };
-        let sql = format!(
-            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c \
-             FROM {tbl} t WHERE {after} AND t._sync_xid < {h}::pg_catalog.xid8 \
-             ORDER BY t._sync_xid, {keys} LIMIT {i}) s",
+        let from = format!(
+            "FROM {tbl} t WHERE {after} AND t._sync_xid < {h}::pg_catalog.xid8 \
+             ORDER BY t._sync_xid, {keys} LIMIT {i}",
             tbl = t.qualified,
             after = rows_cond(t, &start_r, ">", &mut args),
             h = args.push(h),
             keys = key_cols(t),
         );
-        segments.push((sql, args));
+        segments.push(match mode {
+            Live::Whole => rows_segment(t, form, None, args, &from)?,
+            Live::Filter(f) => filtered_segment(t, form, f, args, &from)?,
+        });
     }
     if let (true, Some(p)) = (live_done, pos_r) {
         *p = Pos::Below([h]);
@@ -350,6 +399,101 @@ pub fn plan_table(
         *p = Pos::Below([h]);
     }
     Ok((i + j, !(live_done && tombs_done), segments))
+}
+
+/// The statement rendering the rows `from` selects (a `FROM {table} t
+/// WHERE ...` clause, with its order and limit) as upserts, for
+/// subscription `sub` when given; `args` already holds the clause's values.
+pub fn rows_segment(
+    t: &TableInfo,
+    form: Form,
+    sub: Option<u32>,
+    mut args: Args,
+    from: &str,
+) -> Result<Segment> {
+    let (entry, out) = match form {
+        Form::Entries => (upsert_expr(t, &mut args, sub)?, Out::Entries),
+        Form::Blocks => (array_expr(t), Out::Block(upsert_head(t, sub))),
+    };
+    Ok(Segment {
+        sql: format!("SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c {from}) s"),
+        args,
+        outs: vec![out],
+    })
+}
+
+/// The statement rendering the rows `from` selects for a subscription's
+/// filter: an upsert for a row that matches it, a leave for one that does
+/// not. `args` holds the filter's parameters and the clause's values.
+pub fn filtered_segment(
+    t: &TableInfo,
+    form: Form,
+    f: &Filter<'_>,
+    mut args: Args,
+    from: &str,
+) -> Result<Segment> {
+    Ok(match form {
+        Form::Entries => {
+            let entry = format!(
+                "CASE WHEN ({filter}) THEN {upsert} ELSE {leave} END",
+                filter = f.sql,
+                upsert = upsert_expr(t, &mut args, Some(f.sub))?,
+                leave = leave_expr(t, &mut args, f.sub),
+            );
+            Segment {
+                sql: format!(
+                    "SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c {from}) s"
+                ),
+                args,
+                outs: vec![Out::Entries],
+            }
+        }
+        // The filter is evaluated once per row; a row that left renders its
+        // array too (leaves are few), which keeps the filter in the scan
+        // of the table itself.
+        Form::Blocks => Segment {
+            sql: format!(
+                "SELECT (pg_catalog.json_agg(s.c) FILTER (WHERE s.m))::text, \
+                        (pg_catalog.json_agg(s.k) FILTER (WHERE NOT s.m))::text \
+                 FROM (SELECT coalesce(({filter}), false) AS m, {arr} AS c, {pk} AS k {from}) s",
+                filter = f.sql,
+                arr = array_expr(t),
+                pk = t.pk_expr("t"),
+            ),
+            args,
+            outs: vec![
+                Out::Block(upsert_head(t, Some(f.sub))),
+                Out::Block(block_head(&t.name, PullOp::Leave, Some(f.sub), &[], &[])),
+            ],
+        },
+    })
+}
+
+/// The head of a format-2 upsert block of `t`.
+fn upsert_head(t: &TableInfo, sub: Option<u32>) -> String {
+    let cols: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+    let key: Vec<&str> = t.pk.iter().map(String::as_str).collect();
+    block_head(&t.name, PullOp::Upsert, sub, &cols, &key)
+}
+
+/// A row of `t` (alias `t`) in a format-2 block: its synced columns in
+/// order, then its version (`pg_sync._ver_compact`: one stamp when all its
+/// columns share it).
+pub fn array_expr(t: &TableInfo) -> String {
+    let attnums: Vec<String> = t.columns.iter().map(|c| c.attnum.to_string()).collect();
+    let ver = format!(
+        "pg_sync._ver_compact(t._sync_ver, '{{{}}}'::pg_catalog.int2[])",
+        attnums.join(",")
+    );
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| format!("t.{}", ident(&c.name)))
+        .collect();
+    // json_build_array takes at most 100 arguments: a synced table has at
+    // most MAX_SYNCED_COLUMNS, so a row and its version always fit.
+    const _: () = assert!(sync_core::schema::MAX_SYNCED_COLUMNS < 100);
+    format!("pg_catalog.json_build_array({}, {ver})", cols.join(", "))
 }
 
 /// The page entry of an upserted row of `t` (alias `t`), with `subs` when
@@ -404,6 +548,24 @@ pub fn leave_expr(t: &TableInfo, args: &mut Args, sub: u32) -> String {
 /// The primary key columns of `t` as `t."k1", t."k2"`.
 pub fn key_list(t: &TableInfo) -> String {
     key_cols(t)
+}
+
+/// Whether the catalog has `pg_sync._ver_compact` (0.6.0 and later), so
+/// pages can be written in format 2; once seen, it stays.
+pub fn has_ver_compact() -> Result<bool> {
+    thread_local! {
+        static SEEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if SEEN.with(|s| s.get()) {
+        return Ok(true);
+    }
+    let found = one_cached(
+        "SELECT (pg_catalog.to_regprocedure('pg_sync._ver_compact(bigint[],smallint[])') IS NOT NULL)::pg_catalog.text",
+        &[],
+    )?;
+    let yes = found.as_deref() == Some("true");
+    SEEN.with(|s| s.set(yes));
+    Ok(yes)
 }
 
 /// Whether the catalog has `pg_sync._ver_json` (0.4.0 and later); once

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use sync_core::cursor::{Boot, Pos, Sub};
 
 use super::plan::{
-    key_list, plan_table, row_bytes, upsert_expr, Filter, Live, PageBytes, Positions, Segment,
+    key_list, plan_table, row_bytes, rows_segment, Filter, Live, PageBytes, Positions, Segment,
 };
 use crate::catalog::TableInfo;
 use crate::error::Result;
@@ -89,11 +89,10 @@ pub fn plan_sub(
         let wanted = sub.w.len();
         let keys = serde_json::Value::Array(std::mem::take(&mut sub.w)).to_string();
         let mut args = f.args();
-        let entry = upsert_expr(t, &mut args, Some(sub.i))?;
-        let sql = format!(
-            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c FROM {tbl} t \
+        let from = format!(
+            "FROM {tbl} t \
              WHERE {tuple} IN (SELECT {key} FROM pg_catalog.jsonb_array_elements({w}::pg_catalog.jsonb) w(k)) \
-               AND ({filter})) s",
+               AND ({filter})",
             tbl = t.qualified,
             tuple = t.pk_tuple("t"),
             key = t.pk_from_json_param("w.k"),
@@ -101,7 +100,8 @@ pub fn plan_sub(
             filter = f.sql,
         );
         out.n += wanted;
-        out.segments.push((sql, args));
+        out.segments
+            .push(rows_segment(t, bytes.form, Some(sub.i), args, &from)?);
     }
     if sub.b.is_some() || sub.r == Pos::Start {
         bootstrap(
@@ -224,10 +224,8 @@ fn bootstrap(
         // The rows just chosen, by row id (the pull's reads share one
         // snapshot, so the ids still name those rows).
         let mut args = Args::default();
-        let entry = upsert_expr(t, &mut args, Some(sub.i))?;
-        let sql = format!(
-            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c FROM {tbl} t \
-             WHERE t.ctid OPERATOR(pg_catalog.=) ANY ({tids}::pg_catalog.tid[])) s",
+        let from = format!(
+            "FROM {tbl} t WHERE t.ctid OPERATOR(pg_catalog.=) ANY ({tids}::pg_catalog.tid[])",
             tbl = t.qualified,
             tids = args.push(format!(
                 "{{{}}}",
@@ -237,7 +235,8 @@ fn bootstrap(
                     .join(",")
             )),
         );
-        out.segments.push((sql, args));
+        out.segments
+            .push(rows_segment(t, bytes.form, Some(sub.i), args, &from)?);
     }
     nb.n = nb.n.saturating_add(tids.len() as u64);
     out.n += tids.len();

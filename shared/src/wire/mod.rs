@@ -361,12 +361,35 @@ impl PushResult {
 }
 
 impl PullPage {
-    /// Parses and validates a pull page.
+    /// Parses and validates a pull page of either format; a page of
+    /// format 2 comes back with one change per row, as format 1 has them
+    /// (its `format` stays 2).
     pub fn parse(json: &str) -> Result<PullPage, SyncError> {
-        let p: PullPage = serde_json::from_str(json)
-            .map_err(|e| SyncError::MalformedJson(format!("pull page: {e}")))?;
-        check_format(p.format)?;
-        Ok(p)
+        let p = page::read_page(json)?;
+        let to_row = |o: &page::Obj<'_>| -> Row { o.to_map() };
+        Ok(PullPage {
+            format: p.format,
+            schema_version: p.schema_version,
+            schema: p.schema,
+            cursor: p.cursor.0.into_owned(),
+            has_more: p.has_more,
+            resync_required: p.resync_required,
+            behind: p.behind,
+            members: p.members,
+            progress: p.progress,
+            changes: p
+                .changes
+                .iter()
+                .map(|c| RowChange {
+                    table: c.table.0.to_string(),
+                    op: c.op,
+                    pk: to_row(&c.pk),
+                    row: c.row.as_ref().map(to_row),
+                    ver: c.ver.as_ref().map(|v| v.0.clone()),
+                    subs: c.subs.clone(),
+                })
+                .collect(),
+        })
     }
 }
 

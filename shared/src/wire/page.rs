@@ -3,6 +3,12 @@
 //! tens of thousands of rows, and the device converts each raw value
 //! straight to what it stores). Both sides call this module; the golden
 //! documents in `shared/goldens/` pin what they read and write.
+//!
+//! Two page formats exist. Format 1 has one entry per change
+//! (`{"table", "op", "pk", "row", "ver"}`). Format 2 has blocks: per table
+//! and kind, the column names once and the rows as arrays, each row ending
+//! with its version (one stamp when all its columns share it); deletes and
+//! leaves list keys. The reader turns both into the same [`RowIn`] list.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -11,13 +17,15 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{check_format, PullOp, FORMAT};
+use super::PullOp;
 use crate::schema::Schema;
-use crate::{Hlc, SyncError};
+use crate::{check_page_format, Hlc, SyncError};
 
 /// Everything of a pull page but its changes.
 #[derive(Debug, Clone)]
 pub struct PageHead<'a> {
+    /// Page format: 1 (an entry per change) or 2 (blocks).
+    pub format: u32,
     /// Schema version the rows follow.
     pub schema_version: i64,
     /// The schema as JSON text, when the device may need it.
@@ -39,43 +47,96 @@ pub struct PageHead<'a> {
     pub progress: Option<&'a str>,
 }
 
-/// Writes a pull page: the head, then the changes, given as lists each
-/// the inner text of a JSON array of row changes (`{"table", "op", "pk",
-/// "row", "ver"}` objects, as the server renders them), spliced unparsed.
-pub fn write_page<'c>(head: &PageHead<'_>, lists: impl IntoIterator<Item = &'c str>) -> String {
-    let mut changes = String::new();
-    for inner in lists {
-        if inner.trim().is_empty() {
-            continue;
-        }
-        if !changes.is_empty() {
-            changes.push_str(", ");
-        }
-        changes.push_str(inner);
-    }
-    let mut out = String::with_capacity(changes.len() + 512);
-    out.push_str(&format!(
-        "{{\"format\": {FORMAT}, \"schema_version\": {}, ",
-        head.schema_version
-    ));
+/// Writes a pull page: the head, then the changes. Each item of `lists`
+/// is written as the concatenation of its three parts and separated from
+/// the next by a comma: the inner text of a JSON array of entries (format
+/// 1: row changes `{"table", "op", "pk", "row", "ver"}`), or a format-2
+/// block as its head (see [`block_head`]), its list and `}`, as the server
+/// renders them, spliced unparsed. The page is written into one buffer of
+/// its final size.
+pub fn write_page<'c>(
+    head: &PageHead<'_>,
+    lists: impl IntoIterator<Item = [&'c str; 3]> + Clone,
+) -> String {
+    let mut top = format!(
+        "{{\"format\": {}, \"schema_version\": {}, ",
+        head.format, head.schema_version
+    );
     if let Some(schema) = head.schema {
-        out.push_str(&format!("\"schema\": {schema}, "));
+        top.push_str(&format!("\"schema\": {schema}, "));
     }
     if head.behind {
-        out.push_str("\"behind\": true, ");
+        top.push_str("\"behind\": true, ");
     }
     if let Some(m) = head.members {
-        out.push_str(&format!("\"members\": {m}, "));
+        top.push_str(&format!("\"members\": {m}, "));
     }
     if let Some(p) = head.progress {
-        out.push_str(&format!("\"progress\": {p}, "));
+        top.push_str(&format!("\"progress\": {p}, "));
     }
-    out.push_str(&format!(
-        "\"cursor\": {}, \"has_more\": {}, \"resync_required\": {}, \"changes\": [{changes}]}}",
+    top.push_str(&format!(
+        "\"cursor\": {}, \"has_more\": {}, \"resync_required\": {}, \"changes\": [",
         serde_json::Value::from(head.cursor),
         head.has_more,
         head.resync_required,
     ));
+    let nonempty = |l: &[&str; 3]| l.iter().any(|p| !p.trim().is_empty());
+    let body: usize = lists
+        .clone()
+        .into_iter()
+        .filter(nonempty)
+        .map(|l| l.iter().map(|p| p.len()).sum::<usize>() + 2)
+        .sum();
+    let mut out = String::with_capacity(top.len() + body + 3);
+    out.push_str(&top);
+    let mut first = true;
+    for l in lists.into_iter().filter(nonempty) {
+        if !first {
+            out.push_str(", ");
+        }
+        first = false;
+        l.iter().for_each(|p| out.push_str(p));
+    }
+    out.push_str("]}");
+    out
+}
+
+/// The text of a format-2 block up to its list, to which the server
+/// appends a JSON array and `}`: `{"table": t, "op": op, "sub": n,
+/// "cols": [...], "key": [...], "rows": ` for upserts (each row the values
+/// in the order of `cols`, then the version), `... "keys": ` for deletes
+/// and leaves (each key an object).
+pub fn block_head(
+    table: &str,
+    op: PullOp,
+    sub: Option<u32>,
+    cols: &[&str],
+    key: &[&str],
+) -> String {
+    let mut out = format!(
+        "{{\"table\": {}, \"op\": \"{}\", ",
+        serde_json::Value::from(table),
+        match op {
+            PullOp::Upsert => "upsert",
+            PullOp::Delete => "delete",
+            PullOp::Leave => "leave",
+        }
+    );
+    if let Some(s) = sub {
+        out.push_str(&format!("\"sub\": {s}, "));
+    }
+    if op == PullOp::Upsert {
+        let names = |v: &[&str]| {
+            serde_json::Value::from(v.iter().map(|c| c.to_string()).collect::<Vec<_>>())
+        };
+        out.push_str(&format!(
+            "\"cols\": {}, \"key\": {}, \"rows\": ",
+            names(cols),
+            names(key)
+        ));
+    } else {
+        out.push_str("\"keys\": ");
+    }
     out
 }
 
@@ -183,32 +244,209 @@ impl<'de> Deserialize<'de> for Vers {
     }
 }
 
-/// One row change of a page.
-#[derive(Debug, Deserialize)]
+/// One row change of a page (either format).
+#[derive(Debug)]
 pub struct RowIn<'a> {
     /// Table name.
-    #[serde(borrow)]
     pub table: CowStr<'a>,
-    /// Upsert or delete.
+    /// Upsert, delete or leave.
     pub op: PullOp,
     /// Primary key.
-    #[serde(borrow)]
     pub pk: Obj<'a>,
     /// The row (upserts).
-    #[serde(borrow, default)]
     pub row: Option<Obj<'a>>,
     /// Column versions in schema order (upserts).
-    #[serde(default)]
     pub ver: Option<Vers>,
     /// Subscriptions the upsert or leave is for (streams).
-    #[serde(default)]
     pub subs: Option<Vec<u32>>,
+}
+
+/// An entry of a page's `changes`: a row change (format 1) or a block
+/// (format 2).
+#[derive(Deserialize)]
+struct EntryIn<'a> {
+    #[serde(borrow)]
+    table: CowStr<'a>,
+    op: PullOp,
+    // Format 1.
+    #[serde(borrow, default)]
+    pk: Option<Obj<'a>>,
+    #[serde(borrow, default)]
+    row: Option<Obj<'a>>,
+    #[serde(default)]
+    ver: Option<Vers>,
+    #[serde(default)]
+    subs: Option<Vec<u32>>,
+    // Format 2.
+    #[serde(default)]
+    sub: Option<u32>,
+    #[serde(borrow, default)]
+    cols: Option<Vec<CowStr<'a>>>,
+    #[serde(borrow, default)]
+    key: Option<Vec<CowStr<'a>>>,
+    #[serde(borrow, default)]
+    rows: Option<Vec<Vec<&'a RawValue>>>,
+    #[serde(borrow, default)]
+    keys: Option<Vec<Obj<'a>>>,
+}
+
+impl<'a> EntryIn<'a> {
+    /// Whether this entry is a block (format 2).
+    fn is_block(&self) -> bool {
+        self.cols.is_some() || self.rows.is_some() || self.keys.is_some()
+    }
+
+    /// Appends the entry's row changes to `out`.
+    fn expand(self, out: &mut Vec<RowIn<'a>>) -> Result<(), String> {
+        let table = &self.table.0;
+        if !self.is_block() {
+            let Some(pk) = self.pk else {
+                return Err(format!("a change of table {table:?} has no pk"));
+            };
+            out.push(RowIn {
+                table: self.table,
+                op: self.op,
+                pk,
+                row: self.row,
+                ver: self.ver,
+                subs: self.subs,
+            });
+            return Ok(());
+        }
+        let subs = self.sub.map(|s| vec![s]);
+        if self.op != PullOp::Upsert {
+            let Some(keys) = self.keys else {
+                return Err(format!("a block of table {table:?} has no keys"));
+            };
+            out.reserve(keys.len());
+            for pk in keys {
+                out.push(RowIn {
+                    table: self.table.clone(),
+                    op: self.op,
+                    pk,
+                    row: None,
+                    ver: None,
+                    subs: subs.clone(),
+                });
+            }
+            return Ok(());
+        }
+        let (Some(cols), Some(key), Some(rows)) = (self.cols, self.key, self.rows) else {
+            return Err(format!(
+                "an upsert block of table {table:?} needs cols, key and rows"
+            ));
+        };
+        let key_at: Vec<usize> = key
+            .iter()
+            .map(|k| {
+                cols.iter().position(|c| c.0 == k.0).ok_or_else(|| {
+                    format!("key column {:?} of table {table:?} is not in its cols", k.0)
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if key_at.is_empty() {
+            return Err(format!(
+                "an upsert block of table {table:?} has an empty key"
+            ));
+        }
+        out.reserve(rows.len());
+        for vals in rows {
+            if vals.len() != cols.len() + 1 {
+                return Err(format!(
+                    "a row of table {table:?} has {} values; its block has {} columns and a version",
+                    vals.len(),
+                    cols.len()
+                ));
+            }
+            let ver = read_ver(vals[cols.len()], cols.len())
+                .map_err(|e| format!("the version of a row of table {table:?}: {e}"))?;
+            let pk = Obj(key_at
+                .iter()
+                .map(|&i| (cols[i].0.clone(), vals[i]))
+                .collect());
+            let row = Obj(cols
+                .iter()
+                .zip(&vals)
+                .map(|(c, v)| (c.0.clone(), *v))
+                .collect());
+            out.push(RowIn {
+                table: self.table.clone(),
+                op: PullOp::Upsert,
+                pk,
+                row: Some(row),
+                ver: Some(ver),
+                subs: subs.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A format-2 row's version: one stamp for all `n` columns, or an array
+/// of one stamp per column.
+fn read_ver(raw: &RawValue, n: usize) -> Result<Vers, String> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        let s: CowStr = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let h: Hlc =
+            s.0.parse()
+                .map_err(|e: crate::hlc::ParseHlcError| e.to_string())?;
+        return Ok(Vers(vec![h; n]));
+    }
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// A page's changes, read from either format.
+#[derive(Debug, Default)]
+pub struct Changes<'a> {
+    /// The row changes, in page order.
+    pub rows: Vec<RowIn<'a>>,
+    /// How many blocks (format 2) and single entries (format 1) the page had.
+    shapes: (usize, usize),
+}
+
+impl<'a> std::ops::Deref for Changes<'a> {
+    type Target = Vec<RowIn<'a>>;
+    fn deref(&self) -> &Self::Target {
+        &self.rows
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Changes<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Changes<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of changes")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(
+                self,
+                mut s: S,
+            ) -> std::result::Result<Self::Value, S::Error> {
+                let mut out = Changes::default();
+                out.rows.reserve(s.size_hint().unwrap_or(0));
+                // Each block is expanded as soon as it is read, so its
+                // arrays are freed before the next one.
+                while let Some(e) = s.next_element::<EntryIn<'de>>()? {
+                    if e.is_block() {
+                        out.shapes.0 += 1;
+                    } else {
+                        out.shapes.1 += 1;
+                    }
+                    e.expand(&mut out.rows).map_err(de::Error::custom)?;
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// A pull page.
 #[derive(Debug, Deserialize)]
 pub struct PageIn<'a> {
-    /// Wire format.
+    /// Page format (1 or 2).
     pub format: u32,
     /// Schema version the rows follow.
     pub schema_version: i64,
@@ -232,15 +470,27 @@ pub struct PageIn<'a> {
     /// First-download progress (streams).
     #[serde(default)]
     pub progress: Vec<super::Progress>,
-    /// The changes.
+    /// The changes, one per row whatever the format.
     #[serde(borrow)]
-    pub changes: Vec<RowIn<'a>>,
+    pub changes: Changes<'a>,
 }
 
 /// Reads a page: the whole document is checked, rows stay borrowed.
 pub fn read_page(text: &str) -> Result<PageIn<'_>, SyncError> {
     let p: PageIn = serde_json::from_str(text)
         .map_err(|e| SyncError::MalformedJson(format!("pull page: {e}")))?;
-    check_format(p.format)?;
+    check_page_format(p.format)?;
+    let (blocks, entries) = p.changes.shapes;
+    if (p.format == 1 && blocks > 0) || (p.format >= 2 && entries > 0) {
+        return Err(SyncError::MalformedJson(format!(
+            "pull page: a page of format {} holds {}",
+            p.format,
+            if p.format == 1 {
+                "blocks of rows (format 2)"
+            } else {
+                "single changes (format 1)"
+            }
+        )));
+    }
     Ok(p)
 }
