@@ -214,48 +214,15 @@ impl Args {
 /// parameters; every column comes back as text.
 pub fn rows_ro_args(sql: &str, args: &Args) -> Result<Vec<TextRow>> {
     use pgrx::pg_sys;
-    let query = std::ffi::CString::new(sql)
-        .map_err(|_| crate::error::PgSyncError::Spi("query contains a NUL byte".into()))?;
-    let values: Vec<std::ffi::CString> = args
-        .0
-        .iter()
-        .map(|v| std::ffi::CString::new(v.as_deref().unwrap_or("")))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| crate::error::PgSyncError::Spi("a parameter contains a NUL byte".into()))?;
-    // SAFETY: plain SPI protocol. The parameter datums are text values
-    // palloc'd in the current memory context, alive through the call;
-    // results are copied into Rust strings before SPI_finish frees SPI's
-    // memory.
+    // SAFETY: plain SPI protocol: connect, run, copy the results into Rust
+    // strings, finish (which frees SPI's memory, results included).
     unsafe {
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             return Err(crate::error::PgSyncError::Spi("SPI_connect failed".into()));
         }
-        let n = values.len();
-        let mut types = vec![pg_sys::TEXTOID; n];
-        let mut datums: Vec<pg_sys::Datum> = values
-            .iter()
-            .map(|v| pg_sys::Datum::from(pg_sys::cstring_to_text(v.as_ptr())))
-            .collect();
-        let mut nulls: Vec<std::ffi::c_char> = args
-            .0
-            .iter()
-            .map(|v| if v.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
-            .collect();
-        nulls.push(0);
-        let rc = pg_sys::SPI_execute_with_args(
-            query.as_ptr(),
-            n as i32,
-            types.as_mut_ptr(),
-            datums.as_mut_ptr(),
-            nulls.as_ptr(),
-            true,
-            0,
-        );
-        if rc != pg_sys::SPI_OK_SELECT as i32 {
+        if let Err(e) = execute_ro(sql, args) {
             pg_sys::SPI_finish();
-            return Err(crate::error::PgSyncError::Spi(format!(
-                "read-only query failed ({rc})"
-            )));
+            return Err(e);
         }
         let table = pg_sys::SPI_tuptable;
         let rows = pg_sys::SPI_processed as usize;
@@ -279,6 +246,163 @@ pub fn rows_ro_args(sql: &str, args: &Args) -> Result<Vec<TextRow>> {
         }
         pg_sys::SPI_finish();
         Ok(out)
+    }
+}
+
+/// Runs one read-only query with text parameters; its result is in
+/// `SPI_tuptable` until `SPI_finish`.
+///
+/// # Safety
+/// Called between `SPI_connect` and `SPI_finish`.
+unsafe fn execute_ro(sql: &str, args: &Args) -> Result<()> {
+    use pgrx::pg_sys;
+    let query = std::ffi::CString::new(sql)
+        .map_err(|_| crate::error::PgSyncError::Spi("query contains a NUL byte".into()))?;
+    let values: Vec<std::ffi::CString> = args
+        .0
+        .iter()
+        .map(|v| std::ffi::CString::new(v.as_deref().unwrap_or("")))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| crate::error::PgSyncError::Spi("a parameter contains a NUL byte".into()))?;
+    let n = values.len();
+    let mut types = vec![pg_sys::TEXTOID; n];
+    // SAFETY (caller): SPI is connected; the parameter datums are text
+    // values palloc'd in the current memory context, alive through the call.
+    let mut datums: Vec<pg_sys::Datum> = values
+        .iter()
+        .map(|v| pg_sys::Datum::from(pg_sys::cstring_to_text(v.as_ptr())))
+        .collect();
+    let mut nulls: Vec<std::ffi::c_char> = args
+        .0
+        .iter()
+        .map(|v| if v.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
+        .collect();
+    nulls.push(0);
+    let rc = pg_sys::SPI_execute_with_args(
+        query.as_ptr(),
+        n as i32,
+        types.as_mut_ptr(),
+        datums.as_mut_ptr(),
+        nulls.as_ptr(),
+        true,
+        0,
+    );
+    if rc != pg_sys::SPI_OK_SELECT as i32 {
+        return Err(crate::error::PgSyncError::Spi(format!(
+            "read-only query failed ({rc})"
+        )));
+    }
+    Ok(())
+}
+
+/// The first rows of read-only queries run in one SPI connection, read in
+/// place: [`with_reads`] hands them out, and writes a text datum from
+/// pieces of them without copying them first.
+pub struct Reads {
+    /// Per query, its first row (null when it had none) and its descriptor.
+    rows: Vec<(pgrx::pg_sys::HeapTuple, pgrx::pg_sys::TupleDesc)>,
+}
+
+impl Reads {
+    /// Column `col` (from 0) of query `q`'s first row, a text-like value
+    /// (text, json) borrowed from SPI's memory; `None` when NULL or absent.
+    pub fn col(&self, q: usize, col: usize) -> Result<Option<&str>> {
+        use pgrx::pg_sys;
+        let Some(&(tuple, desc)) = self.rows.get(q) else {
+            return Ok(None);
+        };
+        if tuple.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: the tuple and its descriptor belong to a tuptable SPI
+        // keeps until SPI_finish, which runs only after the borrow of
+        // `self` ends (see with_reads); the column is a varlena (text or
+        // json), detoasted into SPI's memory if it had to be.
+        let bytes = unsafe {
+            if col >= (*desc).natts as usize {
+                return Ok(None);
+            }
+            let mut null = false;
+            let d = pg_sys::SPI_getbinval(tuple, desc, col as i32 + 1, &mut null);
+            if null {
+                return Ok(None);
+            }
+            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+            std::slice::from_raw_parts(
+                pgrx::varlena::vardata_any(v) as *const u8,
+                pgrx::varlena::varsize_any_exhdr(v),
+            )
+        };
+        std::str::from_utf8(bytes).map(Some).map_err(|_| {
+            crate::error::PgSyncError::Spi(
+                "a query returned text that is not UTF-8 (the database encoding must be UTF8)"
+                    .into(),
+            )
+        })
+    }
+
+    /// A text datum in the caller's memory context holding `pieces`, in
+    /// order: the only copy of them.
+    pub fn text<'p>(
+        &self,
+        pieces: impl Iterator<Item = &'p str> + Clone,
+    ) -> Result<pgrx::pg_sys::Datum> {
+        use pgrx::pg_sys;
+        let len: usize = pieces.clone().map(str::len).sum();
+        let total = len + pg_sys::VARHDRSZ;
+        if total > 0x3FFF_FFFF {
+            return Err(crate::error::PgSyncError::Spi(format!(
+                "a page of {len} bytes is larger than a value may be (1 GB); lower max_changes or pg_sync.max_page_size"
+            )));
+        }
+        // SAFETY: SPI_palloc allocates in the context that was current at
+        // SPI_connect (the caller's), which outlives SPI_finish; the buffer
+        // has room for the header and every piece.
+        unsafe {
+            let buf = pg_sys::SPI_palloc(total) as *mut u8;
+            let mut at = pg_sys::VARHDRSZ;
+            for p in pieces {
+                std::ptr::copy_nonoverlapping(p.as_ptr(), buf.add(at), p.len());
+                at += p.len();
+            }
+            pgrx::varlena::set_varsize_4b(buf as *mut pg_sys::varlena, total as i32);
+            Ok(pg_sys::Datum::from(buf))
+        }
+    }
+}
+
+/// Runs `queries` read-only, in the calling statement's snapshot, in one
+/// SPI connection, and calls `f` with their first rows read in place (a
+/// pull's page is spliced from them without a copy per step).
+pub fn with_reads<R>(queries: &[(&str, &Args)], f: impl FnOnce(&Reads) -> Result<R>) -> Result<R> {
+    use pgrx::pg_sys;
+    // SAFETY: plain SPI protocol. Each query's tuptable stays until
+    // SPI_finish, after `f` (the only borrower of the rows) returned.
+    unsafe {
+        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+            return Err(crate::error::PgSyncError::Spi("SPI_connect failed".into()));
+        }
+        let mut reads = Reads {
+            rows: Vec::with_capacity(queries.len()),
+        };
+        for (sql, args) in queries {
+            if let Err(e) = execute_ro(sql, args) {
+                pg_sys::SPI_finish();
+                return Err(e);
+            }
+            let table = pg_sys::SPI_tuptable;
+            if table.is_null() || pg_sys::SPI_processed == 0 {
+                reads
+                    .rows
+                    .push((std::ptr::null_mut(), std::ptr::null_mut()));
+            } else {
+                reads.rows.push((*(*table).vals, (*table).tupdesc));
+            }
+        }
+        let out = f(&reads);
+        drop(reads);
+        pg_sys::SPI_finish();
+        out
     }
 }
 

@@ -7,7 +7,7 @@ use crate::error::{or_raise, PgSyncError, Result};
 use sync_core::cursor::{Cursor, Pos, TablePos};
 use sync_core::wire::MAX_CLIENT_ID_BYTES;
 
-use crate::spi_util::{rows_cached, rows_ro_args};
+use crate::spi_util::rows_cached;
 
 mod plan;
 mod subs;
@@ -677,64 +677,65 @@ fn check_subs(
     Ok(out)
 }
 
-/// Builds the page as JSON text: each segment statement renders its rows
-/// with `json_build_object` or `json_build_array` and `json_agg` (the same
-/// work as `to_json` of the rows), and the shared page writer splices the
+/// Builds the page: each segment statement renders its rows with
+/// `json_build_object` or `json_build_array` and `json_agg` (the same work
+/// as `to_json` of the rows), and the shared page writer splices the
 /// arrays, never parsed: a list of entries (format 1) goes in as it is, a
-/// block's list (format 2) after its head.
-fn page_text(p: &Page) -> Result<String> {
-    // Each column's text, with the block head it goes after (none: a list
-    // of entries, spliced without its brackets).
-    let mut parts: Vec<(Option<&str>, String)> = Vec::with_capacity(p.segments.len());
-    for Segment { sql, args, outs } in &p.segments {
-        let row = rows_ro_args(sql, args)?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        for (arr, out) in row.into_iter().zip(outs) {
-            if let Some(arr) = arr {
-                parts.push((
-                    match out {
-                        Out::Entries => None,
-                        Out::Block(head) => Some(head.as_str()),
-                    },
-                    arr,
-                ));
-            }
-        }
-    }
-    let inner = parts.iter().map(|(head, arr)| match head {
-        Some(h) => [*h, arr.as_str(), "}"],
-        None => {
-            let a = arr.trim();
-            let a = a
-                .strip_prefix('[')
-                .and_then(|x| x.strip_suffix(']'))
-                .unwrap_or("");
-            ["", a, ""]
-        }
-    });
+/// block's list (format 2) after its head. The arrays are read where SPI
+/// holds them and copied once, into the value returned (a page of 100,000
+/// rows is tens of megabytes, and every copy stays resident until the
+/// call ends).
+fn build_page(p: &Page, as_jsonb: bool) -> Result<pg_sys::Datum> {
+    let queries: Vec<(&str, &crate::spi_util::Args)> = p
+        .segments
+        .iter()
+        .map(|s| (s.sql.as_str(), &s.args))
+        .collect();
     let members = format!("[{}]", p.members.join(", "));
     let progress = format!("[{}]", p.progress.join(", "));
-    Ok(sync_core::wire::page::write_page(
-        &sync_core::wire::page::PageHead {
-            format: p.form.format(),
-            schema_version: p.version,
-            schema: p.schema.as_deref(),
-            cursor: &p.cursor,
-            has_more: p.has_more,
-            resync_required: p.resync,
-            behind: false,
-            members: (!p.members.is_empty()).then_some(members.as_str()),
-            progress: (!p.progress.is_empty()).then_some(progress.as_str()),
-        },
-        inner,
-    ))
-}
-
-/// The page as a datum of the requested type.
-fn build_page(p: &Page, as_jsonb: bool) -> Result<pg_sys::Datum> {
-    text_datum(page_text(p)?, as_jsonb)
+    let head = sync_core::wire::page::PageHead {
+        format: p.form.format(),
+        schema_version: p.version,
+        schema: p.schema.as_deref(),
+        cursor: &p.cursor,
+        has_more: p.has_more,
+        resync_required: p.resync,
+        behind: false,
+        members: (!p.members.is_empty()).then_some(members.as_str()),
+        progress: (!p.progress.is_empty()).then_some(progress.as_str()),
+    };
+    let text = crate::spi_util::with_reads(&queries, |reads| {
+        let mut lists: Vec<[&str; 3]> = Vec::with_capacity(p.segments.len());
+        for (k, seg) in p.segments.iter().enumerate() {
+            for (c, out) in seg.outs.iter().enumerate() {
+                let Some(arr) = reads.col(k, c)? else {
+                    continue;
+                };
+                lists.push(match out {
+                    Out::Block(head) => [head.as_str(), arr, "}"],
+                    Out::Entries => {
+                        let a = arr.trim();
+                        let a = a
+                            .strip_prefix('[')
+                            .and_then(|x| x.strip_suffix(']'))
+                            .unwrap_or("");
+                        ["", a, ""]
+                    }
+                });
+            }
+        }
+        let (top, pieces) = sync_core::wire::page::page_pieces(&head, lists);
+        reads.text(std::iter::once(top.as_str()).chain(pieces.iter().copied()))
+    })?;
+    if !as_jsonb {
+        return Ok(text);
+    }
+    // SAFETY: `text` is a text datum just built; jsonb_in parses its C string.
+    unsafe {
+        let c = pg_sys::text_to_cstring(text.cast_mut_ptr());
+        pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(c))])
+            .ok_or_else(|| PgSyncError::Spi("jsonb_in returned NULL".into()))
+    }
 }
 
 /// JSON text as a `jsonb` or `json` datum.

@@ -56,8 +56,23 @@ pub struct PageHead<'a> {
 /// its final size.
 pub fn write_page<'c>(
     head: &PageHead<'_>,
-    lists: impl IntoIterator<Item = [&'c str; 3]> + Clone,
+    lists: impl IntoIterator<Item = [&'c str; 3]>,
 ) -> String {
+    let (top, pieces) = page_pieces(head, lists);
+    let mut out = String::with_capacity(top.len() + pieces.iter().map(|p| p.len()).sum::<usize>());
+    out.push_str(&top);
+    pieces.iter().for_each(|p| out.push_str(p));
+    out
+}
+
+/// A pull page as pieces: the text of its head, then the pieces that
+/// follow it (the lists' parts, the commas between them, the end).
+/// Concatenated, they are the page [`write_page`] writes; the server
+/// copies them straight into the value it returns.
+pub fn page_pieces<'c>(
+    head: &PageHead<'_>,
+    lists: impl IntoIterator<Item = [&'c str; 3]>,
+) -> (String, Vec<&'c str>) {
     let mut top = format!(
         "{{\"format\": {}, \"schema_version\": {}, ",
         head.format, head.schema_version
@@ -80,25 +95,18 @@ pub fn write_page<'c>(
         head.has_more,
         head.resync_required,
     ));
-    let nonempty = |l: &[&str; 3]| l.iter().any(|p| !p.trim().is_empty());
-    let body: usize = lists
-        .clone()
-        .into_iter()
-        .filter(nonempty)
-        .map(|l| l.iter().map(|p| p.len()).sum::<usize>() + 2)
-        .sum();
-    let mut out = String::with_capacity(top.len() + body + 3);
-    out.push_str(&top);
-    let mut first = true;
-    for l in lists.into_iter().filter(nonempty) {
-        if !first {
-            out.push_str(", ");
+    let mut pieces = Vec::new();
+    for l in lists {
+        if l.iter().all(|p| p.trim().is_empty()) {
+            continue;
         }
-        first = false;
-        l.iter().for_each(|p| out.push_str(p));
+        if !pieces.is_empty() {
+            pieces.push(", ");
+        }
+        pieces.extend(l);
     }
-    out.push_str("]}");
-    out
+    pieces.push("]}");
+    (top, pieces)
 }
 
 /// The text of a format-2 block up to its list, to which the server
