@@ -322,6 +322,13 @@ impl Reads {
             if col >= (*desc).natts as usize {
                 return Ok(None);
             }
+            // Only variable-length values (text, json) are read as text.
+            if (*(*desc).attrs.as_ptr().add(col)).attlen != -1 {
+                return Err(crate::error::PgSyncError::Spi(format!(
+                    "column {} of a read is not text",
+                    col + 1
+                )));
+            }
             let mut null = false;
             let d = pg_sys::SPI_getbinval(tuple, desc, col as i32 + 1, &mut null);
             if null {

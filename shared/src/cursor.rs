@@ -212,6 +212,24 @@ impl Cursor {
         Ok(c)
     }
 
+    /// `text` (a cursor) asking for pull pages of `format`, every other
+    /// field kept as it is, those this build does not know included.
+    pub fn with_page_format(text: &str, format: u32) -> Result<String> {
+        Cursor::decode(text)?;
+        let body = text.strip_prefix(PREFIX).unwrap_or_default();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| SyncError::BadCursor("cursor is not valid base64".into()))?;
+        let mut v: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)
+            .map_err(|_| SyncError::BadCursor("cursor content is damaged".into()))?;
+        v.insert("w".into(), Value::from(format));
+        let json = serde_json::to_vec(&v).unwrap_or_default();
+        Ok(format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        ))
+    }
+
     /// Encodes the cursor as opaque text.
     pub fn encode(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
@@ -293,5 +311,32 @@ mod tests {
         for bad in ["[]", "[1,2,3]", "\"x\"", "[-1]", "{}"] {
             assert!(serde_json::from_str::<Pos>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn asking_for_a_page_format_keeps_every_other_field() {
+        let c = Cursor {
+            v: 1,
+            s: 4,
+            e: Some(2),
+            ..Default::default()
+        };
+        // A field a newer server added, unknown to this build.
+        let mut v = serde_json::to_value(&c).unwrap();
+        v["z"] = serde_json::json!({"new": [1, 2]});
+        let text = format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        );
+        let asked = Cursor::with_page_format(&text, 2).unwrap();
+        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(asked.strip_prefix(PREFIX).unwrap())
+            .unwrap();
+        let back: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back["z"], v["z"]);
+        assert_eq!(back["w"], 2);
+        let d = Cursor::decode(&asked).unwrap();
+        assert_eq!((d.s, d.e, d.w), (4, Some(2), Some(2)));
+        assert!(Cursor::with_page_format("c1.!!", 2).is_err());
     }
 }

@@ -311,6 +311,18 @@ fn malformed_pages_of_format_2_are_refused() {
         ),
         (r#"{"table": "t", "op": "delete", "keys": 5}"#, "pull page"),
         (
+            r#"{"table": "t", "op": "upsert", "cols": ["id", "v", "id"], "key": ["id"], "rows": []}"#,
+            "column \"id\" appears twice in a block of table \"t\"",
+        ),
+        (
+            r#"{"table": "t", "op": "upsert", "cols": ["id", "v"], "key": ["id", "id"], "rows": []}"#,
+            "key column \"id\" appears twice",
+        ),
+        (
+            r#"{"table": "t", "op": "upsert", "cols": ["id", "v"], "key": ["id"], "rows": [[1, "a", ["0000000000000001"]]]}"#,
+            "1 stamps for 2 columns",
+        ),
+        (
             r#"{"table": "t", "op": "delete", "pk": {"id": 1}}"#,
             "a page of format 2 holds single changes (format 1)",
         ),
@@ -319,6 +331,21 @@ fn malformed_pages_of_format_2_are_refused() {
         let e = err(changes);
         assert!(e.contains(want), "{changes}: {e}");
     }
+    // Long names are refused before any row is expanded.
+    let long = format!(
+        r#"{{"table": "t\u0061{}", "op": "delete", "keys": [{{"id": 1}}]}}"#,
+        "x".repeat(100)
+    );
+    assert!(
+        err(&long).contains("a block's table name is 102 bytes, more than 63"),
+        "{}",
+        err(&long)
+    );
+    let long_col = format!(
+        r#"{{"table": "t", "op": "upsert", "cols": ["id", "{}"], "key": ["id"], "rows": []}}"#,
+        "c".repeat(64)
+    );
+    assert!(err(&long_col).contains("a column name of table \"t\" is 64 bytes"));
     // A block in a page of format 1, and a format this build does not read.
     let one = page(ok).replace(r#""format": 2"#, r#""format": 1"#);
     assert!(read_page(&one)

@@ -48,7 +48,7 @@ fn update_from_the_previous_version() {
     }
     .encode();
     let format = |c: &mut postgres::Client| -> Value {
-        pg_json(c, "SELECT sync_pull_json($1)::jsonb", &[&asks_2])["format"].clone()
+        pg_json(c, "SELECT sync_pull($1)", &[&asks_2])["format"].clone()
     };
     assert_eq!(format(&mut c), 1);
     c.batch_execute("ALTER EXTENSION pg_sync UPDATE").unwrap();

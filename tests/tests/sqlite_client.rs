@@ -902,7 +902,32 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     let mut wrong_format = good.clone();
     wrong_format["format"] = json!(2);
     let h = hlc(5, 0, 1);
+    // Pages of format 2 whose block is not the table's row: its columns in
+    // another order (the version stamps would land on other columns), one
+    // column missing, one twice.
+    let block_page = |cols: Vec<&str>| {
+        let row = task("z", "z");
+        let mut vals: Vec<Value> = cols.iter().map(|c| row[*c].clone()).collect();
+        vals.push(json!(vec![h.clone(); cols.len()]));
+        json!({"format": 2, "schema_version": 1, "cursor": "x", "has_more": false,
+               "changes": [{"table": "tasks", "op": "upsert", "cols": cols, "key": ["id"],
+                            "rows": [vals]}]})
+        .to_string()
+    };
+    let names: Vec<&str> = sync_tests::sqlite::TASK_COLS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    let mut reordered = names.clone();
+    reordered.swap(1, 2);
+    let mut missing = names.clone();
+    missing.pop();
+    let mut twice = names.clone();
+    twice[2] = "title";
     let cases: Vec<(&str, String, &str)> = vec![
+        ("SELECT sync_apply(?1)", block_page(reordered), "in this order"),
+        ("SELECT sync_apply(?1)", block_page(missing), "has 9 synced columns"),
+        ("SELECT sync_apply(?1)", block_page(twice), "appears twice"),
         ("SELECT sync_init(?1)", "{not json".into(), "JSON"),
         (
             "SELECT sync_init(?1)",
@@ -1028,6 +1053,13 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     assert_eq!(c.snapshot(), before);
     // Still fully usable afterwards.
     assert_eq!(c.ack(&good)["confirmed"], 1);
+    // The same block in the schema's order is the server's row.
+    let r = c.call("SELECT sync_apply(?1)", Some(&block_page(names)));
+    assert_eq!(r["upserts"], 1, "{r}");
+    assert_eq!(
+        c.rows("SELECT title FROM tasks WHERE id = 'z'"),
+        vec![vec![json!("z")]]
+    );
 }
 
 #[test]

@@ -51,6 +51,7 @@ IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'ver_json_wrapper';
 )]
 fn ver_json(ver: Option<pgrx::Array<i64>>, attnums: pgrx::Array<i16>) -> String {
     use std::fmt::Write;
+    check_attnums(attnums.len());
     let vals: Vec<i64> = ver
         .map(|a| a.iter().map(|v| v.unwrap_or(0)).collect())
         .unwrap_or_default();
@@ -87,6 +88,7 @@ IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'ver_compact_wrapper';
 )]
 fn ver_compact(ver: Option<pgrx::Array<i64>>, attnums: pgrx::Array<i16>) -> String {
     use std::fmt::Write;
+    check_attnums(attnums.len());
     let at = |vals: &[i64], a: Option<i16>| -> i64 {
         a.and_then(|a| usize::try_from(a).ok())
             .and_then(|a| a.checked_sub(1))
@@ -116,6 +118,17 @@ fn ver_compact(ver: Option<pgrx::Array<i64>>, attnums: pgrx::Array<i16>) -> Stri
     }
     s.push(']');
     s
+}
+
+/// Refuses more attribute numbers than a table can have (the functions
+/// above are callable by anyone; their output grows with the list).
+fn check_attnums(n: usize) {
+    if n > pg_sys::MaxHeapAttributeNumber as usize {
+        pgrx::error!(
+            "pg_sync: {n} attribute numbers, more than a table may have ({})",
+            pg_sys::MaxHeapAttributeNumber
+        );
+    }
 }
 
 finfo_v1!(pg_finfo_pg_sync_pull);
@@ -527,6 +540,13 @@ fn pull(
     cur.s = version;
     cur.e = Some(epoch);
     cur.h = Some(snap.history);
+    // The page format the device asked for holds while its pages follow
+    // one another; the cursor it keeps at the end does not ask, so a
+    // device taken back to a version that reads only format 1 still can
+    // (a device asks again each time, through sync_cursor()).
+    if !has_more {
+        cur.w = None;
+    }
     let encoded = cur.encode();
     // A hot standby records nothing (it cannot write); the primary records
     // the pull for pg_sync.status.

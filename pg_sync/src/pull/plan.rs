@@ -144,7 +144,7 @@ pub fn tombs_cond(pos: &Pos, op: &str, args: &mut Args) -> String {
 pub fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
     let mut args = Args::default();
     let sql = format!(
-        "SELECT t._sync_xid::text, t.ctid::text, ({bytes})::text FROM {tbl} t \
+        "SELECT t._sync_xid::text, t.ctid::text, ({bytes})::text, t.tableoid::pg_catalog.text FROM {tbl} t \
          WHERE {cond} AND t._sync_xid < {h}::pg_catalog.xid8 ORDER BY t._sync_xid, {keys} LIMIT {limit}",
         bytes = row_bytes(t),
         tbl = t.qualified,
@@ -155,27 +155,47 @@ pub fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<T
     rows_ro_args(&sql, &args)
 }
 
-/// The primary key (as a JSON object) of the row of `t` at row id `tid`,
-/// read in the pull's snapshot, in which the id still names the row
-/// [`rows_keys`] listed.
-fn key_at(t: &TableInfo, tid: &str) -> Result<serde_json::Value> {
+/// The primary key (as a JSON object) of the row of `t` that [`rows_keys`]
+/// listed as `row` (its row id, and the table it lies in: a row id is
+/// unique only within one table, and a synced table may have inheritance
+/// children), read in the pull's snapshot, in which the id still names
+/// that row. Should the row not be found again (a row-level security
+/// policy that calls a volatile function), the key is read as the `n`th
+/// (from 1) of the rows after `pos` instead.
+fn key_at(t: &TableInfo, row: &TextRow, pos: &Pos, h: u64, n: usize) -> Result<serde_json::Value> {
     let mut args = Args::default();
     let sql = format!(
-        "SELECT {pk}::text FROM {tbl} t WHERE t.ctid OPERATOR(pg_catalog.=) {tid}::pg_catalog.tid",
+        "SELECT {pk}::text FROM {tbl} t WHERE t.ctid OPERATOR(pg_catalog.=) {tid}::pg_catalog.tid \
+         AND t.tableoid OPERATOR(pg_catalog.=) {rel}::pg_catalog.oid",
         pk = t.pk_expr("t"),
         tbl = t.qualified,
-        tid = args.push(tid),
+        tid = args.push(row.get(1).cloned().flatten().unwrap_or_default()),
+        rel = args.push(row.get(3).cloned().flatten().unwrap_or_default()),
     );
-    let text = rows_ro_args(&sql, &args)?
+    let mut found = rows_ro_args(&sql, &args)?;
+    if found.is_empty() {
+        let mut args = Args::default();
+        let sql = format!(
+            "SELECT {pk}::text FROM {tbl} t WHERE {cond} AND t._sync_xid < {h}::pg_catalog.xid8 \
+             ORDER BY t._sync_xid, {keys} LIMIT 1 OFFSET {skip}",
+            pk = t.pk_expr("t"),
+            tbl = t.qualified,
+            cond = rows_cond(t, pos, ">", &mut args),
+            h = args.push(h),
+            keys = key_cols(t),
+            skip = n.saturating_sub(1),
+        );
+        found = rows_ro_args(&sql, &args)?;
+    }
+    let text = found
         .into_iter()
         .next()
         .and_then(|mut r| r.swap_remove(0))
         .ok_or_else(|| {
-            crate::error::PgSyncError::Spi(format!("row {tid} of {} is gone", t.name))
+            crate::error::PgSyncError::Spi(format!("a row of {} left the pull's snapshot", t.name))
         })?;
-    serde_json::from_str(&text).map_err(|e| {
-        crate::error::PgSyncError::Spi(format!("the key of row {tid} of {}: {e}", t.name))
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| crate::error::PgSyncError::Spi(format!("a key of {}: {e}", t.name)))
 }
 
 /// An estimate of the bytes a row takes in a page, read without detoasting
@@ -341,7 +361,7 @@ pub fn plan_table(
     let start_d = pos_d.as_deref().cloned().unwrap_or_default();
     if let (true, Some(p)) = (i > 0, pos_r.as_deref_mut()) {
         let last = &live[i - 1];
-        *p = Pos::After(xid_of(last), key_at(t, last[1].as_deref().unwrap_or(""))?);
+        *p = Pos::After(xid_of(last), key_at(t, last, &start_r, h, i)?);
     }
     if let (true, Some(p)) = (j > 0, pos_d.as_deref_mut()) {
         let last = &tombs[j - 1];

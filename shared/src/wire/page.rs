@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use super::PullOp;
 use crate::schema::Schema;
+use crate::schema::MAX_NAME_BYTES;
 use crate::{check_page_format, Hlc, SyncError};
 
 /// Everything of a pull page but its changes.
@@ -307,6 +308,12 @@ impl<'a> EntryIn<'a> {
     /// Appends the entry's row changes to `out`.
     fn expand(self, out: &mut Vec<RowIn<'a>>) -> Result<(), String> {
         let table = &self.table.0;
+        if self.is_block() && table.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "a block's table name is {} bytes, more than {MAX_NAME_BYTES}",
+                table.len()
+            ));
+        }
         if !self.is_block() {
             let Some(pk) = self.pk else {
                 return Err(format!("a change of table {table:?} has no pk"));
@@ -344,6 +351,31 @@ impl<'a> EntryIn<'a> {
                 "an upsert block of table {table:?} needs cols, key and rows"
             ));
         };
+        // Names are copied into every row: they must be names (a block of
+        // long escaped names would multiply), each once.
+        for (what, names) in [("column", &cols), ("key column", &key)] {
+            if names.len() > crate::schema::MAX_SYNCED_COLUMNS {
+                return Err(format!(
+                    "a block of table {table:?} has {} {what}s, more than {}",
+                    names.len(),
+                    crate::schema::MAX_SYNCED_COLUMNS
+                ));
+            }
+            for (i, n) in names.iter().enumerate() {
+                if n.0.len() > MAX_NAME_BYTES {
+                    return Err(format!(
+                        "a {what} name of table {table:?} is {} bytes, more than {MAX_NAME_BYTES}",
+                        n.0.len()
+                    ));
+                }
+                if names[..i].iter().any(|m| m.0 == n.0) {
+                    return Err(format!(
+                        "{what} {:?} appears twice in a block of table {table:?}",
+                        n.0
+                    ));
+                }
+            }
+        }
         let key_at: Vec<usize> = key
             .iter()
             .map(|k| {
@@ -401,7 +433,11 @@ fn read_ver(raw: &RawValue, n: usize) -> Result<Vers, String> {
                 .map_err(|e: crate::hlc::ParseHlcError| e.to_string())?;
         return Ok(Vers(vec![h; n]));
     }
-    serde_json::from_str(text).map_err(|e| e.to_string())
+    let v: Vers = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if v.0.len() != n {
+        return Err(format!("{} stamps for {n} columns", v.0.len()));
+    }
+    Ok(v)
 }
 
 /// A page's changes, read from either format.

@@ -464,6 +464,36 @@ pub fn row_values(
 }
 
 /// Checks a version array against the table's column count.
+/// Checks that a row of a page of format 2 names the table's synced
+/// columns in the schema's order: its version stamps follow that order,
+/// and a row missing a column, or with another, is not the server's row.
+pub fn check_block_row(t: &TableInfo, row: &sync_core::wire::page::Obj<'_>) -> Result<()> {
+    let same = row.0.len() == t.def.columns.len()
+        && row
+            .0
+            .iter()
+            .zip(&t.def.columns)
+            .all(|((k, _), c)| *k == c.name);
+    if !same {
+        return Err(Error::input(format!(
+            "a block of table {:?} has the columns [{}], but its schema has [{}] (in this order)",
+            t.name(),
+            row.0
+                .iter()
+                .map(|(k, _)| k.as_ref())
+                .collect::<Vec<_>>()
+                .join(", "),
+            t.def
+                .columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
 pub fn check_ver(t: &TableInfo, ver: &[Hlc]) -> Result<()> {
     if ver.len() != t.ncols() {
         return Err(Error::input(format!(

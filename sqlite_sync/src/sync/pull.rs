@@ -15,7 +15,7 @@ use crate::model::wire::{self, key_from_obj};
 use crate::schema::ddl;
 use crate::schema::upgrade::{upgrade, Upgraded};
 use crate::store::changes;
-use crate::store::rows::{check_ver, TableOps};
+use crate::store::rows::{check_block_row, check_ver, TableOps};
 use crate::store::state::{in_savepoint, meta_delete, meta_set, ConnState, Loaded};
 use crate::sync::adopt::{adopt_row, resync_bases};
 
@@ -136,6 +136,9 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
                     };
                     let ver = &ver.0;
                     check_ver(t, ver)?;
+                    if page.format >= 2 {
+                        check_block_row(t, row)?;
+                    }
                     let vals = wire::row_values(t, row, &rc.pk)?;
                     if let Some(m) = ver.iter().max() {
                         max_seen = max_seen.max(*m);

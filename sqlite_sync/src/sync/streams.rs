@@ -52,26 +52,19 @@ fn stored_cursor(db: Db) -> Result<Cursor> {
 
 /// The cursor to send with the next pull (`sync_cursor`): the stored one,
 /// or a new one before the first pull, asking for the newest page format
-/// this build reads ([`sync_core::PAGE_FORMAT`]). A stored cursor this
-/// build cannot read (a hand-made one) is sent as it is.
+/// this build reads ([`sync_core::PAGE_FORMAT`]); the server does not keep
+/// the ask in the cursor a sync ends with, so it is added on every call
+/// (fields this build does not know are kept). A stored cursor this build
+/// cannot read (a hand-made one) is sent as it is.
 pub fn pull_cursor(db: Db) -> Result<String> {
-    let stored = meta_text(db, "cursor")?.filter(|c| !c.is_empty());
-    let mut c = match &stored {
-        Some(text) => match Cursor::decode(text) {
-            Ok(c) => c,
-            Err(_) => return Ok(text.clone()),
-        },
-        None => Cursor {
+    match meta_text(db, "cursor")?.filter(|c| !c.is_empty()) {
+        Some(text) => Ok(Cursor::with_page_format(&text, sync_core::PAGE_FORMAT).unwrap_or(text)),
+        None => Ok(Cursor {
             v: 1,
+            w: Some(sync_core::PAGE_FORMAT),
             ..Default::default()
-        },
-    };
-    match (stored, c.w == Some(sync_core::PAGE_FORMAT)) {
-        (Some(text), true) => Ok(text),
-        _ => {
-            c.w = Some(sync_core::PAGE_FORMAT);
-            Ok(c.encode())
         }
+        .encode()),
     }
 }
 
