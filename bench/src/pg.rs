@@ -329,29 +329,25 @@ pub fn p1(cluster: &BenchCluster, c: &mut Client, cfg: &Config) -> Vec<Figure> {
 pub fn page_meta(text: &str) -> (String, bool) {
     // Works on jsonb output (`"key": value`, keys ordered by length) and on
     // the json text of sync_pull_json (`"key":value`, `"key" : value`). The
-    // tasks table has no column named cursor or has_more.
-    let v = *key_values(text, "cursor")
-        .first()
-        .expect("page has a cursor");
+    // tasks table has no column named cursor or has_more, so the first
+    // occurrence of each is the page's; in sync_pull_json's text both come
+    // before the changes, so this reads only the page's head.
+    let v = first_value(text, "cursor").expect("page has a cursor");
     let v = v.strip_prefix('"').expect("cursor is a string");
     let cursor = v[..v.find('"').expect("cursor ends")].to_string();
-    let more = key_values(text, "has_more")
-        .last()
+    let more = first_value(text, "has_more")
         .expect("page has has_more")
         .starts_with("true");
     (cursor, more)
 }
 
-/// The text after `"key"`, optional blanks and `:` (and blanks), for every
-/// occurrence of the key as an object key.
-fn key_values<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+/// The text after the first `"key"` used as an object key.
+fn first_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     let quoted = format!("\"{key}\"");
-    text.match_indices(quoted.as_str())
-        .filter_map(|(at, _)| {
-            let rest = text[at + quoted.len()..].trim_start();
-            rest.strip_prefix(':').map(str::trim_start)
-        })
-        .collect()
+    text.match_indices(quoted.as_str()).find_map(|(at, _)| {
+        let rest = text[at + quoted.len()..].trim_start();
+        rest.strip_prefix(':').map(str::trim_start)
+    })
 }
 
 /// Number of changes in a page's JSON text.

@@ -250,7 +250,7 @@ fn pull_apply_overlapped(pgc: &mut Client, conn: &Connection, page: i32) -> (f64
         .optional()
         .unwrap()
         .flatten();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, f64)>(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, f64, String)>(1);
     let (mut pull_s, mut apply_s, mut n, mut pages) = (0.0, 0.0, 0u64, 0usize);
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -261,13 +261,13 @@ fn pull_apply_overlapped(pgc: &mut Client, conn: &Connection, page: i32) -> (f64
                 let text: String = pgc.query_one(&stmt, &[&cursor, &page]).unwrap().get(0);
                 let secs = t.elapsed().as_secs_f64();
                 let (cur, more) = page_meta(&text);
-                if tx.send((text, secs)).is_err() || !more {
+                if tx.send((text, secs, cur.clone())).is_err() || !more {
                     break;
                 }
                 cursor = Some(cur);
             }
         });
-        for (text, secs) in rx {
+        for (text, secs, page_cursor) in rx {
             pull_s += secs;
             let t = Instant::now();
             let out = apply(conn, &text);
@@ -277,7 +277,7 @@ fn pull_apply_overlapped(pgc: &mut Client, conn: &Connection, page: i32) -> (f64
             n += v["upserts"].as_u64().unwrap_or(0);
             assert_eq!(
                 v["cursor"].as_str(),
-                Some(page_meta(&text).0.as_str()),
+                Some(page_cursor.as_str()),
                 "the device stores the page's cursor"
             );
         }
