@@ -498,3 +498,59 @@ fn paging_over_a_table_with_an_inheritance_child_loses_no_row() {
         }));
     }
 }
+
+/// `pg_sync._ver_compact` (a row's version in a page of format 2) on the
+/// edges: no versions at all, attribute numbers past the array or below 1,
+/// NULL elements, no attribute numbers, and its refusals.
+#[test]
+fn the_compact_version_of_a_row() {
+    let db = TestDb::new("pull_ver_compact");
+    let mut c = db.connect();
+    let one = |c: &mut postgres::Client, sql: &str| -> String {
+        c.query_one(&format!("SELECT ({sql})::text"), &[])
+            .unwrap()
+            .get(0)
+    };
+    let z = "0000000000000000";
+    assert_eq!(
+        one(&mut c, "pg_sync._ver_compact(NULL, '{1,2}')"),
+        format!("\"{z}\"")
+    );
+    assert_eq!(
+        one(&mut c, "pg_sync._ver_compact('{5,5,5}', '{1,3}')"),
+        "\"0000000000000005\""
+    );
+    assert_eq!(
+        one(&mut c, "pg_sync._ver_compact('{1,2}', '{1,2,7,0,-1}')"),
+        format!("[\"0000000000000001\",\"0000000000000002\",\"{z}\",\"{z}\",\"{z}\"]")
+    );
+    assert_eq!(
+        one(&mut c, "pg_sync._ver_compact('{1,NULL,1}', '{1,2,3}')"),
+        format!("[\"0000000000000001\",\"{z}\",\"0000000000000001\"]")
+    );
+    assert_eq!(
+        one(&mut c, "pg_sync._ver_compact('{-1}', '{1}')"),
+        "\"ffffffffffffffff\""
+    );
+    assert_eq!(
+        one(&mut c, "pg_sync._ver_compact('{7}', '{}')"),
+        format!("\"{z}\"")
+    );
+    // The same versions as format 1 writes them, when they differ.
+    assert_eq!(
+        one(&mut c, "pg_sync._ver_compact('{3,4}', '{2,1}')"),
+        one(&mut c, "pg_sync._ver_json('{3,4}', '{2,1}')")
+    );
+    for (sql, want) in [
+        ("pg_sync._ver_compact('{1}', NULL)", "attnums is NULL"),
+        (
+            "pg_sync._ver_compact('{1}', array_fill(1::int2, ARRAY[2000]))",
+            "more than a table may have",
+        ),
+    ] {
+        let e = c
+            .query_one(&format!("SELECT ({sql})::text"), &[])
+            .unwrap_err();
+        assert!(err_text(&e).contains(want), "{sql}: {}", err_text(&e));
+    }
+}
