@@ -148,19 +148,7 @@ pub unsafe extern "C-unwind" fn ver_compact_wrapper(
 /// # Safety
 /// `d` is a non-null `bigint[]` datum.
 unsafe fn i64s(d: pg_sys::Datum) -> Vec<i64> {
-    let a = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
-    let Some(ptr) = std::ptr::NonNull::new(a) else {
-        return Vec::new();
-    };
-    // SAFETY: a detoasted array of the declared element type, alive for
-    // the call; without a null bitmap its data is `len` aligned int8s.
-    let mut raw = pgrx::array::RawArray::from_ptr(ptr);
-    if raw.oid() == pg_sys::INT8OID && raw.nulls().is_none() {
-        return raw.data::<i64>().as_ref().to_vec();
-    }
-    pgrx::Array::<i64>::from_datum(d, false)
-        .map(|a| a.iter().map(|v| v.unwrap_or(0)).collect())
-        .unwrap_or_default()
+    ints(d, pg_sys::INT8OID)
 }
 
 /// The elements of a `smallint[]` datum in order (NULL elements as 0).
@@ -168,17 +156,31 @@ unsafe fn i64s(d: pg_sys::Datum) -> Vec<i64> {
 /// # Safety
 /// `d` is a non-null `smallint[]` datum.
 unsafe fn i16s(d: pg_sys::Datum) -> Vec<i16> {
+    ints(d, pg_sys::INT2OID)
+}
+
+/// The elements of an integer array datum whose elements are `T` (type
+/// `oid`), read in place when it has no NULL.
+///
+/// # Safety
+/// `d` is a non-null array datum of elements of type `oid`, which `T`
+/// represents exactly (int8 as i64, int2 as i16).
+unsafe fn ints<T>(d: pg_sys::Datum, oid: pg_sys::Oid) -> Vec<T>
+where
+    T: Copy + Default + for<'a> pgrx::datum::UnboxDatum<As<'a> = T> + 'static,
+{
     let a = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
     let Some(ptr) = std::ptr::NonNull::new(a) else {
         return Vec::new();
     };
-    // SAFETY: as in i64s, for int2.
+    // SAFETY: a detoasted array, alive for the call; of element type `oid`
+    // and without a null bitmap, its data is `len` aligned values of `T`.
     let mut raw = pgrx::array::RawArray::from_ptr(ptr);
-    if raw.oid() == pg_sys::INT2OID && raw.nulls().is_none() {
-        return raw.data::<i16>().as_ref().to_vec();
+    if raw.oid() == oid && raw.nulls().is_none() {
+        return raw.data::<T>().as_ref().to_vec();
     }
-    pgrx::Array::<i16>::from_datum(d, false)
-        .map(|a| a.iter().map(|v| v.unwrap_or(0)).collect())
+    pgrx::Array::<T>::from_datum(d, false)
+        .map(|a| a.iter().map(|v| v.unwrap_or_default()).collect())
         .unwrap_or_default()
 }
 

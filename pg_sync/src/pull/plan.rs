@@ -592,37 +592,39 @@ pub fn key_list(t: &TableInfo) -> String {
 }
 
 /// Whether the catalog has `pg_sync._ver_compact` (0.6.0 and later), so
-/// pages can be written in format 2; once seen, it stays.
+/// pages can be written in format 2.
 pub fn has_ver_compact() -> Result<bool> {
     thread_local! {
         static SEEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
-    if SEEN.with(|s| s.get()) {
-        return Ok(true);
-    }
-    let found = one_cached(
-        "SELECT (pg_catalog.to_regprocedure('pg_sync._ver_compact(bigint[],smallint[])') IS NOT NULL)::pg_catalog.text",
-        &[],
-    )?;
-    let yes = found.as_deref() == Some("true");
-    SEEN.with(|s| s.set(yes));
-    Ok(yes)
+    catalog_has(&SEEN, "pg_sync._ver_compact(bigint[],smallint[])")
 }
 
-/// Whether the catalog has `pg_sync._ver_json` (0.4.0 and later); once
-/// seen, it stays (the catalog is not downgraded under a backend).
+/// Whether the catalog has `pg_sync._ver_json` (0.4.0 and later).
 pub fn has_ver_json() -> Result<bool> {
     thread_local! {
         static SEEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
-    if SEEN.with(|s| s.get()) {
+    catalog_has(&SEEN, "pg_sync._ver_json(bigint[],smallint[])")
+}
+
+/// Whether the catalog has the function `signature` (a constant); once
+/// seen, it stays (`seen`: the catalog is not downgraded under a backend).
+fn catalog_has(
+    seen: &'static std::thread::LocalKey<std::cell::Cell<bool>>,
+    signature: &'static str,
+) -> Result<bool> {
+    if seen.with(|s| s.get()) {
         return Ok(true);
     }
     let found = one_cached(
-        "SELECT (pg_catalog.to_regprocedure('pg_sync._ver_json(bigint[],smallint[])') IS NOT NULL)::pg_catalog.text",
+        &format!(
+            "SELECT (pg_catalog.to_regprocedure({}) IS NOT NULL)::pg_catalog.text",
+            crate::spi_util::literal(signature)
+        ),
         &[],
     )?;
     let yes = found.as_deref() == Some("true");
-    SEEN.with(|s| s.set(yes));
+    seen.with(|s| s.set(yes));
     Ok(yes)
 }
