@@ -427,6 +427,18 @@ pub fn page_changes(page: &serde_json::Value) -> Vec<sync_core::wire::RowChange>
         .changes
 }
 
+/// The cursor of a device that never pulled (what `sync_cursor()` returns
+/// before the first pull and after a resync): no positions, the newest
+/// page format.
+pub fn device_cursor() -> String {
+    sync_core::cursor::Cursor {
+        v: 1,
+        w: Some(sync_core::PAGE_FORMAT),
+        ..Default::default()
+    }
+    .encode()
+}
+
 /// Workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -116,16 +116,6 @@ fn pull_page(c: &mut Client, cursor: Option<&str>) -> Value {
     page
 }
 
-/// The cursor of a device that never pulled: no positions, page format 2.
-fn device_cursor() -> String {
-    sync_core::cursor::Cursor {
-        v: 1,
-        w: Some(sync_core::PAGE_FORMAT),
-        ..Default::default()
-    }
-    .encode()
-}
-
 /// Checks that a page of format 2 and one of format 1 of the same pull
 /// carry the same changes.
 fn same_changes(two: &Value, one: &Value) {
@@ -151,7 +141,7 @@ fn the_server_writes_and_reads_the_golden_documents() {
     let mut doc = first.clone();
     normalize(&mut doc);
     check("page_first.json", &doc);
-    let first2 = pull_page(&mut c, Some(&device_cursor()));
+    let first2 = pull_page(&mut c, Some(&sync_tests::device_cursor()));
     same_changes(&first2, &first);
     let cursor2 = first2["cursor"].as_str().unwrap().to_string();
     let mut doc = first2.clone();
@@ -290,5 +280,5 @@ fn device_reads(first: &str, incremental: &str, tag: &str) {
     let cursor: String =
         d.db.query_row("SELECT sync_cursor()", [], |r| r.get(0))
             .unwrap();
-    assert_eq!(cursor, device_cursor(), "a resync starts over");
+    assert_eq!(cursor, sync_tests::device_cursor(), "a resync starts over");
 }

@@ -358,16 +358,6 @@ fn changes_of(pages: &[String], format: u32) -> Vec<sync_core::wire::RowChange> 
         .collect()
 }
 
-/// A cursor that asks for pages of format 2, as a device's does.
-fn format_2_cursor() -> String {
-    sync_core::cursor::Cursor {
-        v: 1,
-        w: Some(2),
-        ..Default::default()
-    }
-    .encode()
-}
-
 /// Pages of format 2 (asked for by the cursor) carry exactly the changes
 /// of format 1, page by page: every value type, a dropped column (a hole
 /// in the attribute numbers), a table of 63 columns (the most a synced
@@ -399,7 +389,7 @@ fn format_2_pages_carry_the_same_changes_as_format_1() {
     .unwrap();
     assert!(eventually(30, || {
         let one = pages_from(&mut c, None, 4);
-        let two = pages_from(&mut c, Some(format_2_cursor()), 4);
+        let two = pages_from(&mut c, Some(sync_tests::device_cursor()), 4);
         if one.len() != two.len() {
             return false;
         }
@@ -428,7 +418,7 @@ fn format_2_pages_carry_the_same_changes_as_format_1() {
     // The cursor of a sync's last page does not ask for format 2 (a device
     // taken back to a version reading only format 1 keeps working); a
     // device asks again with every pull.
-    let two = pages_from(&mut c, Some(format_2_cursor()), 4);
+    let two = pages_from(&mut c, Some(sync_tests::device_cursor()), 4);
     let last = sync_core::wire::PullPage::parse(two.last().unwrap()).unwrap();
     c.batch_execute("UPDATE kinds SET n = 1 WHERE id = 1")
         .unwrap();
@@ -442,7 +432,7 @@ fn format_2_pages_carry_the_same_changes_as_format_1() {
     let ch = changes_of(&next, 2);
     assert!(ch.len() == 1 && ch[0].pk["id"] == 1, "{ch:?}");
     // While pages follow one another, each one's cursor still asks.
-    let first = pages_from(&mut c, Some(format_2_cursor()), 4);
+    let first = pages_from(&mut c, Some(sync_tests::device_cursor()), 4);
     assert!(first.len() > 2);
     for p in &first[..first.len() - 1] {
         let cur = sync_core::wire::PullPage::parse(p).unwrap().cursor;
@@ -486,7 +476,7 @@ fn paging_over_a_table_with_an_inheritance_child_loses_no_row() {
         .unwrap()
         .get::<_, i64>(0);
     assert!(same_tid > 0, "the two tables share row ids");
-    for form in [None, Some(format_2_cursor())] {
+    for form in [None, Some(sync_tests::device_cursor())] {
         assert!(eventually(30, || {
             let pages = pages_from(&mut c, form.clone(), 3);
             let fmt = if form.is_some() { 2 } else { 1 };

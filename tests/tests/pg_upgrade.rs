@@ -41,12 +41,7 @@ fn update_from_the_previous_version() {
     }));
     // A device asking for pages of format 2 gets format 1 until the
     // catalog has what format 2 needs, then format 2.
-    let asks_2 = sync_core::cursor::Cursor {
-        v: 1,
-        w: Some(2),
-        ..Default::default()
-    }
-    .encode();
+    let asks_2 = sync_tests::device_cursor();
     let format = |c: &mut postgres::Client| -> Value {
         pg_json(c, "SELECT sync_pull($1)", &[&asks_2])["format"].clone()
     };

@@ -106,7 +106,7 @@ fn init_creates_the_objects_and_is_idempotent() {
     assert_eq!(st["errors"], 0);
     assert_eq!(
         c.try_text("SELECT sync_cursor()", None).unwrap(),
-        Some(fresh_cursor())
+        Some(sync_tests::device_cursor())
     );
     assert_eq!(
         c.try_text("SELECT sync_version()", None).unwrap().unwrap(),
@@ -625,7 +625,7 @@ fn resync_required_drops_server_state_and_keeps_pending_writes() {
     assert_eq!(r["cursor"], Value::Null);
     assert_eq!(
         c.try_text("SELECT sync_cursor()", None).unwrap(),
-        Some(fresh_cursor())
+        Some(sync_tests::device_cursor())
     );
     assert_eq!(c.int("SELECT count(*) FROM tasks_synced"), 0);
     let ids: Vec<String> = c.tasks("tasks").into_keys().collect();
@@ -1687,7 +1687,7 @@ fn a_changed_primary_key_creates_the_table_again_and_resyncs() {
     assert_eq!(r["has_more"], true, "{r}");
     assert_eq!(
         c.try_text("SELECT sync_cursor()", None).unwrap(),
-        Some(fresh_cursor())
+        Some(sync_tests::device_cursor())
     );
     assert_eq!(c.int("SELECT count(*) FROM tasks"), 0);
     assert_eq!(c.status()["pending"], 0);
@@ -1711,15 +1711,4 @@ fn a_changed_primary_key_creates_the_table_again_and_resyncs() {
     c.exec("INSERT INTO tasks (id, title) VALUES ('a', 'x'), ('a', 'y')");
     let batch = c.changes();
     assert_eq!(batch["changes"][1]["pk"], json!({"id": "a", "title": "y"}));
-}
-
-/// What `sync_cursor()` returns before the first pull and after a resync:
-/// no positions, the newest page format.
-fn fresh_cursor() -> String {
-    sync_core::cursor::Cursor {
-        v: 1,
-        w: Some(sync_core::PAGE_FORMAT),
-        ..Default::default()
-    }
-    .encode()
 }
