@@ -32,6 +32,7 @@ mod pull;
 mod push;
 mod spi_util;
 mod streams;
+mod tombstone;
 mod track;
 
 pgrx::pg_module_magic!();

@@ -16,7 +16,7 @@
 //! alive (the duration of the call). Each unsafe function states what it
 //! relies on under `# Safety`.
 //!
-//! A delete's tombstone is inserted straight into the heap and indexes of
+//! A delete's tombstone (`tombstone.rs`) is inserted straight into the heap and indexes of
 //! `pg_sync.tombstones` (no SQL, no switch of user: a heap insert checks no
 //! privilege and resolves no name), so writers need no privilege on the
 //! catalog and cannot reach it any other way. Only TRUNCATE, which
@@ -25,7 +25,6 @@
 //! qualified).
 
 use std::cell::Cell;
-use std::ffi::CString;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -136,13 +135,13 @@ unsafe fn trigger_data(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> *mut pg_
 ///
 /// # Safety
 /// `tupdesc` is valid for `'a` (the relation's descriptor during the call).
-unsafe fn attrs<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+pub(crate) unsafe fn attrs<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
     (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)
 }
 
 /// # Safety
 /// `a` is an attribute of a valid descriptor (its name is NUL-terminated).
-unsafe fn attname(a: &pg_sys::FormData_pg_attribute) -> &str {
+pub(crate) unsafe fn attname(a: &pg_sys::FormData_pg_attribute) -> &str {
     std::ffi::CStr::from_ptr(a.attname.data.as_ptr())
         .to_str()
         .unwrap_or("")
@@ -368,7 +367,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track(fcinfo: pg_sys::FunctionCallInfo) 
         // the row may have left some clients' view: a tombstone of the old
         // image makes their next pull remove it. A tombstone whose key
         // exists again is never sent, so an unchanged key costs nothing.
-        write_tombstone(rel, (*td).tg_trigtuple, clock::tick_after(Hlc::ZERO));
+        crate::tombstone::write(rel, (*td).tg_trigtuple, clock::tick_after(Hlc::ZERO));
     }
     let mut cols: [i32; 2] = [(xid_i + 1) as i32, (ver_i + 1) as i32];
     let mut vals: [pg_sys::Datum; 2] = [pg_sys::Datum::from(xid), pg_sys::Datum::from(0usize)];
@@ -430,121 +429,6 @@ fn truncate_tombs_sql(relid: pg_sys::Oid, with_old: bool) -> String {
     )
 }
 
-/// Calls a one-argument fmgr function (no collation, no expression
-/// context: `row_to_json`, `jsonb_in`, `jsonb_out`).
-///
-/// # Safety
-/// `f` takes one non-null argument of the given datum's type.
-unsafe fn call1(
-    f: unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum,
-    arg: pg_sys::Datum,
-) -> pg_sys::Datum {
-    pgrx::direct_function_call_as_datum(f, &[Some(arg)])
-        .unwrap_or_else(|| error!("pg_sync: an internal function returned NULL"))
-}
-
-/// JSON text as a jsonb datum (through `jsonb_in`, no SQL).
-///
-/// # Safety
-/// Inside a transaction.
-unsafe fn jsonb_datum(json: &str) -> pg_sys::Datum {
-    let c = CString::new(json).unwrap_or_else(|_| error!("pg_sync: a key contains a NUL byte"));
-    call1(pg_sys::jsonb_in, pg_sys::Datum::from(c.as_ptr()))
-}
-
-/// Writes a tombstone for `tuple` (a row of `rel`) straight into the heap
-/// and indexes of `pg_sync.tombstones`: no SQL runs and no user is
-/// switched to (a heap insert checks no privilege, and nothing is resolved
-/// through a `search_path`). The key is the canonical text of
-/// `jsonb_build_object(<key columns>)`; under row-level security the old
-/// row image is kept too.
-///
-/// # Safety
-/// `rel` is the firing relation and `tuple` one of its live tuples.
-unsafe fn write_tombstone(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, hlc: Hlc) {
-    let relid = (*rel).rd_id;
-    let tupdesc = (*rel).rd_att;
-    let rls = (*(*rel).rd_rel).relrowsecurity;
-    // The row as JSON (row_to_json renders every type as jsonb does).
-    let row = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
-    let json = call1(pg_sys::row_to_json, row);
-    let json = String::from_datum(json, false)
-        .unwrap_or_else(|| error!("pg_sync: could not render the deleted row"));
-    let serde_json::Value::Object(mut fields) = serde_json::from_str::<serde_json::Value>(&json)
-        .unwrap_or_else(|e| error!("pg_sync: could not read the deleted row: {e}"))
-    else {
-        error!("pg_sync: the deleted row is not an object");
-    };
-    let pk_attrs = pg_sys::RelationGetIndexAttrBitmap(
-        rel,
-        pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
-    );
-    let mut key = serde_json::Map::new();
-    for (i, a) in attrs(tupdesc).iter().enumerate() {
-        if !a.attisdropped
-            && pg_sys::bms_is_member(
-                i as i32 + 1 - pg_sys::FirstLowInvalidHeapAttributeNumber,
-                pk_attrs,
-            )
-        {
-            let name = attname(a);
-            key.insert(
-                name.to_string(),
-                fields.get(name).cloned().unwrap_or(serde_json::Value::Null),
-            );
-        }
-    }
-    if key.is_empty() {
-        error!("pg_sync: synced table {relid:?} lost its primary key");
-    }
-    let pk = call1(
-        pg_sys::jsonb_out,
-        jsonb_datum(&serde_json::Value::Object(key).to_string()),
-    );
-    let pk_text = pg_sys::cstring_to_text(pk.cast_mut_ptr());
-    let old = rls.then(|| {
-        fields.remove(XID_COL);
-        fields.remove(VER_COL);
-        jsonb_datum(&serde_json::Value::Object(fields).to_string())
-    });
-
-    let nsp = pg_sys::get_namespace_oid(c"pg_sync".as_ptr(), false);
-    let tombs = pg_sys::get_relname_relid(c"tombstones".as_ptr(), nsp);
-    if tombs == pg_sys::Oid::INVALID {
-        error!("pg_sync: catalog table pg_sync.tombstones is missing");
-    }
-    let trel = pg_sys::table_open(tombs, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-    let tdesc = (*trel).rd_att;
-    let n = (*tdesc).natts as usize;
-    let mut values = vec![pg_sys::Datum::from(0usize); n];
-    let mut nulls = vec![true; n];
-    // By name: upgraded catalogs order the columns differently.
-    for (i, a) in attrs(tdesc).iter().enumerate() {
-        if a.attisdropped {
-            continue;
-        }
-        let v = match attname(a) {
-            "relid" => Some(pg_sys::Datum::from(relid)),
-            "pk" => Some(pg_sys::Datum::from(pk_text)),
-            "xid" => Some(pg_sys::Datum::from(pg_sys::GetTopFullTransactionId().value)),
-            "hlc" => Some(pg_sys::Datum::from(hlc.as_i64())),
-            "old" => old,
-            "at" => Some(pg_sys::Datum::from(
-                pg_sys::GetCurrentTransactionStartTimestamp(),
-            )),
-            _ => None,
-        };
-        if let Some(v) = v {
-            values[i] = v;
-            nulls[i] = false;
-        }
-    }
-    let tup = pg_sys::heap_form_tuple(tdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-    pg_sys::CatalogTupleInsert(trel, tup);
-    pg_sys::heap_freetuple(tup);
-    pg_sys::table_close(trel, pg_sys::NoLock as pg_sys::LOCKMODE);
-}
-
 /// AFTER DELETE row trigger: records a tombstone.
 #[pg_guard]
 #[no_mangle]
@@ -557,7 +441,7 @@ pub unsafe extern "C-unwind" fn pg_sync_track_delete(
     let rel = (*td).tg_relation;
     notify_once(rel);
     crate::marks::raise((*rel).rd_id);
-    write_tombstone(rel, (*td).tg_trigtuple, delete_stamp());
+    crate::tombstone::write(rel, (*td).tg_trigtuple, delete_stamp());
     pg_sys::Datum::from((*td).tg_trigtuple)
 }
 
