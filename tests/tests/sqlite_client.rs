@@ -1712,3 +1712,51 @@ fn a_changed_primary_key_creates_the_table_again_and_resyncs() {
     let batch = c.changes();
     assert_eq!(batch["changes"][1]["pk"], json!({"id": "a", "title": "y"}));
 }
+
+/// A page of many changes maps the file for the call only: the app's
+/// `mmap_size` is back afterwards, also when the page is refused (and then
+/// nothing changed); a small page leaves it alone.
+#[test]
+fn a_big_apply_maps_the_file_for_the_call_only() {
+    let path = std::env::temp_dir().join(format!("pg_sync_mmap_{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let c = TestClient {
+        db: sync_tests::sqlite::open(&path),
+    };
+    c.init(&tasks_schema(1));
+    c.exec("PRAGMA mmap_size = 4096");
+    let mmap = |c: &TestClient| c.int("PRAGMA mmap_size");
+    let h = hlc(1, 0, 1);
+    let rows = |title: &str| -> Vec<Value> {
+        (0..1500)
+            .map(|i| upsert("tasks", task(&format!("r{i:04}"), title), &ver_all(&h)))
+            .collect()
+    };
+    let out = c.apply(&page(1, "c1", false, rows("first")));
+    assert_eq!(out["upserts"], 1500);
+    assert_eq!(mmap(&c), 4096);
+    // A refused big page: nothing changes, and the setting is back.
+    let mut bad = rows("second");
+    bad.push(upsert("no_such_table", task("x", "x"), &ver_all(&h)));
+    let err = c
+        .try_text(
+            "SELECT sync_apply(?1)",
+            Some(&page(1, "c2", false, bad).to_string()),
+        )
+        .unwrap_err();
+    assert!(err.contains("no_such_table"), "{err}");
+    assert_eq!(mmap(&c), 4096);
+    assert_eq!(
+        c.int("SELECT count(*) FROM tasks WHERE title = 'first'"),
+        1500
+    );
+    // A small page.
+    c.apply(&page(1, "c3", false, rows("third")[..10].to_vec()));
+    assert_eq!(mmap(&c), 4096);
+    assert_eq!(
+        c.int("SELECT count(*) FROM tasks WHERE title = 'third'"),
+        10
+    );
+    drop(c);
+    let _ = std::fs::remove_file(&path);
+}
