@@ -1760,3 +1760,30 @@ fn a_big_apply_maps_the_file_for_the_call_only() {
     drop(c);
     let _ = std::fs::remove_file(&path);
 }
+
+/// One page that updates rows the device holds and inserts rows it lacks,
+/// in any order (existing rows are updated in place until the first
+/// missing row): every row ends as the server's, and nothing is queued.
+#[test]
+fn a_page_of_updates_and_inserts_in_any_order() {
+    // Applied in key order: "a" is updated, "b" is missing (the switch).
+    let (c, _s) = client_with(&["a", "c"]);
+    let h = hlc(5, 0, 1);
+    let ids = ["c", "b", "a", "d"];
+    let rows: Vec<Value> = ids
+        .iter()
+        .map(|id| upsert("tasks", task(id, &format!("new {id}")), &ver_all(&h)))
+        .collect();
+    let out = c.apply(&page(1, "c9", false, rows));
+    assert_eq!(out["upserts"], 4);
+    assert_eq!(
+        c.rows("SELECT id, title FROM tasks ORDER BY id"),
+        vec![
+            vec![json!("a"), json!("new a")],
+            vec![json!("b"), json!("new b")],
+            vec![json!("c"), json!("new c")],
+            vec![json!("d"), json!("new d")],
+        ]
+    );
+    assert!(changes_rows(&c).is_empty());
+}

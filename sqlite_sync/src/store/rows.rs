@@ -43,6 +43,7 @@ enum Sql {
     ThinSynced,
     DeleteSynced,
     UpsertState,
+    UpdateState,
     DeleteState,
     StashGet,
     StashPut,
@@ -56,6 +57,9 @@ pub struct TableOps<'a> {
     pub t: &'a TableInfo,
     stmts: HashMap<Sql, Stmt>,
     partial: HashMap<i64, Stmt>,
+    /// Whether [`TableOps::upsert_state`] tries an UPDATE of the existing
+    /// row first; cleared by the first row it finds missing.
+    update_first: bool,
 }
 
 impl<'a> TableOps<'a> {
@@ -65,6 +69,7 @@ impl<'a> TableOps<'a> {
             t,
             stmts: HashMap::new(),
             partial: HashMap::new(),
+            update_first: t.def.columns.len() > t.def.pk.len(),
         }
     }
 
@@ -169,7 +174,22 @@ impl<'a> TableOps<'a> {
     }
 
     /// Writes all columns of a row to the state table (insert or update).
+    /// Rows that exist are updated in place: an UPDATE finds the row by its
+    /// key alone, where an upsert first looks for the rowid a new row
+    /// would take and runs the BEFORE INSERT triggers. The first missing
+    /// row (an initial sync) switches the call to the upsert.
     pub fn upsert_state<V: Bind>(&mut self, vals: &[V]) -> Result<()> {
+        if self.update_first {
+            let st = self.stmt(Sql::UpdateState)?;
+            for (i, v) in vals.iter().enumerate() {
+                v.bind_to(st, i + 1)?;
+            }
+            st.run()?;
+            if self.db.changes() > 0 {
+                return Ok(());
+            }
+            self.update_first = false;
+        }
         let st = self.stmt(Sql::UpsertState)?;
         for (i, v) in vals.iter().enumerate() {
             v.bind_to(st, i + 1)?;
@@ -416,6 +436,27 @@ fn build_sql(t: &TableInfo, name: Sql) -> String {
         }
         Sql::DeleteSynced => format!("DELETE FROM {synced} WHERE {}", t.pk_where(1)),
         Sql::UpsertState => format!("INSERT INTO {state}({cols}) VALUES ({params}) {on_conflict}"),
+        Sql::UpdateState => {
+            // Parameter i + 1 is schema column i, as in UpsertState.
+            let sets: Vec<String> = t
+                .def
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !t.def.is_pk(&c.name))
+                .map(|(i, c)| format!("{} = ?{}", q(&c.name), i + 1))
+                .collect();
+            let keys: Vec<String> = t
+                .pk_idx
+                .iter()
+                .map(|&i| format!("{} = ?{}", q(t.col_name(i)), i + 1))
+                .collect();
+            format!(
+                "UPDATE {state} SET {} WHERE {}",
+                sets.join(", "),
+                keys.join(" AND ")
+            )
+        }
         Sql::DeleteState => format!("DELETE FROM {state} WHERE {}", t.pk_where(1)),
         Sql::StashGet => format!("SELECT col, ver, val FROM {base} WHERE tbl = ?1 AND key = ?2"),
         Sql::StashPut => format!(
