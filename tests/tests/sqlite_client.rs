@@ -1713,19 +1713,42 @@ fn a_changed_primary_key_creates_the_table_again_and_resyncs() {
     assert_eq!(batch["changes"][1]["pk"], json!({"id": "a", "title": "y"}));
 }
 
-/// A page of many changes maps the file for the call only: the app's
-/// `mmap_size` is back afterwards, also when the page is refused (and then
-/// nothing changed); a small page leaves it alone.
+/// A page of many changes maps the file for the call only: an app
+/// trigger sees the map during the apply, the app's `mmap_size` is back
+/// afterwards, also when the page is refused (and then nothing changed); a
+/// small page, or `apply_mmap` = 0 in `_sync_meta`, maps nothing.
 #[test]
 fn a_big_apply_maps_the_file_for_the_call_only() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
     let path = std::env::temp_dir().join(format!("pg_sync_mmap_{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let c = TestClient {
         db: sync_tests::sqlite::open(&path),
     };
     c.init(&tasks_schema(1));
-    c.exec("PRAGMA mmap_size = 4096");
-    let mmap = |c: &TestClient| c.int("PRAGMA mmap_size");
+    // The largest map an app trigger saw during a write.
+    let seen = Arc::new(AtomicI64::new(-1));
+    let s2 = seen.clone();
+    c.db.create_scalar_function(
+        "probe_mmap",
+        0,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        move |ctx| {
+            // SAFETY: the connection is only read, within this call.
+            let conn = unsafe { ctx.get_connection()? };
+            let v: i64 = conn.query_row("PRAGMA main.mmap_size", [], |r| r.get(0))?;
+            s2.fetch_max(v, Ordering::SeqCst);
+            Ok(v)
+        },
+    )
+    .unwrap();
+    c.exec(
+        "CREATE TRIGGER probe_ins AFTER INSERT ON tasks BEGIN SELECT probe_mmap(); END;
+         CREATE TRIGGER probe_upd AFTER UPDATE ON tasks BEGIN SELECT probe_mmap(); END;
+         PRAGMA mmap_size = 4096;",
+    );
+    let mmap = |c: &TestClient| c.int("PRAGMA main.mmap_size");
     let h = hlc(1, 0, 1);
     let rows = |title: &str| -> Vec<Value> {
         (0..1500)
@@ -1734,6 +1757,7 @@ fn a_big_apply_maps_the_file_for_the_call_only() {
     };
     let out = c.apply(&page(1, "c1", false, rows("first")));
     assert_eq!(out["upserts"], 1500);
+    assert_eq!(seen.swap(-1, Ordering::SeqCst), 1 << 30);
     assert_eq!(mmap(&c), 4096);
     // A refused big page: nothing changes, and the setting is back.
     let mut bad = rows("second");
@@ -1751,12 +1775,21 @@ fn a_big_apply_maps_the_file_for_the_call_only() {
         1500
     );
     // A small page.
+    seen.store(-1, Ordering::SeqCst);
     c.apply(&page(1, "c3", false, rows("third")[..10].to_vec()));
+    assert_eq!(seen.load(Ordering::SeqCst), 4096);
     assert_eq!(mmap(&c), 4096);
     assert_eq!(
         c.int("SELECT count(*) FROM tasks WHERE title = 'third'"),
         10
     );
+    // The app turned the map off for applies.
+    c.exec("INSERT OR REPLACE INTO _sync_meta(key, value) VALUES ('apply_mmap', 0)");
+    seen.store(-1, Ordering::SeqCst);
+    let out = c.apply(&page(1, "c4", false, rows("fourth")));
+    assert_eq!(out["upserts"], 1500);
+    assert_eq!(seen.load(Ordering::SeqCst), 4096);
+    assert_eq!(mmap(&c), 4096);
     drop(c);
     let _ = std::fs::remove_file(&path);
 }

@@ -32,8 +32,9 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
     }
     // Fails early when sync_init was never called.
     let current = st.loaded(db)?;
-    // Dropped after the savepoint's commit: the map serves it too.
-    let _mapped = crate::store::tuning::map_for_apply(db, page.changes.len())?;
+    // Dropped after the savepoint is released: the map serves its writes
+    // too (and the commit, unless an app transaction is open).
+    let _mapped = crate::store::tuning::map_for_apply(db, page.changes.len());
     let out = in_savepoint(db, "sync_apply", || {
         let _nc = st.no_capture();
         ddl::check_clock_not_shadowed(db)?;
