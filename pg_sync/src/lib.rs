@@ -34,6 +34,7 @@ mod spi_util;
 mod streams;
 mod tombstone;
 mod track;
+mod tupdesc;
 
 pgrx::pg_module_magic!();
 

@@ -22,7 +22,7 @@ use pgrx::prelude::*;
 use sync_core::Hlc;
 
 use crate::catalog::{VER_COL, XID_COL};
-use crate::track::{attname, attrs};
+use crate::tupdesc::{attname, attrs};
 
 /// Calls a one-argument fmgr function (no collation, no expression
 /// context: `row_to_json`, `jsonb_in`, `jsonb_out`).

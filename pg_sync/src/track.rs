@@ -32,6 +32,7 @@ use sync_core::Hlc;
 
 use crate::catalog::{VER_COL, XID_COL};
 use crate::clock;
+use crate::tupdesc::{attname, attrs};
 
 thread_local! {
     /// Stamp of the delete being applied by `sync_push`, if any.
@@ -129,22 +130,6 @@ unsafe fn trigger_data(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> *mut pg_
         error!("{what} must be called as a trigger");
     }
     (*fcinfo).context as *mut pg_sys::TriggerData
-}
-
-/// The attributes of a tuple descriptor.
-///
-/// # Safety
-/// `tupdesc` is valid for `'a` (the relation's descriptor during the call).
-pub(crate) unsafe fn attrs<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
-    (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)
-}
-
-/// # Safety
-/// `a` is an attribute of a valid descriptor (its name is NUL-terminated).
-pub(crate) unsafe fn attname(a: &pg_sys::FormData_pg_attribute) -> &str {
-    std::ffi::CStr::from_ptr(a.attname.data.as_ptr())
-        .to_str()
-        .unwrap_or("")
 }
 
 /// Zero-based indexes of `_sync_xid` and `_sync_ver`.

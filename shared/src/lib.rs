@@ -17,8 +17,10 @@ pub mod decimal;
 pub mod hlc;
 pub mod merge;
 pub mod schema;
+pub mod show;
 pub mod streams;
 pub mod text;
+pub mod types;
 pub mod wire;
 
 pub use hlc::{Clock, Hlc};

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::schema::ColumnType;
+use crate::types::ColumnType;
 use crate::SyncError;
 
 /// Longest value of a parameter, as text, in bytes.
@@ -87,7 +87,7 @@ pub fn param_texts(
                     p.name,
                     kind_of(ty),
                     p.sql_type,
-                    crate::wire::short_json(v)
+                    crate::show::short_json(v)
                 )))
             }
         };

@@ -27,19 +27,7 @@ pub const MAX_CLIENT_ID_BYTES: usize = 200;
 /// A JSON object of column name to value.
 pub type Row = Map<String, Value>;
 
-/// A JSON value for an error message, cut short when long.
-pub fn short_json(v: &Value) -> String {
-    const MAX: usize = 200;
-    let s = v.to_string();
-    if s.len() <= MAX {
-        return s;
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
-}
+pub use crate::show::short_json;
 
 /// Kind of a client change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
