@@ -360,14 +360,7 @@ pub fn page_changes(text: &str) -> usize {
 
 /// The cursor a device sends before its first pull (`sync_cursor()` of a
 /// new device): no positions, the newest page format.
-pub fn device_cursor() -> String {
-    sync_core::cursor::Cursor {
-        v: 1,
-        w: Some(sync_core::PAGE_FORMAT),
-        ..Default::default()
-    }
-    .encode()
-}
+pub use sync_tests::device_cursor;
 
 /// Pulls from `cursor` until `has_more` is false; returns (seconds spent in
 /// sync_pull calls, changes, final cursor).

@@ -299,6 +299,28 @@ pub unsafe fn write(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, hlc: Hlc) {
 mod tests {
     use pgrx::prelude::*;
 
+    /// Deletes every row of `table` and returns how many of Postgres' own
+    /// key texts (`jsonb_build_object(<pairs>)::text` of the rows) no
+    /// tombstone carries, and how many tombstones the table has.
+    fn delete_all_and_compare(table: &str, pairs: &str) -> (Option<i64>, Option<i64>) {
+        Spi::run(&format!(
+            "CREATE TEMP TABLE want_{table} AS \
+             SELECT jsonb_build_object({pairs})::text AS pk FROM {table}"
+        ))
+        .unwrap();
+        Spi::run(&format!("DELETE FROM {table}")).unwrap();
+        let missing = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM (SELECT pk FROM want_{table} EXCEPT \
+             SELECT pk FROM pg_sync.tombstones WHERE relid = '{table}'::regclass) x"
+        ))
+        .unwrap();
+        let n = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM pg_sync.tombstones WHERE relid = '{table}'::regclass"
+        ))
+        .unwrap();
+        (missing, n)
+    }
+
     /// Every key written straight from the tuple equals Postgres' own
     /// `jsonb_build_object(...)::text` of the deleted row's key.
     #[pg_test]
@@ -317,21 +339,10 @@ mod tests {
              WITH ORDINALITY u(s, n)",
         )
         .unwrap();
-        Spi::run(
-            "CREATE TEMP TABLE want AS SELECT jsonb_build_object('b', b, 'aa', aa, 'ccc', ccc, \
-             'd', d, 'ee', ee, 'f', f)::text AS pk FROM t_keys",
-        )
-        .unwrap();
-        Spi::run("DELETE FROM t_keys").unwrap();
-        let diff = Spi::get_one::<i64>(
-            "SELECT count(*) FROM (SELECT pk FROM want EXCEPT \
-             SELECT pk FROM pg_sync.tombstones WHERE relid = 't_keys'::regclass) x",
-        )
-        .unwrap();
-        let n = Spi::get_one::<i64>(
-            "SELECT count(*) FROM pg_sync.tombstones WHERE relid = 't_keys'::regclass",
-        )
-        .unwrap();
+        let (diff, n) = delete_all_and_compare(
+            "t_keys",
+            "'b', b, 'aa', aa, 'ccc', ccc, 'd', d, 'ee', ee, 'f', f",
+        );
         assert_eq!((diff, n), (Some(0), Some(8)));
     }
 
@@ -345,17 +356,7 @@ mod tests {
             "INSERT INTO t_keys2 VALUES (1.50, '2026-01-02', 'x'), (-1e20, '1999-12-31', 'y')",
         )
         .unwrap();
-        Spi::run(
-            "CREATE TEMP TABLE want2 AS SELECT jsonb_build_object('n', n, 'd', d)::text AS pk \
-             FROM t_keys2",
-        )
-        .unwrap();
-        Spi::run("DELETE FROM t_keys2").unwrap();
-        let diff = Spi::get_one::<i64>(
-            "SELECT count(*) FROM (SELECT pk FROM want2 EXCEPT \
-             SELECT pk FROM pg_sync.tombstones WHERE relid = 't_keys2'::regclass) x",
-        )
-        .unwrap();
+        let (diff, _) = delete_all_and_compare("t_keys2", "'n', n, 'd', d");
         assert_eq!(diff, Some(0));
     }
 }
