@@ -29,6 +29,11 @@ pub enum PgSyncError {
     /// The caller lacks a privilege the call needs.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A page's text would pass the largest value Postgres holds.
+    #[error(
+        "a page is larger than a value may be (1 GB); lower max_changes or pg_sync.max_page_size"
+    )]
+    PageTooLarge,
     /// An SPI failure.
     #[error("internal query failed: {0}")]
     Spi(String),
@@ -61,6 +66,7 @@ pub fn raise(e: PgSyncError) -> ! {
         PgSyncError::Sync(SyncError::UnknownColumn { .. }) => C::ERRCODE_UNDEFINED_COLUMN,
         PgSyncError::Sync(_) => C::ERRCODE_INVALID_PARAMETER_VALUE,
         PgSyncError::PermissionDenied(_) => C::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        PgSyncError::PageTooLarge => C::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         PgSyncError::Spi(_) => C::ERRCODE_INTERNAL_ERROR,
     };
     pgrx::ereport!(ERROR, code, e.to_string());

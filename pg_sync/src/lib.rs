@@ -30,6 +30,7 @@ mod ops;
 mod privileged;
 mod pull;
 mod push;
+mod spi_stream;
 mod spi_util;
 mod streams;
 mod tombstone;

@@ -206,6 +206,11 @@ impl Args {
         self.0.push(value.map(str::to_string));
         format!("${}", self.0.len())
     }
+
+    /// The values in order (`$1` first).
+    pub fn values(&self) -> &[Option<String>] {
+        &self.0
+    }
 }
 
 /// Runs a read-only query built at run time in the snapshot of the calling
@@ -293,124 +298,6 @@ unsafe fn execute_ro(sql: &str, args: &Args) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The first rows of read-only queries run in one SPI connection, read in
-/// place: [`with_reads`] hands them out, and writes a text datum from
-/// pieces of them without copying them first.
-pub struct Reads {
-    /// Per query, its first row (null when it had none) and its descriptor.
-    rows: Vec<(pgrx::pg_sys::HeapTuple, pgrx::pg_sys::TupleDesc)>,
-}
-
-impl Reads {
-    /// Column `col` (from 0) of query `q`'s first row, a text-like value
-    /// (text, json) borrowed from SPI's memory; `None` when NULL or absent.
-    pub fn col(&self, q: usize, col: usize) -> Result<Option<&str>> {
-        use pgrx::pg_sys;
-        let Some(&(tuple, desc)) = self.rows.get(q) else {
-            return Ok(None);
-        };
-        if tuple.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: the tuple and its descriptor belong to a tuptable SPI
-        // keeps until SPI_finish, which runs only after the borrow of
-        // `self` ends (see with_reads); the column is a varlena (text or
-        // json), detoasted into SPI's memory if it had to be.
-        let bytes = unsafe {
-            if col >= (*desc).natts as usize {
-                return Ok(None);
-            }
-            // Only variable-length values (text, json) are read as text.
-            if (*(*desc).attrs.as_ptr().add(col)).attlen != -1 {
-                return Err(crate::error::PgSyncError::Spi(format!(
-                    "column {} of a read is not text",
-                    col + 1
-                )));
-            }
-            let mut null = false;
-            let d = pg_sys::SPI_getbinval(tuple, desc, col as i32 + 1, &mut null);
-            if null {
-                return Ok(None);
-            }
-            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-            std::slice::from_raw_parts(
-                pgrx::varlena::vardata_any(v) as *const u8,
-                pgrx::varlena::varsize_any_exhdr(v),
-            )
-        };
-        std::str::from_utf8(bytes).map(Some).map_err(|_| {
-            crate::error::PgSyncError::Spi(
-                "a query returned text that is not UTF-8 (the database encoding must be UTF8)"
-                    .into(),
-            )
-        })
-    }
-
-    /// A text datum in the caller's memory context holding `pieces`, in
-    /// order: the only copy of them.
-    pub fn text<'p>(
-        &self,
-        pieces: impl Iterator<Item = &'p str> + Clone,
-    ) -> Result<pgrx::pg_sys::Datum> {
-        use pgrx::pg_sys;
-        let len: usize = pieces.clone().map(str::len).sum();
-        let total = len + pg_sys::VARHDRSZ;
-        if total > 0x3FFF_FFFF {
-            return Err(crate::error::PgSyncError::Spi(format!(
-                "a page of {len} bytes is larger than a value may be (1 GB); lower max_changes or pg_sync.max_page_size"
-            )));
-        }
-        // SAFETY: SPI_palloc allocates in the context that was current at
-        // SPI_connect (the caller's), which outlives SPI_finish; the buffer
-        // has room for the header and every piece.
-        unsafe {
-            let buf = pg_sys::SPI_palloc(total) as *mut u8;
-            let mut at = pg_sys::VARHDRSZ;
-            for p in pieces {
-                std::ptr::copy_nonoverlapping(p.as_ptr(), buf.add(at), p.len());
-                at += p.len();
-            }
-            pgrx::varlena::set_varsize_4b(buf as *mut pg_sys::varlena, total as i32);
-            Ok(pg_sys::Datum::from(buf))
-        }
-    }
-}
-
-/// Runs `queries` read-only, in the calling statement's snapshot, in one
-/// SPI connection, and calls `f` with their first rows read in place (a
-/// pull's page is spliced from them without a copy per step).
-pub fn with_reads<R>(queries: &[(&str, &Args)], f: impl FnOnce(&Reads) -> Result<R>) -> Result<R> {
-    use pgrx::pg_sys;
-    // SAFETY: plain SPI protocol. Each query's tuptable stays until
-    // SPI_finish, after `f` (the only borrower of the rows) returned.
-    unsafe {
-        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            return Err(crate::error::PgSyncError::Spi("SPI_connect failed".into()));
-        }
-        let mut reads = Reads {
-            rows: Vec::with_capacity(queries.len()),
-        };
-        for (sql, args) in queries {
-            if let Err(e) = execute_ro(sql, args) {
-                pg_sys::SPI_finish();
-                return Err(e);
-            }
-            let table = pg_sys::SPI_tuptable;
-            if table.is_null() || pg_sys::SPI_processed == 0 {
-                reads
-                    .rows
-                    .push((std::ptr::null_mut(), std::ptr::null_mut()));
-            } else {
-                reads.rows.push((*(*table).vals, (*table).tupdesc));
-            }
-        }
-        let out = f(&reads);
-        drop(reads);
-        pg_sys::SPI_finish();
-        out
-    }
 }
 
 /// Runs a statement, discarding any result.

@@ -544,3 +544,116 @@ fn the_compact_version_of_a_row() {
         assert!(err_text(&e).contains(want), "{sql}: {}", err_text(&e));
     }
 }
+
+/// The rows of `sync_pull_chunks(cursor, page)`, in order.
+fn chunks(c: &mut postgres::Client, cursor: &Option<String>, page: i32) -> Vec<String> {
+    c.query("SELECT c FROM sync_pull_chunks($1, $2) c", &[cursor, &page])
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// `sync_pull_chunks` is `sync_pull_json`'s page cut into rows of at most
+/// 64 kB (a larger row's text is a chunk of its own): concatenated, the
+/// same bytes, page after page, in both page formats. Past `work_mem` the
+/// chunks go to a temporary file (the backend does not hold the page),
+/// and a device syncs from the concatenated chunks.
+#[test]
+fn chunks_concatenate_to_the_page_and_a_device_syncs_from_them() {
+    let db = TestDb::new("pull_chunks");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text, n numeric);
+         SELECT sync_enable('notes');
+         INSERT INTO notes SELECT g, repeat(md5(g::text), 30) || E'\"\\\\\\n', g * 1.5
+                           FROM generate_series(1, 3000) g;
+         INSERT INTO notes VALUES (5000, repeat('z', 300000), NULL);
+         DELETE FROM notes WHERE id % 7 = 0;
+         CREATE TABLE tags (k text PRIMARY KEY, v int);
+         SELECT sync_enable('tags');
+         INSERT INTO tags SELECT 'k' || g, g FROM generate_series(1, 50) g;",
+    )
+    .unwrap();
+    let live = 3000 - 3000 / 7 + 1 + 50;
+    let d = sync_tests::e2e::Device::new(&mut c, "pull_chunks");
+    for start in [None, Some(sync_tests::device_cursor())] {
+        assert!(eventually(30, || {
+            let mut cursor = start.clone();
+            let (mut pages, mut upserts) = (0, 0);
+            loop {
+                let whole: String = c
+                    .query_one("SELECT sync_pull_json($1, $2)::text", &[&cursor, &1000i32])
+                    .unwrap()
+                    .get(0);
+                let parts = chunks(&mut c, &cursor, 1000);
+                assert_eq!(parts.concat(), whole, "page {pages}");
+                let big = parts.iter().filter(|p| p.len() > 64 * 1024).count();
+                assert!(big <= 1, "{big} chunks over 64 kB");
+                if big == 1 {
+                    let p = parts.iter().find(|p| p.len() > 64 * 1024).unwrap();
+                    assert!(p.len() >= 300_000 && p.contains(&"z".repeat(300_000)));
+                }
+                let page = sync_core::wire::PullPage::parse(&whole).unwrap();
+                upserts += page
+                    .changes
+                    .iter()
+                    .filter(|ch| ch.op == sync_core::wire::PullOp::Upsert)
+                    .count();
+                pages += 1;
+                cursor = Some(page.cursor.clone());
+                if !page.has_more {
+                    break;
+                }
+            }
+            assert!(pages > 3, "{pages} pages");
+            upserts == live
+        }));
+    }
+    // Past work_mem, the function's result spills to a temporary file.
+    c.batch_execute("SET work_mem = '64kB'").unwrap();
+    let plan: Value = c
+        .query_one(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM sync_pull_chunks(NULL, 5000)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let written = plan[0]["Plan"]["Temp Written Blocks"].as_i64().unwrap();
+    assert!(written > 0, "{plan}");
+    c.batch_execute("RESET work_mem").unwrap();
+    // A device applies the concatenated chunks, page after page.
+    assert!(eventually(30, || {
+        loop {
+            let cursor: Option<String> =
+                d.db.query_row("SELECT sync_cursor()", [], |r| r.get(0))
+                    .unwrap();
+            let page = chunks(&mut c, &cursor, 700).concat();
+            let res = d.call("SELECT sync_apply(?1)", Some(&page));
+            if res["has_more"] != true {
+                break;
+            }
+        }
+        d.rows("SELECT count(*) FROM notes")[0][0] == live - 50
+    }));
+    let server = sync_tests::e2e::server_rows(
+        &mut c,
+        "SELECT to_jsonb(id), to_jsonb(body) FROM notes ORDER BY id",
+    );
+    let device = d.rows("SELECT id, body FROM notes ORDER BY id");
+    assert_eq!(server.len(), device.len());
+    assert_eq!(server, device);
+    // Errors are the pull's own; the function also runs in a select list.
+    let e = c
+        .query("SELECT * FROM sync_pull_chunks('garbage', 10)", &[])
+        .unwrap_err();
+    assert!(err_text(&e).contains("invalid cursor"), "{e}");
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM (SELECT sync_pull_chunks(NULL, 10)) s",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(n >= 1);
+}

@@ -1,4 +1,4 @@
-//! Pulls from a hot standby: sync_pull, sync_pull_json and sync_schema run
+//! Pulls from a hot standby: sync_pull, sync_pull_json, sync_pull_chunks and sync_schema run
 //! on a read-only streaming standby, cursors move between the primary and
 //! standbys, and a standby that has not replayed up to a cursor answers
 //! `behind` (nothing lost, nothing repeated) instead of a gap.
@@ -55,6 +55,20 @@ fn pulls_run_on_a_hot_standby() {
         let r = s.query_one(sql, &[]);
         assert!(r.is_ok(), "{sql}: {}", err_text(&r.unwrap_err()));
     }
+    // The page as chunks, spilled to a temporary file (allowed on a standby).
+    s.batch_execute("SET work_mem = '64kB'").unwrap();
+    let parts: Vec<String> = s
+        .query("SELECT c FROM sync_pull_chunks(NULL, 1000, 'dev-1') c", &[])
+        .unwrap_or_else(|e| panic!("sync_pull_chunks: {}", err_text(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let whole: String = s
+        .query_one("SELECT sync_pull_json(NULL, 1000, 'dev-1')::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(parts.concat(), whole);
+    s.batch_execute("RESET work_mem").unwrap();
     let d = Device::new(&mut s, "standby_pull");
     assert!(eventually(60, || {
         d.pull(&mut s);

@@ -10,11 +10,13 @@ use sync_core::wire::MAX_CLIENT_ID_BYTES;
 use crate::spi_util::rows_cached;
 
 mod plan;
+mod render;
 mod subs;
 
 pub use subs::register_gucs as register_stream_gucs;
 
-use plan::{plan_table, stream_nonempty, Form, Live, Out, PageBytes, Positions, Segment};
+use plan::{plan_table, stream_nonempty, Form, Live, PageBytes, Positions, Segment};
+use render::{Chunks, Sink, TextBuf};
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i32 = 100_000;
@@ -28,6 +30,8 @@ CREATE FUNCTION sync_pull(cursor text DEFAULT NULL, max_changes int DEFAULT 1000
 RETURNS jsonb VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_pull';
 CREATE FUNCTION sync_pull_json(cursor text DEFAULT NULL, max_changes int DEFAULT 10000, client_id text DEFAULT NULL)
 RETURNS json VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_pull_json';
+CREATE FUNCTION sync_pull_chunks(cursor text DEFAULT NULL, max_changes int DEFAULT 10000, client_id text DEFAULT NULL)
+RETURNS SETOF text VOLATILE ROWS 100 LANGUAGE c AS 'MODULE_PATHNAME', 'pg_sync_pull_chunks';
 "#,
     name = "sync_pull",
     requires = ["bootstrap"]
@@ -197,22 +201,26 @@ fn check_attnums(n: usize) {
 
 finfo_v1!(pg_finfo_pg_sync_pull);
 finfo_v1!(pg_finfo_pg_sync_pull_json);
+finfo_v1!(pg_finfo_pg_sync_pull_chunks);
 
-/// Reads the arguments of `sync_pull` / `sync_pull_json` and runs it.
+/// The arguments of `sync_pull`, `sync_pull_json` and `sync_pull_chunks`
+/// (cursor, max_changes, client_id): the page they ask for.
 ///
 /// # Safety
-/// `fcinfo` is the call info fmgr passed to one of the two functions,
+/// `fcinfo` is the call info fmgr passed to one of the three functions,
 /// whose arguments are `(text, int, text)` (any of them NULL).
-unsafe fn pull_args(fcinfo: pg_sys::FunctionCallInfo, as_jsonb: bool) -> pg_sys::Datum {
+unsafe fn pull_args(fcinfo: pg_sys::FunctionCallInfo) -> Result<Pulled> {
     let cursor: Option<String> = pgrx::pg_getarg::<String>(fcinfo, 0);
     let max_changes: i32 = pgrx::pg_getarg::<i32>(fcinfo, 1).unwrap_or(10000);
     let client_id: Option<String> = pgrx::pg_getarg::<String>(fcinfo, 2);
-    or_raise(pull(
-        cursor.as_deref(),
-        max_changes,
-        client_id.as_deref(),
-        as_jsonb,
-    ))
+    pull(cursor.as_deref(), max_changes, client_id.as_deref())
+}
+
+/// The page of a pull as one text value (json's representation).
+fn page_text(p: &Pulled) -> Result<pg_sys::Datum> {
+    let mut buf = TextBuf::new(p.estimate());
+    p.write(&mut buf)?;
+    Ok(buf.into_datum())
 }
 
 /// `sync_pull(cursor, max_changes, client_id) RETURNS jsonb`: the changes
@@ -225,7 +233,11 @@ unsafe fn pull_args(fcinfo: pg_sys::FunctionCallInfo, as_jsonb: bool) -> pg_sys:
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn pg_sync_pull(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    pull_args(fcinfo, true)
+    let text = or_raise(pull_args(fcinfo).and_then(|p| page_text(&p)));
+    // SAFETY: `text` is a text datum just built; jsonb_in parses its C string.
+    let c = pg_sys::text_to_cstring(text.cast_mut_ptr());
+    pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(c))])
+        .unwrap_or_else(|| or_raise(Err(PgSyncError::Spi("jsonb_in returned NULL".into()))))
 }
 
 /// `sync_pull_json(...) RETURNS json`: the same page as JSON text that the
@@ -239,7 +251,34 @@ pub unsafe extern "C-unwind" fn pg_sync_pull(fcinfo: pg_sys::FunctionCallInfo) -
 pub unsafe extern "C-unwind" fn pg_sync_pull_json(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    pull_args(fcinfo, false)
+    or_raise(pull_args(fcinfo).and_then(|p| page_text(&p)))
+}
+
+/// `sync_pull_chunks(...) RETURNS SETOF text`: the page of `sync_pull_json`
+/// as rows of text (about 64 kB each) that, concatenated in order, are that
+/// page. The server never holds the page: it is written into the result's
+/// tuplestore (work_mem, then a temporary file) as it is rendered, so a
+/// page of any size costs the backend about `work_mem`.
+///
+/// # Safety
+/// Called by fmgr with the declared signature.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pg_sync_pull_chunks(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // Refuses a context that cannot take a materialized set, else makes
+    // the result's tuplestore and descriptor (one text column).
+    pg_sys::InitMaterializedSRF(fcinfo, pg_sys::MAT_SRF_USE_EXPECTED_DESC);
+    let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+    // SAFETY: InitMaterializedSRF set both for this call.
+    let sink = Chunks::new((*rsinfo).setResult, (*rsinfo).setDesc);
+    or_raise(pull_args(fcinfo).and_then(|p| {
+        let mut sink = sink;
+        p.write(&mut sink)?;
+        sink.finish()
+    }));
+    pg_sys::Datum::from(0)
 }
 
 /// The xid below which every transaction has finished. All of a pull's
@@ -294,6 +333,42 @@ struct Snapshot {
     in_recovery: bool,
 }
 
+/// What a pull answers: a page to render, or (a standby behind the
+/// cursor) a page already written.
+enum Pulled {
+    Page(Page),
+    Written(String),
+}
+
+impl Pulled {
+    /// About how many bytes the page takes (from the stored values).
+    fn estimate(&self) -> usize {
+        match self {
+            Pulled::Page(p) => usize::try_from(p.estimate)
+                .unwrap_or(usize::MAX)
+                .saturating_add(
+                    p.cursor.len()
+                        + p.schema.as_ref().map_or(0, String::len)
+                        + p.members
+                            .iter()
+                            .chain(&p.progress)
+                            .map(String::len)
+                            .sum::<usize>()
+                        + 256,
+                ),
+            Pulled::Written(t) => t.len(),
+        }
+    }
+
+    /// Writes the page into `sink`.
+    fn write(&self, sink: &mut dyn Sink) -> Result<()> {
+        match self {
+            Pulled::Page(p) => p.write(sink),
+            Pulled::Written(t) => sink.put(t.as_bytes()),
+        }
+    }
+}
+
 /// Everything `sync_pull` computed before building the page.
 struct Page {
     form: Form,
@@ -308,6 +383,8 @@ struct Page {
     members: Vec<String>,
     /// Subscriptions' download progress, each a JSON object as text.
     progress: Vec<String>,
+    /// The estimated bytes of its changes.
+    estimate: u64,
 }
 
 /// `pg_sync.max_page_size`: the byte budget of a pull page, in kB.
@@ -329,12 +406,9 @@ the budget still syncs, alone.",
     );
 }
 
-fn pull(
-    cursor: Option<&str>,
-    max_changes: i32,
-    client_id: Option<&str>,
-    as_jsonb: bool,
-) -> Result<pg_sys::Datum> {
+/// Plans the page after `cursor` (see `sync_pull`): which changes it
+/// carries, the statements that render them, the cursor that follows.
+fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Result<Pulled> {
     if client_id.is_some_and(|c| c.trim().is_empty() || c.len() > MAX_CLIENT_ID_BYTES) {
         return Err(PgSyncError::BadArgument(format!(
             "client_id must be 1 to {MAX_CLIENT_ID_BYTES} bytes"
@@ -394,7 +468,7 @@ fn pull(
                 },
                 std::iter::empty::<[&str; 3]>(),
             );
-            return text_datum(page, as_jsonb);
+            return Ok(Pulled::Written(page));
         }
     }
     let streams = crate::streams::load(tables.as_slice())?;
@@ -450,20 +524,18 @@ fn pull(
             || stale_epoch
             || cur.oldest_tombstone_xid().is_some_and(|x| x < compacted))
     {
-        return build_page(
-            &Page {
-                form,
-                version,
-                schema,
-                cursor: String::new(),
-                has_more: false,
-                resync: true,
-                segments: Vec::new(),
-                members: Vec::new(),
-                progress: Vec::new(),
-            },
-            as_jsonb,
-        );
+        return Ok(Pulled::Page(Page {
+            form,
+            version,
+            schema,
+            cursor: String::new(),
+            has_more: false,
+            resync: true,
+            segments: Vec::new(),
+            members: Vec::new(),
+            progress: Vec::new(),
+            estimate: 0,
+        }));
     }
 
     let mut segments = Vec::new();
@@ -617,20 +689,18 @@ fn pull(
     if let Some(id) = client_id.filter(|id| !snap.in_recovery && due_record(id)) {
         crate::privileged::pulled(id, &encoded)?;
     }
-    build_page(
-        &Page {
-            form,
-            version,
-            schema,
-            cursor: encoded,
-            has_more,
-            resync: false,
-            segments,
-            members,
-            progress,
-        },
-        as_jsonb,
-    )
+    Ok(Pulled::Page(Page {
+        form,
+        version,
+        schema,
+        cursor: encoded,
+        has_more,
+        resync: false,
+        segments,
+        members,
+        progress,
+        estimate: bytes.used(),
+    }))
 }
 
 /// How often one backend records the pulls of one client in
@@ -761,79 +831,25 @@ fn check_subs(
     Ok(out)
 }
 
-/// Builds the page: each segment statement renders its rows with
-/// `json_build_object` or `json_build_array` and `json_agg` (the same work
-/// as `to_json` of the rows), and the shared page writer splices the
-/// arrays, never parsed: a list of entries (format 1) goes in as it is, a
-/// block's list (format 2) after its head. The arrays are read where SPI
-/// holds them and copied once, into the value returned (a page of 100,000
-/// rows is tens of megabytes, and every copy stays resident until the
-/// call ends).
-fn build_page(p: &Page, as_jsonb: bool) -> Result<pg_sys::Datum> {
-    let queries: Vec<(&str, &crate::spi_util::Args)> = p
-        .segments
-        .iter()
-        .map(|s| (s.sql.as_str(), &s.args))
-        .collect();
-    let members = format!("[{}]", p.members.join(", "));
-    let progress = format!("[{}]", p.progress.join(", "));
-    let head = sync_core::wire::page::PageHead {
-        format: p.form.format(),
-        schema_version: p.version,
-        schema: p.schema.as_deref(),
-        cursor: &p.cursor,
-        has_more: p.has_more,
-        resync_required: p.resync,
-        behind: false,
-        members: (!p.members.is_empty()).then_some(members.as_str()),
-        progress: (!p.progress.is_empty()).then_some(progress.as_str()),
-    };
-    let text = crate::spi_util::with_reads(&queries, |reads| {
-        let mut lists: Vec<[&str; 3]> = Vec::with_capacity(p.segments.len());
-        for (k, seg) in p.segments.iter().enumerate() {
-            for (c, out) in seg.outs.iter().enumerate() {
-                let Some(arr) = reads.col(k, c)? else {
-                    continue;
-                };
-                lists.push(match out {
-                    Out::Block(head) => [head.as_str(), arr, "}"],
-                    Out::Entries => {
-                        let a = arr.trim();
-                        let a = a
-                            .strip_prefix('[')
-                            .and_then(|x| x.strip_suffix(']'))
-                            .unwrap_or("");
-                        ["", a, ""]
-                    }
-                });
-            }
-        }
-        let (top, pieces) = sync_core::wire::page::page_pieces(&head, lists);
-        reads.text(std::iter::once(top.as_str()).chain(pieces.iter().copied()))
-    })?;
-    if !as_jsonb {
-        return Ok(text);
-    }
-    // SAFETY: `text` is a text datum just built; jsonb_in parses its C string.
-    unsafe {
-        let c = pg_sys::text_to_cstring(text.cast_mut_ptr());
-        pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(c))])
-            .ok_or_else(|| PgSyncError::Spi("jsonb_in returned NULL".into()))
-    }
-}
-
-/// JSON text as a `jsonb` or `json` datum.
-fn text_datum(text: String, as_jsonb: bool) -> Result<pg_sys::Datum> {
-    let c = std::ffi::CString::new(text)
-        .map_err(|_| PgSyncError::Spi("the page contains a NUL byte".into()))?;
-    // SAFETY: json's representation is text; jsonb_in parses the C string.
-    unsafe {
-        if as_jsonb {
-            pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[c.as_c_str().into_datum()])
-                .ok_or_else(|| PgSyncError::Spi("jsonb_in returned NULL".into()))
-        } else {
-            Ok(pg_sys::Datum::from(pg_sys::cstring_to_text(c.as_ptr())))
-        }
+impl Page {
+    /// Writes the page: the shared page writer's head, then the rows each
+    /// segment statement renders (`json_build_array` or `json_build_object`
+    /// per row: the work of `to_json`), streamed into `sink` as they come.
+    fn write(&self, sink: &mut dyn Sink) -> Result<()> {
+        let members = format!("[{}]", self.members.join(", "));
+        let progress = format!("[{}]", self.progress.join(", "));
+        let head = sync_core::wire::page::PageHead {
+            format: self.form.format(),
+            schema_version: self.version,
+            schema: self.schema.as_deref(),
+            cursor: &self.cursor,
+            has_more: self.has_more,
+            resync_required: self.resync,
+            behind: false,
+            members: (!self.members.is_empty()).then_some(members.as_str()),
+            progress: (!self.progress.is_empty()).then_some(progress.as_str()),
+        };
+        render::write_page(sink, &head, &self.segments)
     }
 }
 

@@ -4,7 +4,8 @@
 
 use crate::catalog::TableInfo;
 use crate::error::Result;
-use crate::spi_util::{ident, one_cached, rows_ro_args, Args, TextRow};
+use crate::spi_stream::stream_rows;
+use crate::spi_util::{ident, one_cached, rows_ro_args, Args};
 use sync_core::cursor::{Pos, TablePos};
 use sync_core::wire::page::block_head;
 use sync_core::wire::PullOp;
@@ -28,23 +29,31 @@ impl Form {
     }
 }
 
-/// A statement with its values, yielding one row whose columns are JSON
-/// arrays as text (or NULL when empty), each placed in the page as `outs`
-/// says.
+/// A statement with its values, yielding one row per change of the page,
+/// in page order, each placed as `outs` says.
 pub struct Segment {
     /// The statement.
     pub sql: String,
     /// Its values.
     pub args: Args,
-    /// What each column of its row is.
-    pub outs: Vec<Out>,
+    /// Where its rows go.
+    pub outs: Outs,
 }
 
-/// What a column of a [`Segment`] is.
+/// Where the rows of a [`Segment`] go.
+pub enum Outs {
+    /// Each row's only column is an element of this list.
+    One(Out),
+    /// Each row's first column (a boolean) chooses: true puts its second
+    /// column in the first list, false its third in the second.
+    Split(Out, Out),
+}
+
+/// A list of a page's changes.
 pub enum Out {
     /// Page entries (format 1), spliced into `changes`.
     Entries,
-    /// The list of a block (format 2): the block's head, then the list.
+    /// A block (format 2): the block's head, then its list.
     Block(String),
 }
 
@@ -52,6 +61,8 @@ pub enum Out {
 pub struct PageBytes {
     left: u64,
     taken: usize,
+    /// The estimated bytes of the changes taken.
+    used: u64,
     /// How the page renders its changes.
     pub form: Form,
 }
@@ -62,6 +73,7 @@ impl PageBytes {
         PageBytes {
             left: u64::from(kb.max(1).unsigned_abs()) * 1024,
             taken: 0,
+            used: 0,
             form,
         }
     }
@@ -75,7 +87,13 @@ impl PageBytes {
         }
         self.left = self.left.saturating_sub(n);
         self.taken += 1;
+        self.used = self.used.saturating_add(n);
         true
+    }
+
+    /// The estimated bytes of the changes taken so far.
+    pub fn used(&self) -> u64 {
+        self.used
     }
 
     /// Whether the page has a change and no bytes left.
@@ -136,12 +154,48 @@ pub fn tombs_cond(pos: &Pos, op: &str, args: &mut Args) -> String {
     pos_cond(pos, op, "d.xid", "d.pk", &|p| p.to_string(), args)
 }
 
+/// A change a page may take, as [`rows_keys`] and [`tombs_keys`] list it:
+/// a few numbers (a page plans up to 100,000 of them), not its text.
+pub struct Listed {
+    /// The xid that wrote it.
+    pub xid: u64,
+    /// The estimated bytes of its page entry.
+    pub bytes: u64,
+    /// What finds it again.
+    pub id: Id,
+}
+
+/// What finds a [`Listed`] change again.
+pub enum Id {
+    /// A live row: its row id (block, offset) and the table it lies in.
+    Row { tid: [u32; 2], rel: u32 },
+    /// A tombstone: its key, as stored.
+    Tomb(String),
+}
+
+/// A decimal number written as text by the statement (0 when NULL or not
+/// a number).
+fn num(v: Option<&[u8]>) -> u64 {
+    v.and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A row id's text `(block,offset)` as numbers.
+pub fn parse_tid(s: &str) -> [u32; 2] {
+    let inner = s.trim_matches(|c| c == '(' || c == ')' || c == '"');
+    let mut it = inner
+        .split(',')
+        .map(|x| x.trim().parse::<u32>().unwrap_or(0));
+    [it.next().unwrap_or(0), it.next().unwrap_or(0)]
+}
+
 /// The live rows after `pos`, below the horizon, in stream order: each
 /// one's xid, row id and the estimated bytes of its page entry (see
 /// [`row_bytes`]). The row id stands for the key, which only the last row
 /// a page takes needs ([`key_at`]): a key rendered per row cost a quarter
-/// of this statement.
-pub fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
+/// of this statement. Read as the rows come, into a few numbers each.
+pub fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<Listed>> {
     let mut args = Args::default();
     let sql = format!(
         "SELECT t._sync_xid::text, t.ctid::text, ({bytes})::text, t.tableoid::pg_catalog.text FROM {tbl} t \
@@ -152,7 +206,23 @@ pub fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<T
         h = args.push(h),
         keys = key_cols(t),
     );
-    rows_ro_args(&sql, &args)
+    let mut out = Vec::new();
+    stream_rows(&sql, &args, &mut |row| {
+        let tid = row
+            .bytes(1)?
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .map_or([0, 0], parse_tid);
+        out.push(Listed {
+            xid: num(row.bytes(0)?),
+            bytes: num(row.bytes(2)?),
+            id: Id::Row {
+                tid,
+                rel: u32::try_from(num(row.bytes(3)?)).unwrap_or(0),
+            },
+        });
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// The primary key (as a JSON object) of the row of `t` that [`rows_keys`]
@@ -162,15 +232,21 @@ pub fn rows_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<T
 /// that row. Should the row not be found again (a row-level security
 /// policy that calls a volatile function), the key is read as the `n`th
 /// (from 1) of the rows after `pos` instead.
-fn key_at(t: &TableInfo, row: &TextRow, pos: &Pos, h: u64, n: usize) -> Result<serde_json::Value> {
+fn key_at(t: &TableInfo, row: &Listed, pos: &Pos, h: u64, n: usize) -> Result<serde_json::Value> {
+    let Id::Row { tid, rel } = &row.id else {
+        return Err(crate::error::PgSyncError::Spi(format!(
+            "a listed row of {} has no row id",
+            t.name
+        )));
+    };
     let mut args = Args::default();
     let sql = format!(
         "SELECT {pk}::text FROM {tbl} t WHERE t.ctid OPERATOR(pg_catalog.=) {tid}::pg_catalog.tid \
          AND t.tableoid OPERATOR(pg_catalog.=) {rel}::pg_catalog.oid",
         pk = t.pk_expr("t"),
         tbl = t.qualified,
-        tid = args.push(row.get(1).cloned().flatten().unwrap_or_default()),
-        rel = args.push(row.get(3).cloned().flatten().unwrap_or_default()),
+        tid = args.push(format!("({},{})", tid[0], tid[1])),
+        rel = args.push(rel),
     );
     let mut found = rows_ro_args(&sql, &args)?;
     if found.is_empty() {
@@ -227,15 +303,6 @@ pub fn row_bytes(t: &TableInfo) -> String {
     )
 }
 
-/// The estimated page bytes of a key row of [`rows_keys`] or [`tombs_keys`].
-pub fn bytes_of(r: &TextRow) -> u64 {
-    match r.get(2).and_then(|v| v.as_deref()) {
-        Some(v) => v.parse().unwrap_or(0),
-        // A tombstone: its key and the entry around it.
-        None => 60 + r.get(1).and_then(|v| v.as_deref()).map_or(0, str::len) as u64,
-    }
-}
-
 /// The filter every sent tombstone passes. A tombstone whose key exists
 /// again is skipped: xids are taken at a transaction's first write, not at
 /// commit, so a re-insert can carry a lower xid than the delete it
@@ -254,8 +321,9 @@ pub fn tomb_filter(t: &TableInfo, h: u64, args: &mut Args) -> String {
     )
 }
 
-/// Keys of the tombstones after `pos`, in stream order.
-pub fn tombs_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<TextRow>> {
+/// Keys of the tombstones after `pos`, in stream order; each one's
+/// estimated bytes are its key's and the entry's around it.
+pub fn tombs_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<Listed>> {
     let mut args = Args::default();
     let sql = format!(
         "SELECT d.xid::text, d.pk FROM pg_sync.tombstones d WHERE {cond} AND {filter} \
@@ -263,15 +331,21 @@ pub fn tombs_keys(t: &TableInfo, pos: &Pos, h: u64, limit: usize) -> Result<Vec<
         cond = tombs_cond(pos, ">", &mut args),
         filter = tomb_filter(t, h, &mut args),
     );
-    rows_ro_args(&sql, &args)
+    let mut out = Vec::new();
+    stream_rows(&sql, &args, &mut |row| {
+        let pk = String::from_utf8_lossy(row.bytes(1)?.unwrap_or_default()).into_owned();
+        out.push(Listed {
+            xid: num(row.bytes(0)?),
+            bytes: 60 + pk.len() as u64,
+            id: Id::Tomb(pk),
+        });
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 pub fn stream_nonempty(t: &TableInfo, pos: &TablePos, h: u64) -> Result<bool> {
     Ok(!rows_keys(t, &pos.r, h, 1)?.is_empty() || !tombs_keys(t, &pos.d, h, 1)?.is_empty())
-}
-
-pub fn xid_of(r: &TextRow) -> u64 {
-    r[0].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// What a table's live rows become in a page.
@@ -343,12 +417,12 @@ pub fn plan_table(
     let (mut i, mut j) = (0usize, 0usize);
     while i + j < budget && (i < live.len() || j < tombs.len()) {
         let take_tomb = match (live.get(i), tombs.get(j)) {
-            (Some(r), Some(d)) => xid_of(d) <= xid_of(r),
+            (Some(r), Some(d)) => d.xid <= r.xid,
             (None, Some(_)) => true,
             _ => false,
         };
         let next = if take_tomb { &tombs[j] } else { &live[i] };
-        if !bytes.take(bytes_of(next)) {
+        if !bytes.take(next.bytes) {
             break;
         }
         if take_tomb {
@@ -361,14 +435,17 @@ pub fn plan_table(
     let start_d = pos_d.as_deref().cloned().unwrap_or_default();
     if let (true, Some(p)) = (i > 0, pos_r.as_deref_mut()) {
         let last = &live[i - 1];
-        *p = Pos::After(xid_of(last), key_at(t, last, &start_r, h, i)?);
+        *p = Pos::After(last.xid, key_at(t, last, &start_r, h, i)?);
     }
     if let (true, Some(p)) = (j > 0, pos_d.as_deref_mut()) {
         let last = &tombs[j - 1];
-        *p = Pos::After(
-            xid_of(last),
-            serde_json::Value::String(last[1].clone().unwrap_or_default()),
-        );
+        let Id::Tomb(pk) = &last.id else {
+            return Err(crate::error::PgSyncError::Spi(format!(
+                "a listed tombstone of {} has no key",
+                t.name
+            )));
+        };
+        *p = Pos::After(last.xid, serde_json::Value::String(pk.clone()));
     }
     let live_done = i == live.len() && live.len() <= budget;
     let tombs_done = j == tombs.len() && tombs.len() <= budget;
@@ -404,15 +481,15 @@ pub fn plan_table(
             ),
         };
         let sql = format!(
-            "SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c FROM pg_sync.tombstones d \
-             WHERE {after} AND {filter} ORDER BY d.xid, d.pk LIMIT {j}) s",
+            "SELECT {entry} FROM pg_sync.tombstones d \
+             WHERE {after} AND {filter} ORDER BY d.xid, d.pk LIMIT {j}",
             after = tombs_cond(&start_d, ">", &mut args),
             filter = tomb_filter(t, h, &mut args),
         );
         segments.push(Segment {
             sql,
             args,
-            outs: vec![out],
+            outs: Outs::One(out),
         });
     }
     if i > 0 {
@@ -457,9 +534,9 @@ pub fn rows_segment(
         Form::Blocks => (array_expr(t), Out::Block(upsert_head(t, sub))),
     };
     Ok(Segment {
-        sql: format!("SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c {from}) s"),
+        sql: format!("SELECT {entry} {from}"),
         args,
-        outs: vec![out],
+        outs: Outs::One(out),
     })
 }
 
@@ -482,11 +559,9 @@ pub fn filtered_segment(
                 leave = leave_expr(t, &mut args, f.sub),
             );
             Segment {
-                sql: format!(
-                    "SELECT pg_catalog.json_agg(c)::text FROM (SELECT {entry} AS c {from}) s"
-                ),
+                sql: format!("SELECT {entry} {from}"),
                 args,
-                outs: vec![Out::Entries],
+                outs: Outs::One(Out::Entries),
             }
         }
         // The filter is evaluated once per row; a row that left renders its
@@ -494,18 +569,16 @@ pub fn filtered_segment(
         // of the table itself.
         Form::Blocks => Segment {
             sql: format!(
-                "SELECT (pg_catalog.json_agg(s.c) FILTER (WHERE s.m))::text, \
-                        (pg_catalog.json_agg(s.k) FILTER (WHERE NOT s.m))::text \
-                 FROM (SELECT coalesce(({filter}), false) AS m, {arr} AS c, {pk} AS k {from}) s",
+                "SELECT coalesce(({filter}), false), {arr}, {pk} {from}",
                 filter = f.sql,
                 arr = array_expr(t),
                 pk = t.pk_expr("t"),
             ),
             args,
-            outs: vec![
+            outs: Outs::Split(
                 Out::Block(upsert_head(t, Some(f.sub))),
                 Out::Block(block_head(&t.name, PullOp::Leave, Some(f.sub), &[], &[])),
-            ],
+            ),
         },
     })
 }

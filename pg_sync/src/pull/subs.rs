@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use sync_core::cursor::{Boot, Pos, Sub};
 
 use super::plan::{
-    key_list, plan_table, row_bytes, rows_segment, Filter, Live, PageBytes, Positions, Segment,
+    key_list, parse_tid, plan_table, row_bytes, rows_segment, Filter, Live, PageBytes, Positions,
+    Segment,
 };
 use crate::catalog::TableInfo;
 use crate::error::Result;
@@ -463,15 +464,6 @@ fn choose_by_tid(
     }
     b.c = Some([block, offset]);
     Ok((tids, false))
-}
-
-/// A row id's text `(block,offset)` as numbers.
-fn parse_tid(s: &str) -> [u32; 2] {
-    let inner = s.trim_matches(|c| c == '(' || c == ')' || c == '"');
-    let mut it = inner
-        .split(',')
-        .map(|x| x.trim().parse::<u32>().unwrap_or(0));
-    [it.next().unwrap_or(0), it.next().unwrap_or(0)]
 }
 
 /// Column `i` of a result row as text ("" for NULL).

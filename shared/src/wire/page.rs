@@ -48,6 +48,10 @@ pub struct PageHead<'a> {
     pub progress: Option<&'a str>,
 }
 
+/// What separates two lists of changes in a page's `changes` (format-1
+/// runs of entries, format-2 blocks), and the elements of a list.
+pub const LIST_SEPARATOR: &str = ", ";
+
 /// Writes a pull page: the head, then the changes. Each item of `lists`
 /// is written as the concatenation of its three parts and separated from
 /// the next by a comma: the inner text of a JSON array of entries (format
@@ -102,7 +106,7 @@ pub fn page_pieces<'c>(
             continue;
         }
         if !pieces.is_empty() {
-            pieces.push(", ");
+            pieces.push(LIST_SEPARATOR);
         }
         pieces.extend(l);
     }

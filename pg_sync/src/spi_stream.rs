@@ -1,0 +1,211 @@
+//! Streams the rows of a read-only query to a callback as the executor
+//! produces them: a `DestReceiver` of our own instead of SPI's tuple table,
+//! so a query yielding tens of megabytes (a pull page's rows) never holds
+//! more than the row at hand.
+//!
+//! The query runs like every other internal read (see `spi_util`): one-shot
+//! and read-only in the calling statement's snapshot, its values passed as
+//! text parameters `$1..$n` that the statement casts.
+
+use std::ffi::{c_int, c_void, CString};
+
+use pgrx::pg_sys;
+
+use crate::error::{PgSyncError, Result};
+use crate::spi_util::Args;
+
+/// One row produced by the query, borrowed for the callback.
+pub struct Row {
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Row {
+    /// The bytes of column `col` (from 0), a text-like value (text, json);
+    /// `None` when NULL.
+    pub fn bytes(&self, col: usize) -> Result<Option<&[u8]>> {
+        let Some(d) = self.datum(col) else {
+            return Ok(None);
+        };
+        // SAFETY: the slot's values are valid until the callback returns
+        // (the receiver got the slot from the executor for this call); the
+        // descriptor says the column is a varlena, detoasted into the
+        // current memory context if it has to be (a value computed by the
+        // query never is).
+        unsafe {
+            let desc = (*self.slot).tts_tupleDescriptor;
+            if (*(*desc).attrs.as_ptr().add(col)).attlen != -1 {
+                return Err(PgSyncError::Spi(format!(
+                    "column {} of a streamed read is not text",
+                    col + 1
+                )));
+            }
+            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+            Ok(Some(std::slice::from_raw_parts(
+                pgrx::varlena::vardata_any(v) as *const u8,
+                pgrx::varlena::varsize_any_exhdr(v),
+            )))
+        }
+    }
+
+    /// Column `col` (from 0) as a boolean; NULL reads as false.
+    pub fn flag(&self, col: usize) -> bool {
+        self.datum(col).is_some_and(|d| d.value() != 0)
+    }
+
+    /// The datum of column `col`, `None` when NULL or absent.
+    fn datum(&self, col: usize) -> Option<pg_sys::Datum> {
+        // SAFETY: see `bytes`; every attribute was deformed by the receiver.
+        unsafe {
+            let desc = (*self.slot).tts_tupleDescriptor;
+            if col >= (*desc).natts as usize || *(*self.slot).tts_isnull.add(col) {
+                return None;
+            }
+            Some(*(*self.slot).tts_values.add(col))
+        }
+    }
+}
+
+/// The callback a [`Receiver`] hands each row.
+type OnRow<'a> = &'a mut dyn FnMut(&Row) -> Result<()>;
+
+/// Our `DestReceiver`: the executor calls it through `base`, the first
+/// field, with a pointer to the whole struct.
+#[repr(C)]
+struct Receiver<'a> {
+    base: pg_sys::DestReceiver,
+    on_row: OnRow<'a>,
+    /// The first error of the callback; the query stops there.
+    error: Option<PgSyncError>,
+}
+
+/// `receiveSlot`: hands the row to the callback; a failed callback stops
+/// the query (returning false) and keeps its error for the caller.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn receive(
+    slot: *mut pg_sys::TupleTableSlot,
+    me: *mut pg_sys::DestReceiver,
+) -> bool {
+    // SAFETY: `me` is the `base` of a live Receiver (see stream_rows).
+    let r = &mut *(me as *mut Receiver<'_>);
+    pg_sys::slot_getallattrs(slot);
+    match (r.on_row)(&Row { slot }) {
+        Ok(()) => true,
+        Err(e) => {
+            r.error = Some(e);
+            false
+        }
+    }
+}
+
+/// `rStartup`, `rShutdown`, `rDestroy`: nothing to do.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn startup(
+    _me: *mut pg_sys::DestReceiver,
+    _op: c_int,
+    _d: pg_sys::TupleDesc,
+) {
+}
+
+/// See [`startup`].
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn nothing(_me: *mut pg_sys::DestReceiver) {}
+
+extern "C-unwind" {
+    /// parser/parse_param.h: declares `$1..$n` of the given types.
+    fn setup_parse_fixed_parameters(
+        pstate: *mut pg_sys::ParseState,
+        types: *const pg_sys::Oid,
+        n: c_int,
+    );
+}
+
+/// The parameter types of a statement, for [`declare_params`].
+#[repr(C)]
+struct ParamTypes {
+    types: *const pg_sys::Oid,
+    n: c_int,
+}
+
+/// `parserSetup` hook: the statement's parameters are `n` text values.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn declare_params(pstate: *mut pg_sys::ParseState, arg: *mut c_void) {
+    // SAFETY: `arg` is the ParamTypes of stream_rows, alive through the call.
+    let p = &*(arg as *const ParamTypes);
+    setup_parse_fixed_parameters(pstate, p.types, p.n);
+}
+
+/// Runs `sql` read-only with `args` and calls `on_row` with each row, in
+/// order, as the executor produces it. The first error of `on_row` stops
+/// the query and is returned.
+pub fn stream_rows(
+    sql: &str,
+    args: &Args,
+    on_row: &mut dyn FnMut(&Row) -> Result<()>,
+) -> Result<()> {
+    let query =
+        CString::new(sql).map_err(|_| PgSyncError::Spi("query contains a NUL byte".into()))?;
+    let values: Vec<CString> = args
+        .values()
+        .iter()
+        .map(|v| CString::new(v.as_deref().unwrap_or("")))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| PgSyncError::Spi("a parameter contains a NUL byte".into()))?;
+    let n = values.len();
+    let types = vec![pg_sys::TEXTOID; n];
+    let mut setup = ParamTypes {
+        types: types.as_ptr(),
+        n: n as c_int,
+    };
+    let mut receiver = Receiver {
+        base: pg_sys::DestReceiver {
+            receiveSlot: Some(receive),
+            rStartup: Some(startup),
+            rShutdown: Some(nothing),
+            rDestroy: Some(nothing),
+            // Anything but DestNone (a discarded result) and DestSPI (SPI's
+            // tuple table): SPI then hands every row to `receiveSlot`.
+            mydest: pg_sys::CommandDest::DestTuplestore,
+        },
+        on_row,
+        error: None,
+    };
+    // SAFETY: plain SPI protocol. The parameter list, its text datums and
+    // the receiver live in this frame or SPI's memory through the call; a
+    // Postgres error inside it unwinds through here as a panic (pgrx's
+    // guard), and SPI is cleaned up by the (sub)transaction's abort.
+    unsafe {
+        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+            return Err(PgSyncError::Spi("SPI_connect failed".into()));
+        }
+        let params = pg_sys::makeParamList(n as c_int);
+        (*params).parserSetup = Some(declare_params);
+        (*params).parserSetupArg = &mut setup as *mut ParamTypes as *mut c_void;
+        let slots = (*params).params.as_mut_slice(n);
+        for (k, (v, raw)) in values.iter().zip(args.values()).enumerate() {
+            slots[k] = pg_sys::ParamExternData {
+                value: pg_sys::Datum::from(pg_sys::cstring_to_text(v.as_ptr())),
+                isnull: raw.is_none(),
+                pflags: pg_sys::PARAM_FLAG_CONST as u16,
+                ptype: pg_sys::TEXTOID,
+            };
+        }
+        let options = pg_sys::SPIExecuteOptions {
+            params,
+            read_only: true,
+            allow_nonatomic: false,
+            must_return_tuples: false,
+            tcount: 0,
+            dest: &mut receiver.base,
+            owner: std::ptr::null_mut(),
+        };
+        let rc = pg_sys::SPI_execute_extended(query.as_ptr(), &options);
+        pg_sys::SPI_finish();
+        if let Some(e) = receiver.error.take() {
+            return Err(e);
+        }
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            return Err(PgSyncError::Spi(format!("streamed read failed ({rc})")));
+        }
+    }
+    Ok(())
+}
