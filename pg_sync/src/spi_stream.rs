@@ -28,9 +28,10 @@ impl Row {
         };
         // SAFETY: the slot's values are valid until the callback returns
         // (the receiver got the slot from the executor for this call); the
-        // descriptor says the column is a varlena, detoasted into the
-        // current memory context if it has to be (a value computed by the
-        // query never is).
+        // descriptor says the column is a varlena, detoasted (a stored
+        // value passed through, such as a tombstone's key) into the row's
+        // memory context, which is reset only after the callback returned,
+        // so the slice lives as long as `self` is borrowed.
         unsafe {
             let desc = (*self.slot).tts_tupleDescriptor;
             if (*(*desc).attrs.as_ptr().add(col)).attlen != -1 {
@@ -74,6 +75,8 @@ type OnRow<'a> = &'a mut dyn FnMut(&Row) -> Result<()>;
 struct Receiver<'a> {
     base: pg_sys::DestReceiver,
     on_row: OnRow<'a>,
+    /// Where a row's detoasted values go; reset after each row.
+    row_cxt: pg_sys::MemoryContext,
     /// The first error of the callback; the query stops there.
     error: Option<PgSyncError>,
 }
@@ -85,10 +88,15 @@ unsafe extern "C-unwind" fn receive(
     slot: *mut pg_sys::TupleTableSlot,
     me: *mut pg_sys::DestReceiver,
 ) -> bool {
-    // SAFETY: `me` is the `base` of a live Receiver (see stream_rows).
+    // SAFETY: `me` points to a live Receiver, whose first field is the
+    // DestReceiver the executor was given (see stream_rows).
     let r = &mut *(me as *mut Receiver<'_>);
     pg_sys::slot_getallattrs(slot);
-    match (r.on_row)(&Row { slot }) {
+    let outer = pg_sys::MemoryContextSwitchTo(r.row_cxt);
+    let done = (r.on_row)(&Row { slot });
+    pg_sys::MemoryContextSwitchTo(outer);
+    pg_sys::MemoryContextReset(r.row_cxt);
+    match done {
         Ok(()) => true,
         Err(e) => {
             r.error = Some(e);
@@ -131,7 +139,9 @@ struct ParamTypes {
 unsafe extern "C-unwind" fn declare_params(pstate: *mut pg_sys::ParseState, arg: *mut c_void) {
     // SAFETY: `arg` is the ParamTypes of stream_rows, alive through the call.
     let p = &*(arg as *const ParamTypes);
-    setup_parse_fixed_parameters(pstate, p.types, p.n);
+    // Guarded like pgrx's own bindings: an error in it (out of memory)
+    // becomes a panic here, not a jump over this frame.
+    pg_sys::ffi::pg_guard_ffi_boundary(|| setup_parse_fixed_parameters(pstate, p.types, p.n));
 }
 
 /// Runs `sql` read-only with `args` and calls `on_row` with each row, in
@@ -157,6 +167,7 @@ pub fn stream_rows(
         n: n as c_int,
     };
     let mut receiver = Receiver {
+        row_cxt: std::ptr::null_mut(),
         base: pg_sys::DestReceiver {
             receiveSlot: Some(receive),
             rStartup: Some(startup),
@@ -177,6 +188,16 @@ pub fn stream_rows(
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             return Err(PgSyncError::Spi("SPI_connect failed".into()));
         }
+        // A child of SPI's procedure context (current after SPI_connect),
+        // which SPI_finish or an abort deletes, and it with it.
+        receiver.row_cxt = pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CurrentMemoryContext,
+            c"pg_sync streamed row".as_ptr(),
+            pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+            pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        let me = std::ptr::addr_of_mut!(receiver);
         let params = pg_sys::makeParamList(n as c_int);
         (*params).parserSetup = Some(declare_params);
         (*params).parserSetupArg = &mut setup as *mut ParamTypes as *mut c_void;
@@ -195,12 +216,12 @@ pub fn stream_rows(
             allow_nonatomic: false,
             must_return_tuples: false,
             tcount: 0,
-            dest: &mut receiver.base,
+            dest: me.cast(),
             owner: std::ptr::null_mut(),
         };
         let rc = pg_sys::SPI_execute_extended(query.as_ptr(), &options);
         pg_sys::SPI_finish();
-        if let Some(e) = receiver.error.take() {
+        if let Some(e) = (*me).error.take() {
             return Err(e);
         }
         if rc != pg_sys::SPI_OK_SELECT as i32 {

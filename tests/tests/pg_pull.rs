@@ -546,7 +546,7 @@ fn the_compact_version_of_a_row() {
 }
 
 /// The rows of `sync_pull_chunks(cursor, page)`, in order.
-fn chunks(c: &mut postgres::Client, cursor: &Option<String>, page: i32) -> Vec<String> {
+fn chunks(c: &mut impl postgres::GenericClient, cursor: &Option<String>, page: i32) -> Vec<String> {
     c.query("SELECT c FROM sync_pull_chunks($1, $2) c", &[cursor, &page])
         .unwrap_or_else(|e| panic!("{}", err_text(&e)))
         .iter()
@@ -582,11 +582,19 @@ fn chunks_concatenate_to_the_page_and_a_device_syncs_from_them() {
             let mut cursor = start.clone();
             let (mut pages, mut upserts) = (0, 0);
             loop {
-                let whole: String = c
+                // One snapshot for both: the same horizon, so the same page
+                // (other databases' transactions move the horizon).
+                let mut tx = c
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .start()
+                    .unwrap();
+                let whole: String = tx
                     .query_one("SELECT sync_pull_json($1, $2)::text", &[&cursor, &1000i32])
                     .unwrap()
                     .get(0);
-                let parts = chunks(&mut c, &cursor, 1000);
+                let parts = chunks(&mut tx, &cursor, 1000);
+                tx.commit().unwrap();
                 assert_eq!(parts.concat(), whole, "page {pages}");
                 let big = parts.iter().filter(|p| p.len() > 64 * 1024).count();
                 assert!(big <= 1, "{big} chunks over 64 kB");

@@ -56,7 +56,8 @@ fn pulls_run_on_a_hot_standby() {
         assert!(r.is_ok(), "{sql}: {}", err_text(&r.unwrap_err()));
     }
     // The page as chunks, spilled to a temporary file (allowed on a standby).
-    s.batch_execute("SET work_mem = '64kB'").unwrap();
+    s.batch_execute("SET work_mem = '64kB'; BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
     let parts: Vec<String> = s
         .query("SELECT c FROM sync_pull_chunks(NULL, 1000, 'dev-1') c", &[])
         .unwrap_or_else(|e| panic!("sync_pull_chunks: {}", err_text(&e)))
@@ -67,8 +68,8 @@ fn pulls_run_on_a_hot_standby() {
         .query_one("SELECT sync_pull_json(NULL, 1000, 'dev-1')::text", &[])
         .unwrap()
         .get(0);
+    s.batch_execute("COMMIT; RESET work_mem").unwrap();
     assert_eq!(parts.concat(), whole);
-    s.batch_execute("RESET work_mem").unwrap();
     let d = Device::new(&mut s, "standby_pull");
     assert!(eventually(60, || {
         d.pull(&mut s);

@@ -2,7 +2,7 @@
 //! statement yields them (streamed, one row at a time), then its end, into
 //! a [`Sink`]: one text value ([`TextBuf`], `sync_pull_json`) or a set of
 //! chunks ([`Chunks`], `sync_pull_chunks`). Nothing but the sink holds the
-//! page, so serving a page of tens of megabytes costs about its own size.
+//! page's rows.
 
 use pgrx::pg_sys;
 use sync_core::wire::page::{page_pieces, PageHead, LIST_SEPARATOR};
@@ -131,10 +131,18 @@ pub struct TextBuf {
     cap: usize,
 }
 
+/// The most [`TextBuf`] reserves before it is written: past it, growth is
+/// a remap (the page's estimate runs high for format 2, and a reservation
+/// counts against a server's commit limit where overcommit is off).
+const FIRST_RESERVE: usize = 64 << 20;
+
 impl TextBuf {
-    /// An empty value with room for about `hint` bytes.
+    /// An empty value with room for about `hint` bytes (at most
+    /// [`FIRST_RESERVE`] at first).
     pub fn new(hint: usize) -> TextBuf {
-        let cap = hint.saturating_add(pg_sys::VARHDRSZ).clamp(1024, MAX_VALUE);
+        let cap = hint
+            .saturating_add(pg_sys::VARHDRSZ)
+            .clamp(1024, FIRST_RESERVE);
         // SAFETY: palloc in the current context (the function call's), which
         // outlives the call; it raises an error rather than return NULL.
         let buf = unsafe { pg_sys::palloc(cap) as *mut u8 };
@@ -189,6 +197,9 @@ pub struct Chunks {
     store: *mut pg_sys::Tuplestorestate,
     desc: pg_sys::TupleDesc,
     buf: Vec<u8>,
+    /// Bytes of the page so far: held to the limit of one value, like the
+    /// page of `sync_pull_json` (a device takes a page as one value).
+    total: usize,
 }
 
 impl Chunks {
@@ -202,6 +213,7 @@ impl Chunks {
             store,
             desc,
             buf: Vec::with_capacity(CHUNK_BYTES),
+            total: 0,
         }
     }
 
@@ -237,6 +249,10 @@ impl Chunks {
 
 impl Sink for Chunks {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.total += bytes.len();
+        if self.total > MAX_VALUE - pg_sys::VARHDRSZ {
+            return Err(PgSyncError::PageTooLarge);
+        }
         if self.buf.len() + bytes.len() > CHUNK_BYTES && !self.buf.is_empty() {
             let held = std::mem::take(&mut self.buf);
             self.row(&held)?;
