@@ -5,6 +5,7 @@
 //! Every database file (synced or plain) uses the same pragmas:
 //! `journal_mode=WAL`, `synchronous=NORMAL`, SQLite's default page cache.
 
+use crate::pg::JsonText;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -210,7 +211,7 @@ pub fn cleanup() {
 /// Pulls everything from `cursor` and applies it; returns (pull seconds,
 /// apply seconds, upserts, pages).
 fn pull_apply_all(pgc: &mut Client, conn: &Connection, page: i32) -> (f64, f64, u64, usize) {
-    let stmt = pgc.prepare("SELECT sync_pull_json($1, $2)::text").unwrap();
+    let stmt = pgc.prepare("SELECT sync_pull_json($1, $2)").unwrap();
     let mut cursor: Option<String> = conn
         .query_row("SELECT sync_cursor()", [], |r| r.get(0))
         .optional()
@@ -221,7 +222,7 @@ fn pull_apply_all(pgc: &mut Client, conn: &Connection, page: i32) -> (f64, f64, 
         let t = Instant::now();
         // The page is read where the driver received it, not copied.
         let row = pgc.query_one(&stmt, &[&cursor, &page]).unwrap();
-        let text: &str = row.get(0);
+        let text: &str = row.get::<_, JsonText>(0).0;
         pull_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let out = apply(conn, text);
@@ -254,11 +255,12 @@ fn pull_apply_overlapped(pgc: &mut Client, conn: &Connection, page: i32) -> (f64
     let (mut pull_s, mut apply_s, mut n, mut pages) = (0.0, 0.0, 0u64, 0usize);
     std::thread::scope(|s| {
         s.spawn(move || {
-            let stmt = pgc.prepare("SELECT sync_pull_json($1, $2)::text").unwrap();
+            let stmt = pgc.prepare("SELECT sync_pull_json($1, $2)").unwrap();
             let mut cursor = start;
             loop {
                 let t = Instant::now();
-                let text: String = pgc.query_one(&stmt, &[&cursor, &page]).unwrap().get(0);
+                let row = pgc.query_one(&stmt, &[&cursor, &page]).unwrap();
+                let text = row.get::<_, JsonText>(0).0.to_string();
                 let secs = t.elapsed().as_secs_f64();
                 let (cur, more) = page_meta(&text);
                 if tx.send((text, secs, cur.clone())).is_err() || !more {
@@ -636,7 +638,7 @@ pub fn p6(pgc: &mut Client, cfg: &Config, c: &mut ClientDb) -> Figure {
         .collect();
     let kf = rows.len() as f64;
     let (mut sync, mut base) = (Vec::new(), Vec::new());
-    let stmt = pgc.prepare("SELECT sync_pull_json($1, $2)::text").unwrap();
+    let stmt = pgc.prepare("SELECT sync_pull_json($1, $2)").unwrap();
     for rep in 0..cfg.runs {
         let edit = 100 + rep as u64;
         server_edit(pgc, &rows, edit);
@@ -647,7 +649,8 @@ pub fn p6(pgc: &mut Client, cfg: &Config, c: &mut ClientDb) -> Figure {
             .unwrap();
         let mut pages = Vec::new();
         loop {
-            let text: String = pgc.query_one(&stmt, &[&cursor, &cfg.page]).unwrap().get(0);
+            let row = pgc.query_one(&stmt, &[&cursor, &cfg.page]).unwrap();
+            let text = row.get::<_, JsonText>(0).0.to_string();
             let (cur, more) = page_meta(&text);
             cursor = Some(cur);
             pages.push(text);

@@ -22,7 +22,7 @@ use crate::Config;
 /// page format with every pull: `None` is a new device's cursor); returns
 /// the seconds spent in the calls, the changes and the last cursor.
 fn pull_to_end(c: &mut Client, cursor: Option<String>, page: i32) -> (f64, usize, String) {
-    let stmt = c.prepare("SELECT sync_pull_json($1, $2)::text").unwrap();
+    let stmt = c.prepare("SELECT sync_pull_json($1, $2)").unwrap();
     let mut cursor = Some(match cursor {
         Some(text) => Cursor::with_page_format(&text, sync_core::PAGE_FORMAT).unwrap_or(text),
         None => crate::pg::device_cursor(),
@@ -30,7 +30,8 @@ fn pull_to_end(c: &mut Client, cursor: Option<String>, page: i32) -> (f64, usize
     let (mut secs, mut n) = (0.0, 0);
     loop {
         let t = Instant::now();
-        let text: String = c.query_one(&stmt, &[&cursor, &page]).unwrap().get(0);
+        let row = c.query_one(&stmt, &[&cursor, &page]).unwrap();
+        let text = row.get::<_, crate::pg::JsonText>(0).0.to_string();
         secs += t.elapsed().as_secs_f64();
         n += page_changes(&text);
         let (cur, more) = page_meta(&text);
