@@ -651,6 +651,17 @@ fn chunks_concatenate_to_the_page_and_a_device_syncs_from_them() {
     let device = d.rows("SELECT id, body FROM notes ORDER BY id");
     assert_eq!(server.len(), device.len());
     assert_eq!(server, device);
+    // It runs as the caller: a role that may not read the tables gets
+    // a page without their rows.
+    c.batch_execute(
+        "DO $$ BEGIN CREATE ROLE chunk_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         SET ROLE chunk_reader",
+    )
+    .unwrap();
+    let page = chunks(&mut c, &None, 10000).concat();
+    c.batch_execute("RESET ROLE").unwrap();
+    let page = sync_core::wire::PullPage::parse(&page).unwrap();
+    assert!(page.changes.is_empty(), "{:?}", page.changes.len());
     // Errors are the pull's own; the function also runs in a select list.
     let e = c
         .query("SELECT * FROM sync_pull_chunks('garbage', 10)", &[])
