@@ -256,9 +256,9 @@ pub unsafe extern "C-unwind" fn pg_sync_pull_json(
 
 /// `sync_pull_chunks(...) RETURNS SETOF text`: the page of `sync_pull_json`
 /// as rows of text (about 64 kB each) that, concatenated in order, are that
-/// page. The server never holds the page: it is written into the result's
-/// tuplestore (work_mem, then a temporary file) as it is rendered, so a
-/// page of any size costs the backend about `work_mem`.
+/// page. The server never holds the page's rows: they are written into the
+/// result's tuplestore (work_mem, then a temporary file) as they are
+/// rendered, so a page of any size costs the backend about `work_mem`.
 ///
 /// # Safety
 /// Called by fmgr with the declared signature.
