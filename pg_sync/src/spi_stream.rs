@@ -48,6 +48,29 @@ impl Row {
         }
     }
 
+    /// Column `col` (from 0), a row id (`tid`), as `[block, offset]`;
+    /// `None` when NULL.
+    pub fn tid(&self, col: usize) -> Result<Option<[u32; 2]>> {
+        let Some(d) = self.datum(col) else {
+            return Ok(None);
+        };
+        // SAFETY: as in `bytes`; the descriptor says the column is a tid, a
+        // by-reference value of six bytes (block number high and low half,
+        // offset) valid until the callback returns, read unaligned.
+        unsafe {
+            let desc = (*self.slot).tts_tupleDescriptor;
+            if (*(*desc).attrs.as_ptr().add(col)).atttypid != pg_sys::TIDOID {
+                return Err(PgSyncError::Spi(format!(
+                    "column {} of a streamed read is not a row id",
+                    col + 1
+                )));
+            }
+            let p = std::ptr::read_unaligned(d.cast_mut_ptr::<pg_sys::ItemPointerData>());
+            let block = (u32::from(p.ip_blkid.bi_hi) << 16) | u32::from(p.ip_blkid.bi_lo);
+            Ok(Some([block, u32::from(p.ip_posid)]))
+        }
+    }
+
     /// Column `col` (from 0) as a boolean; NULL reads as false.
     pub fn flag(&self, col: usize) -> bool {
         self.datum(col).is_some_and(|d| d.value() != 0)

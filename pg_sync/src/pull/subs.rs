@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 
 use sync_core::cursor::{Boot, Pos, Sub};
+use sync_core::wire::page::LIST_SEPARATOR;
 
 use super::plan::{
-    key_list, parse_tid, plan_table, row_bytes, rows_segment, Filter, Live, PageBytes, Positions,
-    Segment,
+    key_list, plan_table, row_bytes, rows_segment, Filter, Live, PageBytes, Positions, Segment,
 };
 use crate::catalog::TableInfo;
 use crate::error::Result;
+use crate::spi_stream::stream_rows;
 use crate::spi_util::{rows_ro_args, Args};
 use crate::streams::Stream;
 
@@ -159,23 +160,34 @@ pub fn plan_sub(
     Ok(out)
 }
 
-/// The subscription's full key list (a `Members` object as JSON text).
+/// The subscription's full key list (a `Members` object as JSON text, as
+/// `json_build_object('sub', .., 'table', .., 'keys', json_agg(<key>))`
+/// writes it), the keys appended as the rows come.
 fn members(t: &TableInfo, f: &Filter<'_>) -> Result<Option<String>> {
-    let mut args = f.args();
-    let name = args.push(&t.name);
+    let args = f.args();
     let sql = format!(
-        "SELECT pg_catalog.json_build_object('sub', {id}, 'table', {name}::pg_catalog.text, \
-                'keys', coalesce(pg_catalog.json_agg({pk}), '[]'::pg_catalog.json))::text \
-         FROM {tbl} t WHERE ({filter})",
-        id = f.sub,
+        "SELECT ({pk})::pg_catalog.text FROM {tbl} t WHERE ({filter})",
         pk = t.pk_expr("t"),
         tbl = t.qualified,
         filter = f.sql,
     );
-    Ok(rows_ro_args(&sql, &args)?
-        .into_iter()
-        .next()
-        .and_then(|mut r| r.swap_remove(0)))
+    let mut out = format!(
+        "{{\"sub\" : {}, \"table\" : {}, \"keys\" : [",
+        f.sub,
+        serde_json::Value::from(t.name.as_str())
+    );
+    let mut first = true;
+    stream_rows(&sql, &args, &mut |row| {
+        if !first {
+            out.push_str(LIST_SEPARATOR);
+        }
+        first = false;
+        let key = row.bytes(0)?.unwrap_or(b"null");
+        out.push_str(&String::from_utf8_lossy(key));
+        Ok(())
+    })?;
+    out.push_str("]}");
+    Ok(Some(out))
 }
 
 /// The first download of a subscription: its rows, as many as fit, with
@@ -204,7 +216,7 @@ fn bootstrap(
         sub.b = None;
     }
     if sub.b.is_none() {
-        let (total, touched) = count(t, f)?;
+        let (total, touched) = count(t, f, blocks)?;
         let by_tid = !rewritten && by_row_id(total, touched, blocks, page_max as u64);
         sub.b = Some(Boot {
             k: None,
@@ -287,23 +299,33 @@ fn storage(t: &TableInfo) -> Result<(u32, u64)> {
 }
 
 /// The number of rows the subscription selects now, and of the blocks
-/// holding them.
-fn count(t: &TableInfo, f: &Filter<'_>) -> Result<(u64, u64)> {
+/// holding them (counted from the rows' ids as they come, in any order).
+fn count(t: &TableInfo, f: &Filter<'_>, blocks: u64) -> Result<(u64, u64)> {
     let args = f.args();
-    let row = rows_ro_args(
-        &format!(
-            "SELECT pg_catalog.count(*)::text, \
-                    pg_catalog.count(DISTINCT pg_catalog.split_part(t.ctid::text, ',', 1))::text \
-             FROM {tbl} t WHERE ({filter})",
-            tbl = t.qualified,
-            filter = f.sql
-        ),
-        &args,
-    )?
-    .into_iter()
-    .next()
-    .unwrap_or_default();
-    Ok((text_num(&row, 0), text_num(&row, 1)))
+    let sql = format!(
+        "SELECT t.ctid FROM {tbl} t WHERE ({filter})",
+        tbl = t.qualified,
+        filter = f.sql
+    );
+    // One bit per block; a block past the size read before (the table grew
+    // since) widens it.
+    let mut seen = vec![0u64; usize::try_from(blocks.div_ceil(64)).unwrap_or(0)];
+    let (mut rows, mut touched) = (0u64, 0u64);
+    stream_rows(&sql, &args, &mut |row| {
+        if let Some([block, _]) = row.tid(0)? {
+            rows += 1;
+            let (word, bit) = (block as usize / 64, 1u64 << (block % 64));
+            if word >= seen.len() {
+                seen.resize(word + 1, 0);
+            }
+            if seen[word] & bit == 0 {
+                seen[word] |= bit;
+                touched += 1;
+            }
+        }
+        Ok(())
+    })?;
+    Ok((rows, touched))
 }
 
 /// Whether a download of `total` rows lying in `touched` of a table's
@@ -428,29 +450,38 @@ fn choose_by_tid(
                 args.push(format!("({end},0)"))
             )
         };
-        let found = rows_ro_args(
-            &format!(
-                "SELECT t.ctid::text, ({size})::text FROM {tbl} t \
-                 WHERE t.ctid OPERATOR(pg_catalog.>=) {from}::pg_catalog.tid{upper} AND ({filter}) \
-                 ORDER BY t.ctid LIMIT {limit}",
-                size = row_bytes(t),
-                tbl = t.qualified,
-                filter = f.sql,
-                limit = need + 1,
-            ),
-            &args,
-        )?;
-        let mut full = false;
-        for (i, r) in found.iter().enumerate() {
-            if i >= need || !bytes.take(text_num(r, 1)) {
+        // The row sizes are computed under the sort (OFFSET 0 keeps the
+        // subquery), so the sort carries two numbers a row, not the rows.
+        let sql = format!(
+            "SELECT x.c, x.s::pg_catalog.text FROM (SELECT t.ctid AS c, ({size}) AS s \
+             FROM {tbl} t WHERE t.ctid OPERATOR(pg_catalog.>=) {from}::pg_catalog.tid{upper} \
+             AND ({filter}) OFFSET 0) x ORDER BY x.c LIMIT {limit}",
+            size = row_bytes(t),
+            tbl = t.qualified,
+            filter = f.sql,
+            limit = need + 1,
+        );
+        let (mut found, mut full) = (0usize, false);
+        stream_rows(&sql, &args, &mut |row| {
+            if full {
+                return Ok(());
+            }
+            let [bl, off] = row.tid(0)?.unwrap_or([0, 0]);
+            let size = row
+                .bytes(1)?
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if found >= need || !bytes.take(size) {
                 // The page is full: the next one starts at this row.
-                let [bl, off] = parse_tid(&text_at(r, 0));
                 (block, offset) = (bl, off);
                 full = true;
-                break;
+                return Ok(());
             }
-            tids.push(text_at(r, 0));
-        }
+            found += 1;
+            tids.push(format!("({bl},{off})"));
+            Ok(())
+        })?;
         if full {
             break;
         }
@@ -458,7 +489,7 @@ fn choose_by_tid(
             b.c = Some([u32::try_from(blocks).unwrap_or(u32::MAX), 0]);
             return Ok((tids, true));
         }
-        grow = if found.is_empty() { grow * 2 } else { 1 };
+        grow = if found == 0 { grow * 2 } else { 1 };
         block = u32::try_from(end).unwrap_or(u32::MAX);
         offset = 0;
     }
@@ -486,7 +517,8 @@ fn text_num(r: &[Option<String>], i: usize) -> u64 {
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
-    use super::{by_row_id, parse_tid};
+    use super::by_row_id;
+    use crate::pull::plan::parse_tid;
 
     #[pgrx::pg_test]
     fn large_spread_subsets_download_by_row_id() {
