@@ -479,7 +479,16 @@ fn infer_types(t: &TableInfo, filter: &str) -> Result<Vec<String>> {
 /// is not immutable (through a temporary view and its dependencies).
 fn dependencies(t: &TableInfo, filter: &str) -> Result<(Vec<u32>, bool)> {
     const VIEW: &str = "pg_sync_stream_probe_v";
-    exec(&format!("DROP VIEW IF EXISTS pg_temp.{VIEW}"), &[])?;
+    // A view left by an earlier call that failed half-way. Looked up first:
+    // `DROP ... IF EXISTS pg_temp.x` in a session without temporary
+    // objects yet sends the caller a notice that pg_temp does not exist.
+    let left = rows(
+        &format!("SELECT (pg_catalog.to_regclass('pg_temp.{VIEW}') IS NOT NULL)::text"),
+        &[],
+    )?;
+    if left.first().and_then(|r| r.first()).cloned().flatten() == Some("true".into()) {
+        exec(&format!("DROP VIEW pg_temp.{VIEW}"), &[])?;
+    }
     exec(
         &format!(
             "CREATE TEMP VIEW {VIEW} AS SELECT 1 AS one FROM {} t WHERE ({filter})",

@@ -227,6 +227,41 @@ fn hostile_subscriptions_are_refused_and_change_nothing() {
     }
 }
 
+/// Defining a stream sends the DBA no notice: its probe of the filter's
+/// dependencies leaves nothing behind and, in a session that has no
+/// temporary objects yet, does not report a missing `pg_temp`.
+#[test]
+fn defining_a_stream_sends_no_notice() {
+    let db = TestDb::new("streams_quiet");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE tasks (id int PRIMARY KEY, project_id int NOT NULL, title text NOT NULL);
+         SELECT sync_enable('tasks');",
+    )
+    .unwrap();
+    let notices = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = notices.clone();
+    let mut config: postgres::Config = db.conn_str().parse().unwrap();
+    config.notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()));
+    let mut fresh = config.connect(postgres::NoTls).unwrap();
+    fresh
+        .batch_execute(
+            "SET client_min_messages = notice;
+             SELECT sync_stream('by_project', 'tasks', 'project_id = :project_id');
+             SELECT sync_stream('by_project_again', 'tasks', 'project_id = :project_id');",
+        )
+        .unwrap();
+    assert_eq!(*notices.lock().unwrap(), Vec::<String>::new());
+    let left: i64 = fresh
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'pg_sync_stream_probe_v'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the probe view is dropped");
+}
+
 #[test]
 fn a_new_column_and_a_dropped_stream_reach_subscribers() {
     let db = TestDb::new("streams_ddl");
