@@ -483,11 +483,21 @@ fn dependencies(t: &TableInfo, filter: &str) -> Result<(Vec<u32>, bool)> {
     // `DROP ... IF EXISTS pg_temp.x` in a session without temporary
     // objects yet sends the caller a notice that pg_temp does not exist.
     let left = rows(
-        &format!("SELECT (pg_catalog.to_regclass('pg_temp.{VIEW}') IS NOT NULL)::text"),
+        &format!(
+            "SELECT c.relkind::text FROM pg_catalog.pg_class c \
+             WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('pg_temp.{VIEW}')"
+        ),
         &[],
     )?;
-    if left.first().and_then(|r| r.first()).cloned().flatten() == Some("true".into()) {
-        exec(&format!("DROP VIEW pg_temp.{VIEW}"), &[])?;
+    match left.first().and_then(|r| r.first()).cloned().flatten() {
+        None => {}
+        Some(kind) if kind == "v" => exec(&format!("DROP VIEW pg_temp.{VIEW}"), &[])?,
+        Some(_) => {
+            return Err(PgSyncError::BadArgument(format!(
+                "pg_temp.{VIEW} exists in this session and is not a view; \
+                 sync_stream needs that name for a moment: drop it and call again"
+            )))
+        }
     }
     exec(
         &format!(

@@ -260,6 +260,14 @@ fn defining_a_stream_sends_no_notice() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "the probe view is dropped");
+    // A table of the session in the probe's place gets a clear error.
+    fresh
+        .batch_execute("CREATE TEMP TABLE pg_sync_stream_probe_v (x int)")
+        .unwrap();
+    let e = fresh
+        .batch_execute("SELECT sync_stream('by_project_3', 'tasks', 'project_id = :project_id')")
+        .unwrap_err();
+    assert!(err_text(&e).contains("is not a view"), "{}", err_text(&e));
 }
 
 #[test]
