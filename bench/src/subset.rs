@@ -42,7 +42,9 @@ fn pull_to_end(c: &mut Client, cursor: Option<String>, page: i32) -> (f64, usize
     }
 }
 
-/// A cursor holding one subscription to `stream`.
+/// A cursor holding one subscription to `stream`, as `sync_subscribe`
+/// leaves it on a device that holds none of its rows (`e`: the download
+/// ends without the key list).
 fn subscribed(stream: &str) -> String {
     Cursor {
         v: 1,
@@ -53,6 +55,7 @@ fn subscribed(stream: &str) -> String {
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),
+            e: true,
             ..Default::default()
         }],
         ..Default::default()

@@ -156,6 +156,14 @@ pub struct Sub {
     /// stream defined again with another filter starts over.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub d: u64,
+    /// Set by the device when it subscribed holding none of the
+    /// subscription's rows: every row it will hold for it then comes in the
+    /// first download, so that download ends without the full key list
+    /// (changes from the download's start on come incrementally). The
+    /// server clears it when the download ends or starts over. A device
+    /// that sets it wrongly only keeps rows it already held.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub e: bool,
 }
 
 fn is_zero(v: &u64) -> bool {

@@ -438,13 +438,29 @@ fn cursor(d: &Device) -> Option<sync_core::cursor::Cursor> {
 /// One page of at most `max` changes, applied; returns the device's cursor
 /// after it, decoded.
 fn pull_page(d: &Device, c: &mut postgres::Client, max: i32) -> sync_core::cursor::Cursor {
+    pull_page_json(d, c, max).0
+}
+
+/// [`pull_page`], also returning the page.
+fn pull_page_json(
+    d: &Device,
+    c: &mut postgres::Client,
+    max: i32,
+) -> (sync_core::cursor::Cursor, Value) {
     let text = cursor(d).map(|c| c.encode());
     let page: Value = c
         .query_one("SELECT sync_pull_json($1, $2)", &[&text, &max])
         .unwrap_or_else(|e| panic!("sync_pull: {}", err_text(&e)))
         .get(0);
     d.call("SELECT sync_apply(?1)", Some(&page.to_string()));
-    cursor(d).expect("a cursor after a pull")
+    (cursor(d).expect("a cursor after a pull"), page)
+}
+
+/// Whether a page carries a key list for subscription `sub`.
+fn lists(page: &Value, sub: u32) -> bool {
+    page["members"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|l| l["sub"] == sub))
 }
 
 /// Ids of the rows a device lacks after its download's key list.
@@ -483,31 +499,78 @@ fn subscribe_group_one(d: &Device) {
     .unwrap();
 }
 
+/// How a download's device starts.
+#[derive(Clone, Copy, PartialEq)]
+enum Start {
+    /// As `sync_subscribe` leaves it: the device holds none of the
+    /// subscription's rows (`Sub::e`), so no key list ends the download.
+    Fresh,
+    /// As a device that held rows of the subscription (or a build from
+    /// before `Sub::e`): the download ends with the key list.
+    Holding,
+}
+
 /// Subscribes a new device to one group and pulls pages of 40 until its
 /// first download ends, running `during(n, boot)` after the download's
-/// n-th page (from 0).
+/// n-th page (from 0). Returns the device and whether the page that ended
+/// the download carried the subscription's key list.
 fn download(
     c: &mut postgres::Client,
     name: &str,
+    start: Start,
     mut during: impl FnMut(&mut postgres::Client, usize, &sync_core::cursor::Boot),
-) -> Device {
+) -> (Device, bool) {
     let d = Device::new(c, name);
     subscribe_group_one(&d);
+    let mut stored = cursor(&d).expect("a cursor after sync_subscribe");
+    assert!(
+        stored.q[0].e,
+        "sync_subscribe did not mark the device as holding none"
+    );
+    if start == Start::Holding {
+        stored.q[0].e = false;
+        d.db.execute(
+            "UPDATE _sync_meta SET value = ?1 WHERE key = 'cursor'",
+            [stored.encode()],
+        )
+        .unwrap();
+    }
     let mut page = 0;
     for _ in 0..400 {
-        let cur = pull_page(&d, c, 40);
+        let (cur, json) = pull_page_json(&d, c, 40);
         let sub = &cur.q[0];
         match &sub.b {
             Some(b) => {
+                assert!(!lists(&json, sub.i), "a key list before the download ended");
                 during(c, page, b);
                 page += 1;
             }
             // Not started yet (the page was taken by other work).
             None if sub.r == sync_core::cursor::Pos::Start => {}
-            None => return d,
+            None => {
+                assert!(!sub.e, "the server kept `e` after the download");
+                return (d, lists(&json, sub.i));
+            }
         }
     }
     panic!("the download did not end");
+}
+
+/// Pulls until the device holds exactly `want` of `items`.
+fn pull_items_until(d: &Device, c: &mut postgres::Client, want: &BTreeSet<i64>) {
+    let ok = eventually(30, || {
+        d.pull(c);
+        ids(d, "items") == *want
+    });
+    let held = ids(d, "items");
+    assert!(
+        ok,
+        "the device holds {} rows not selected ({:?}) and lacks {} ({:?})",
+        held.difference(want).count(),
+        held.difference(want).take(10).collect::<Vec<_>>(),
+        want.difference(&held).count(),
+        want.difference(&held).take(10).collect::<Vec<_>>(),
+    );
 }
 
 fn group_one(c: &mut postgres::Client) -> BTreeSet<i64> {
@@ -533,7 +596,7 @@ fn a_large_subset_downloads_by_row_id_through_moves_and_a_table_rewrite() {
     // Rows move in and out and to other blocks (the longer pad does not
     // fit in place), some go, some come, while the download runs.
     let mut by_tid = 0;
-    let d = download(&mut c, "streams_tid_moves", |c, page, b| {
+    let (d, listed) = download(&mut c, "streams_tid_moves", Start::Holding, |c, page, b| {
         by_tid += usize::from(b.c.is_some() && b.f != 0);
         if page == 3 {
             c.batch_execute(
@@ -546,6 +609,10 @@ fn a_large_subset_downloads_by_row_id_through_moves_and_a_table_rewrite() {
         }
     });
     assert!(by_tid > 10, "the download did not go by row id");
+    assert!(
+        listed,
+        "no key list ended the download of a device holding rows"
+    );
     // The download's pages missed only rows written after it started (they
     // come with the incremental pulls).
     let written = |id: i64| id % 7 == 0 || id % 5 == 1 || id > 3000;
@@ -556,13 +623,36 @@ fn a_large_subset_downloads_by_row_id_through_moves_and_a_table_rewrite() {
     );
     let want = group_one(&mut c);
     assert!(want.len() > 500);
-    pull_until(&d, &mut c, |d| ids(d, "items") == want);
+    pull_items_until(&d, &mut c, &want);
+
+    // A device that held none of the subscription's rows: the same kind of
+    // writes during its download (rows already sent move out, go, grow;
+    // others move in or come), no key list at its end, and the incremental
+    // pulls alone bring it to exactly the subset.
+    let (d, listed) = download(&mut c, "streams_tid_fresh", Start::Fresh, |c, page, _| {
+        if page == 3 {
+            c.batch_execute(
+                "UPDATE items SET grp = 1 - grp, pad = repeat('w', 350) WHERE id % 13 = 0;
+                 UPDATE items SET pad = repeat('v', 420) WHERE id % 9 = 2;
+                 DELETE FROM items WHERE id % 17 = 0;
+                 INSERT INTO items SELECT g, g % 2, 'new' FROM generate_series(3101, 3200) g;",
+            )
+            .unwrap();
+        }
+    });
+    assert!(
+        !listed,
+        "a key list ended the download of a device holding none"
+    );
+    let want = group_one(&mut c);
+    pull_items_until(&d, &mut c, &want);
+    assert!(wanted(&d).is_empty());
 
     // The table is rewritten during a download: every row gets another row
     // id, and the download starts over, in key order.
     let (mut sent_before, mut restarted) = (0, false);
     let mut seen = Vec::new();
-    let d = download(&mut c, "streams_tid_rewrite", |c, page, b| {
+    let (d, listed) = download(&mut c, "streams_tid_rewrite", Start::Fresh, |c, page, b| {
         seen.push((page, b.c, b.f, b.n));
         match page {
             5 => {
@@ -575,6 +665,9 @@ fn a_large_subset_downloads_by_row_id_through_moves_and_a_table_rewrite() {
         }
     });
     assert!(restarted, "the download did not start over: {seen:?}");
+    // Started over from a later horizon, it ends with the key list even on
+    // a device that held none of its rows when it subscribed.
+    assert!(listed, "no key list after the download started over");
     // Nothing was written since it started over: its pages alone brought
     // exactly the subset.
     let want = group_one(&mut c);
@@ -632,4 +725,31 @@ fn forged_download_positions_stay_inside_the_filter() {
             }
         }
     }
+}
+
+#[test]
+fn a_stream_defined_again_during_a_first_download_ends_it_with_the_key_list() {
+    let db = TestDb::new("streams_redefined");
+    let mut c = db.connect();
+    items_table(&mut c, "g % 2");
+    // A device that held none of the subscription's rows when it
+    // subscribed; after two pages the stream selects only ids 4k + 1: the
+    // download starts over, and the ids 4k + 3 sent before must leave. Only
+    // the key list ending the download can say so (nothing wrote them).
+    let (d, listed) = download(&mut c, "streams_redefined", Start::Fresh, |c, page, _| {
+        if page == 1 {
+            c.batch_execute(
+                "SELECT sync_stream_drop('items_by_group');
+                 SELECT sync_stream('items_by_group', 'items', 'grp = :g AND id % 4 = 1');",
+            )
+            .unwrap();
+        }
+    });
+    assert!(listed, "no key list after the stream was defined again");
+    let want: BTreeSet<i64> = group_one(&mut c)
+        .into_iter()
+        .filter(|id| id % 4 == 1)
+        .collect();
+    assert!(want.len() > 500);
+    pull_items_until(&d, &mut c, &want);
 }

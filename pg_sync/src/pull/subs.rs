@@ -75,6 +75,11 @@ pub fn plan_sub(
     // enabled again): the subscription downloads again, and its key list
     // at the end drops what it no longer holds.
     if restart || (sub.d != 0 && sub.d != stream.ident) {
+        // Rows already sent may not be selected any more: this download
+        // ends with the key list, even on a device that held none before.
+        if sub.r != Pos::Start || sub.b.is_some() {
+            sub.e = false;
+        }
         sub.r = Pos::Start;
         sub.b = None;
         sub.w.clear();
@@ -213,7 +218,11 @@ fn bootstrap(
     // disturbs, so a table rewritten often still finishes its download).
     let rewritten = sub.b.as_ref().is_some_and(|b| b.f != 0 && b.f != node);
     if rewritten {
+        // Starting over from a later horizon: rows sent before may have
+        // left the subset in between, so the download ends with the key
+        // list.
         sub.b = None;
+        sub.e = false;
     }
     if sub.b.is_none() {
         let (total, touched) = count(t, f, blocks)?;
@@ -262,7 +271,12 @@ fn bootstrap(
         // Changes from the download's start on come incrementally. The key
         // list ends the download: a device that held rows of this
         // subscription before (a download started over) drops the others.
-        out.members = members(t, f)?;
+        // A device that held none (`e`) holds only rows this download sent,
+        // each selected when it was read: it needs no list.
+        if !sub.e {
+            out.members = members(t, f)?;
+        }
+        sub.e = false;
         sub.r = Pos::Below([nb.h]);
         sub.f = nb.h;
         sub.ft = now;

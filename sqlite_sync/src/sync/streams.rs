@@ -147,6 +147,7 @@ pub fn sync_subscribe(st: &ConnState, db: Db, stream: &str, params: &str) -> Res
                 .map_err(|_| Error::Internal("subscription id out of range".into()))?,
             s: stream.to_string(),
             p: map.clone(),
+            e: holds_none(db, id)?,
             ..Default::default()
         };
         edit_cursor(db, |c| {
@@ -158,6 +159,18 @@ pub fn sync_subscribe(st: &ConnState, db: Db, stream: &str, params: &str) -> Res
                 .to_string(),
         )
     })
+}
+
+/// Whether subscription `id` holds no row (its first download then needs
+/// no key list at its end: see `Sub::e`).
+fn holds_none(db: Db, id: i64) -> Result<bool> {
+    let mut sel = db.prepare(&format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM {} WHERE sub = ?1)",
+        q(MEMBERS)
+    ))?;
+    sel.bind_i(1, id)?;
+    sel.step()?;
+    Ok(sel.col_i64(0) == 1)
 }
 
 /// The id and state of the subscription to `stream` with `params`.
@@ -485,6 +498,7 @@ pub fn reconcile(db: Db, cursor: &str) -> Result<String> {
                 i,
                 s: stream,
                 p: serde_json::from_str(&params).unwrap_or_default(),
+                e: holds_none(db, i64::from(i))?,
                 ..Default::default()
             });
             changed = true;
@@ -518,6 +532,8 @@ pub fn restart_all(db: Db) -> Result<()> {
             i: u32::try_from(sel.col_i64(0)).unwrap_or(0),
             s: sel.col_text(1).unwrap_or_default(),
             p,
+            // No row is held any more (above).
+            e: true,
             ..Default::default()
         });
     }
