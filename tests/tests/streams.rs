@@ -658,6 +658,19 @@ fn a_large_subset_downloads_by_row_id_through_moves_and_a_table_rewrite() {
             5 => {
                 assert!(b.c.is_some() && b.f != 0, "not by row id");
                 sent_before = b.n;
+                // Rows already sent leave the subset first, unwritten
+                // after the download starts over: only the key list
+                // ending it can take them off the device.
+                let [block, off] = b.c.unwrap_or_default();
+                let moved = c
+                    .execute(
+                        &format!(
+                            "UPDATE items SET grp = 0 WHERE grp = 1 AND ctid < '({block},{off})'"
+                        ),
+                        &[],
+                    )
+                    .unwrap();
+                assert!(moved > 20, "only {moved} rows sent before the rewrite");
                 c.batch_execute("VACUUM FULL items").unwrap();
             }
             6 => restarted = b.c.is_none() && b.f == 0 && b.n <= 40 && b.n < sent_before,
@@ -668,8 +681,8 @@ fn a_large_subset_downloads_by_row_id_through_moves_and_a_table_rewrite() {
     // Started over from a later horizon, it ends with the key list even on
     // a device that held none of its rows when it subscribed.
     assert!(listed, "no key list after the download started over");
-    // Nothing was written since it started over: its pages alone brought
-    // exactly the subset.
+    // Nothing was written since it started over: its pages and its key
+    // list brought exactly the subset.
     let want = group_one(&mut c);
     assert_eq!(ids(&d, "items"), want);
     assert!(wanted(&d).is_empty());
@@ -752,4 +765,182 @@ fn a_stream_defined_again_during_a_first_download_ends_it_with_the_key_list() {
         .collect();
     assert!(want.len() > 500);
     pull_items_until(&d, &mut c, &want);
+}
+
+#[test]
+fn two_pulls_from_one_cursor_end_with_exactly_the_subscription() {
+    let db = TestDb::new("streams_twice");
+    let mut c = db.connect();
+    items_table(&mut c, "g % 2");
+    // Two pull loops send the same cursor (a new subscription): the first
+    // answer's rows then leave the subset, the second answer starts its
+    // download after that, and the device applies both. Pages of 40 (the
+    // download goes on) and of 5,000 (each answer is a whole download).
+    for (name, max) in [("streams_twice_paged", 40), ("streams_twice_whole", 5000)] {
+        let d = Device::new(&mut c, name);
+        subscribe_group_one(&d);
+        let c0 = cursor(&d).map(|c| c.encode());
+        let pull = |c: &mut postgres::Client| -> Value {
+            c.query_one("SELECT sync_pull_json($1, $2)", &[&c0, &max])
+                .unwrap_or_else(|e| panic!("sync_pull: {}", err_text(&e)))
+                .get(0)
+        };
+        let a = pull(&mut c);
+        let moved: Vec<i32> = sync_tests::page_changes(&a)
+            .iter()
+            .filter_map(|ch| ch.row.as_ref()?.get("id")?.as_i64())
+            .take(40)
+            .map(|id| id as i32)
+            .collect();
+        assert_eq!(moved.len(), 40, "{a}");
+        c.execute("UPDATE items SET grp = 0 WHERE id = ANY($1)", &[&moved])
+            .unwrap();
+        let b = pull(&mut c);
+        d.call("SELECT sync_apply(?1)", Some(&a.to_string()));
+        d.call("SELECT sync_apply(?1)", Some(&b.to_string()));
+        let want = group_one(&mut c);
+        pull_items_until(&d, &mut c, &want);
+        c.execute("UPDATE items SET grp = 1 WHERE id = ANY($1)", &[&moved])
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_table_start_over_reaches_every_subscription_of_the_table() {
+    let db = TestDb::new("streams_start_over");
+    let mut c = db.connect();
+    items_table(&mut c, "g % 2");
+    let d = Device::new(&mut c, "streams_start_over");
+    for g in [1, 0] {
+        d.db.query_row(
+            "SELECT sync_subscribe('items_by_group', ?1)",
+            [format!("{{\"g\": {g}}}")],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap();
+    }
+    let all: BTreeSet<i64> = (1..=3000).collect();
+    pull_items_until(&d, &mut c, &all);
+    // Every row changes without being written (a volatile default): both
+    // subscriptions download again, though the first fills each page of 40
+    // for a while and the second is not planned in those pages.
+    c.batch_execute("ALTER TABLE items ADD COLUMN r int DEFAULT (random() * 1000000)::int")
+        .unwrap();
+    let server = || {
+        let mut c = db.connect();
+        c.query("SELECT id, r FROM items ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    i64::from(row.get::<_, i32>(0)),
+                    row.get::<_, Option<i32>>(1).map(i64::from),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = server();
+    let held = || {
+        d.rows("SELECT id, r FROM items ORDER BY id")
+            .into_iter()
+            .map(|r| (r[0].as_i64().unwrap_or(-1), r[1].as_i64()))
+            .collect::<Vec<_>>()
+    };
+    let ok = eventually(60, || {
+        for _ in 0..20 {
+            pull_page(&d, &mut c, 40);
+        }
+        held() == want
+    });
+    let stale = held().iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert!(ok, "{stale} rows of the device differ from the server's");
+}
+
+/// Pulls a page of at most 40 changes from `cur` (no device), returning the
+/// page's cursor and whether it carried the key list of subscription 1.
+fn raw_pull(
+    c: &mut postgres::Client,
+    cur: &sync_core::cursor::Cursor,
+) -> (sync_core::cursor::Cursor, bool) {
+    let page: Value = c
+        .query_one("SELECT sync_pull_json($1, 40)", &[&cur.encode()])
+        .unwrap_or_else(|e| panic!("sync_pull: {}", err_text(&e)))
+        .get(0);
+    let next = page["cursor"].as_str().expect("a cursor");
+    (
+        sync_core::cursor::Cursor::decode(next).unwrap(),
+        lists(&page, 1),
+    )
+}
+
+#[test]
+fn the_server_keeps_the_no_list_mark_only_for_one_uninterrupted_download() {
+    let db = TestDb::new("streams_mark");
+    let mut c = db.connect();
+    items_table(&mut c, "g % 2");
+    let fresh = sync_core::cursor::Cursor {
+        v: 1,
+        w: Some(sync_core::PAGE_FORMAT),
+        q: vec![sync_core::cursor::Sub {
+            i: 1,
+            s: "items_by_group".into(),
+            p: serde_json::from_str("{\"g\": 1}").unwrap(),
+            e: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // Downloads to the end from `cur`, running `during` after the first
+    // two pages; returns whether the last page listed the keys, and the
+    // mark after the first two pages.
+    let run = |c: &mut postgres::Client,
+               mut cur: sync_core::cursor::Cursor,
+               during: &dyn Fn(&mut postgres::Client)|
+     -> (bool, bool) {
+        let mut kept = true;
+        for page in 0..200 {
+            if page == 2 {
+                during(c);
+            }
+            let (next, listed) = raw_pull(c, &cur);
+            if page == 2 {
+                kept = next.q[0].e;
+            }
+            cur = next;
+            if cur.q[0].b.is_none() && cur.q[0].r != sync_core::cursor::Pos::Start {
+                assert!(!cur.q[0].e, "the mark outlived the download");
+                return (listed, kept);
+            }
+        }
+        panic!("the download did not end");
+    };
+    // One download from start to end: no list, the mark kept throughout.
+    assert_eq!(run(&mut c, fresh.clone(), &|_| {}), (false, true));
+    // Without the mark, the list ends it.
+    let mut holding = fresh.clone();
+    holding.q[0].e = false;
+    assert!(
+        run(&mut c, holding, &|_| {}).0,
+        "no list ended a download without the mark"
+    );
+    // A rewrite of the table during a row-id download starts it over:
+    // the list ends it.
+    let rewrite = |c: &mut postgres::Client| c.batch_execute("VACUUM FULL items").unwrap();
+    assert_eq!(run(&mut c, fresh.clone(), &rewrite), (true, false));
+    // So does the stream defined again with another filter.
+    let redefine = |c: &mut postgres::Client| {
+        c.batch_execute(
+            "SELECT sync_stream_drop('items_by_group');
+             SELECT sync_stream('items_by_group', 'items', 'grp = :g AND id > 10');",
+        )
+        .unwrap()
+    };
+    assert_eq!(run(&mut c, fresh.clone(), &redefine), (true, false));
+    // And a change of every row without a write (a column added with a
+    // volatile default).
+    let add = |c: &mut postgres::Client| {
+        c.batch_execute("ALTER TABLE items ADD COLUMN r int DEFAULT (random() * 100)::int")
+            .unwrap()
+    };
+    assert_eq!(run(&mut c, fresh, &add), (true, false));
 }

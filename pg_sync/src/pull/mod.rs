@@ -621,6 +621,10 @@ fn pull(cursor: Option<&str>, max_changes: i32, client_id: Option<&str>) -> Resu
                     continue;
                 }
                 if emitted >= budget_total || bytes.full() {
+                    // Not planned in this page: a start-over the table
+                    // asked for is kept all the same (the table's column
+                    // signature and enable time are already moved on).
+                    subs::start_over(stream, sub, restart);
                     has_more = true;
                     continue;
                 }

@@ -55,6 +55,26 @@ pub struct SubOut {
     pub progress: Option<String>,
 }
 
+/// Starts the subscription's download over when its stream was defined
+/// again with another filter, or when its table's rows changed without
+/// being written (`restart`: a column added with a default, sync enabled
+/// again); its key list at the end then drops what it no longer holds.
+/// Called for every subscription of the table in every pull, planned in
+/// the page or not.
+pub fn start_over(stream: &Stream, sub: &mut Sub, restart: bool) {
+    if restart || (sub.d != 0 && sub.d != stream.ident) {
+        // Rows already sent may not be selected any more: this download
+        // ends with the key list, even on a device that held none before.
+        if sub.r != Pos::Start || sub.b.is_some() {
+            sub.e = false;
+        }
+        sub.r = Pos::Start;
+        sub.b = None;
+        sub.w.clear();
+    }
+    sub.d = stream.ident;
+}
+
 /// Plans one subscription's part of the page.
 #[allow(clippy::too_many_arguments)]
 pub fn plan_sub(
@@ -70,21 +90,7 @@ pub fn plan_sub(
     now: i64,
     restart: bool,
 ) -> Result<SubOut> {
-    // A stream defined again with another filter, or a table whose rows
-    // changed without being written (a column added with a default, sync
-    // enabled again): the subscription downloads again, and its key list
-    // at the end drops what it no longer holds.
-    if restart || (sub.d != 0 && sub.d != stream.ident) {
-        // Rows already sent may not be selected any more: this download
-        // ends with the key list, even on a device that held none before.
-        if sub.r != Pos::Start || sub.b.is_some() {
-            sub.e = false;
-        }
-        sub.r = Pos::Start;
-        sub.b = None;
-        sub.w.clear();
-    }
-    sub.d = stream.ident;
+    start_over(stream, sub, restart);
     let f = Filter {
         sub: sub.i,
         sql: &stream.sql,
@@ -273,13 +279,16 @@ fn bootstrap(
         // subscription before (a download started over) drops the others.
         // A device that held none (`e`) holds only rows this download sent,
         // each selected when it was read: it needs no list.
-        if !sub.e {
+        let listed = !sub.e;
+        if listed {
             out.members = members(t, f)?;
         }
         sub.e = false;
         sub.r = Pos::Below([nb.h]);
         sub.f = nb.h;
-        sub.ft = now;
+        // Without a list, a filter that reads the clock gets one at the
+        // next pull (rows may have aged out while the download ran).
+        sub.ft = if listed { now } else { 0 };
         sub.b = None;
     } else {
         sub.b = Some(nb);

@@ -190,6 +190,8 @@ pub fn sync_apply(st: &ConnState, db: Db, text: &str) -> Result<String> {
             }
         }
         crate::sync::streams::apply_progress(db, &page.progress)?;
+        let cursor_text =
+            crate::sync::streams::guard_downloads(db, &cursor_text, &page.progress, &page.members)?;
         if max_seen != Hlc::ZERO {
             st.observe(db, max_seen)?;
             st.save_clock(db)?;

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use serde_json::{json, Map, Value as Json};
-use sync_core::cursor::{Cursor, Sub};
+use sync_core::cursor::{Cursor, Pos, Sub};
 use sync_core::streams::{param_texts, MAX_SUBSCRIPTIONS, MAX_WANTED};
 
 use crate::error::{Error, Result};
@@ -425,6 +425,64 @@ pub fn apply_members(
         }
     }
     Ok((removed, asked))
+}
+
+/// Keeps `Sub::e` (no key list ends the download) only where it holds:
+/// for each subscription whose download the page carries, the stored
+/// cursor must say the device held none of its rows and either not have
+/// started the download or be in the same one (same horizon). Otherwise
+/// (two pulls from one cursor, a page applied late) the rows held may come
+/// from another download: `e` is cleared, and a page that ended the
+/// download without a key list has the next pull ask for one (`m`).
+/// Returns the cursor text to store.
+pub fn guard_downloads(
+    db: Db,
+    cursor: &str,
+    progress: &[sync_core::wire::Progress],
+    lists: &[sync_core::wire::Members],
+) -> Result<String> {
+    if progress.is_empty() {
+        return Ok(cursor.to_string());
+    }
+    let Ok(mut c) = Cursor::decode(cursor) else {
+        return Ok(cursor.to_string());
+    };
+    let stored = stored_cursor(db)?;
+    let mut changed = false;
+    for p in progress {
+        let Some(s) = c.q.iter_mut().find(|s| s.i == p.sub) else {
+            continue;
+        };
+        // The horizon of the page's download (kept in the position once
+        // it ended).
+        let h = match (&s.b, &s.r) {
+            (Some(b), _) => Some(b.h),
+            (None, Pos::Below([h])) => Some(*h),
+            _ => None,
+        };
+        let same = stored.q.iter().find(|x| x.i == p.sub).is_some_and(|x| {
+            x.e && match &x.b {
+                Some(b) => Some(b.h) == h,
+                None => x.r == Pos::Start,
+            }
+        });
+        if same {
+            continue;
+        }
+        if s.e {
+            s.e = false;
+            changed = true;
+        }
+        if p.done && !s.m && !lists.iter().any(|m| m.sub == p.sub) {
+            s.m = true;
+            changed = true;
+        }
+    }
+    Ok(if changed {
+        c.encode()
+    } else {
+        cursor.to_string()
+    })
 }
 
 /// Records a page's download progress of each subscription.
