@@ -156,12 +156,13 @@ pub struct Sub {
     /// stream defined again with another filter starts over.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub d: u64,
-    /// Set by the device when it subscribed holding none of the
-    /// subscription's rows: every row it will hold for it then comes in the
-    /// first download, so that download ends without the full key list
-    /// (changes from the download's start on come incrementally). The
-    /// server clears it when the download ends or starts over. A device
-    /// that sets it wrongly only keeps rows it already held.
+    /// Set by the device while it holds none of the subscription's rows
+    /// but those of the download under way (`sync_subscribe`, a resync):
+    /// the download then ends without the full key list (changes from its
+    /// start on come incrementally). The device clears it when a page does
+    /// not continue that download, the server when the download ends or
+    /// starts over. A device that sets it wrongly only keeps rows it
+    /// already held.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub e: bool,
 }
